@@ -1,0 +1,381 @@
+"""The one settings object of EzAigent Streams.
+
+Precedence: explicit argument > environment (``EZ_…``, and the usual ``AWS_…`` names for S3) >
+the optional TOML file (``ezstream.toml`` in the working directory, or ``EZ_CONFIG_FILE``) >
+the defaults declared here. Every field is documented where it is declared; ``ezstream settings``
+prints them as a table. A bad value fails at start with a :class:`ConfigError` that names the
+setting; secret values are never echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from connectors.errors import ConfigError
+
+CONFIG_FILE_ENV = "EZ_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = "ezstream.toml"
+
+
+class KafkaSecurityProtocol(str, Enum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(str, Enum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    OAUTHBEARER = "OAUTHBEARER"
+    GSSAPI = "GSSAPI"
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, *more)
+
+
+class Settings(BaseSettings):
+    """Typed, frozen configuration shared by the CLI, the workers, the DAG tasks and infra/local."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EZ_",
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    home: Path = Field(
+        default=Path(".ezstream"),
+        description="Folder for local data, logs and pid files (resolved to an absolute path).",
+    )
+    cache_dir: Path = Field(
+        default=Path("~/.cache/ezstream"),
+        validation_alias=_env("EZ_CACHE_DIR"),
+        description="Download cache (Kafka jars, MinIO binary), kept outside the clone.",
+    )
+
+    # Kafka
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092",
+        description="Kafka bootstrap servers, host:port[,host:port…].",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default=KafkaSecurityProtocol.PLAINTEXT,
+        description="librdkafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        default=None, description="librdkafka sasl.mechanism, e.g. SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (secret).")
+    kafka_ssl_ca_location: Path | None = Field(default=None, description="CA certificate file (PEM).")
+    kafka_ssl_certificate_location: Path | None = Field(
+        default=None, description="Client certificate file (PEM), for mutual TLS."
+    )
+    kafka_ssl_key_location: Path | None = Field(default=None, description="Client private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of the client private key (secret)."
+    )
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other librdkafka properties passed through as they are (JSON object in the env).",
+    )
+
+    topic_partitions: int = Field(
+        default=6, ge=1, le=10000, description="Partitions of each event topic that `ezstream topics create` makes."
+    )
+    topic_replication: int = Field(
+        default=1, ge=1, description="Replication factor of the topics (3 on a production cluster)."
+    )
+    topic_retention_ms: int = Field(
+        default=7 * 24 * 3600 * 1000, ge=-1, description="retention.ms of the event topics (-1: keep forever)."
+    )
+    dlq_retention_ms: int = Field(
+        default=30 * 24 * 3600 * 1000, ge=-1, description="retention.ms of the .dlq topics (-1: keep forever)."
+    )
+
+    # Lake
+    lake_uri: str = Field(
+        default="",
+        description="Root of the Delta lake: file:///path or s3://bucket/prefix. "
+        "Default: file://$EZ_HOME/lake.",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint URL for MinIO or another S3 API (unset: AWS S3).",
+    )
+    s3_region: str = Field(
+        default="us-east-1",
+        validation_alias=_env("EZ_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="S3 region (also read from AWS_REGION / AWS_DEFAULT_REGION).",
+    )
+    s3_access_key_id: str | None = Field(
+        default=None,
+        validation_alias=_env("EZ_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+        description="S3 access key id (also read from AWS_ACCESS_KEY_ID).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("EZ_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+        description="S3 secret access key (secret; also read from AWS_SECRET_ACCESS_KEY).",
+    )
+
+    # ClickHouse
+    clickhouse_dsn: SecretStr = Field(
+        default=SecretStr(""),
+        description="ClickHouse: chdb:///path (embedded engine) or http(s)://user:password@host:port/db. "
+        "Default: chdb://$EZ_HOME/clickhouse. Secret: it may hold a password.",
+    )
+
+    # Local stack (infra/local)
+    kafka_version: str = Field(
+        default="4.4.0", description="Apache Kafka version that infra/local fetches from Maven Central."
+    )
+    kafka_heap: str = Field(default="768m", description="Max JVM heap of the local Kafka broker.")
+    minio_version: str = Field(
+        default="v0.0.0-20260212201848-7aac2a2c5b7c",
+        description="github.com/minio/minio module version that infra/local builds with go install.",
+    )
+    minio_address: str = Field(
+        default="127.0.0.1:9000", description="Address of the local MinIO S3 API (host:port)."
+    )
+    minio_root_user: str = Field(default="ezstream", description="Local MinIO root user.")
+    minio_root_password: SecretStr = Field(
+        default=SecretStr("ezstream-local-secret"),
+        description="Local MinIO root password (secret; the local stack listens on loopback only).",
+    )
+    minio_bucket: str = Field(default="ezstream-lake", description="Bucket that `ezstream up` creates in MinIO.")
+    start_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for a local service to become ready."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
+        if CONFIG_FILE_ENV in os.environ and not toml_file.is_file():
+            raise ConfigError(f"{CONFIG_FILE_ENV}: config file {toml_file} does not exist")
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @field_validator("kafka_extra", mode="before")
+    @classmethod
+    def _parse_extra(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON object of librdkafka properties ({exc.msg})") from None
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("expected host:port[,host:port…], got an empty value")
+        for server in servers:
+            _check_host_port(server)
+        return ",".join(servers)
+
+    @field_validator("minio_address")
+    @classmethod
+    def _check_minio_address(cls, value: str) -> str:
+        _check_host_port(value)
+        return value
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s)://host[:port] URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("lake_uri")
+    @classmethod
+    def _check_lake(cls, value: str) -> str:
+        return _check_lake_uri(value) if value else value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw:
+            return value
+        scheme = raw.split("://", 1)[0] if "://" in raw else ""
+        if scheme == "chdb":
+            if not raw[len("chdb://"):]:
+                raise ValueError("chdb:// needs a data folder, e.g. chdb:///var/lib/ezstream/clickhouse")
+        elif scheme in ("http", "https", "clickhouse", "clickhouses"):
+            if not urlsplit(raw).hostname:
+                raise ValueError(f"a {scheme}:// DSN needs a host")
+        else:
+            # The DSN may hold a password: describe the problem, never echo the value.
+            raise ValueError(
+                "unsupported scheme; use chdb:///path or http(s)://user:password@host:port/database"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "Settings":
+        home = self.home.expanduser().resolve()
+        derived: dict[str, Any] = {
+            "home": home,
+            "cache_dir": self.cache_dir.expanduser().resolve(),
+        }
+        if not self.lake_uri:
+            derived["lake_uri"] = f"file://{home / 'lake'}"
+        if not self.clickhouse_dsn.get_secret_value():
+            derived["clickhouse_dsn"] = SecretStr(f"chdb://{home / 'clickhouse'}")
+        needs_sasl = self.kafka_security_protocol in (
+            KafkaSecurityProtocol.SASL_SSL,
+            KafkaSecurityProtocol.SASL_PLAINTEXT,
+        )
+        if needs_sasl and self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                f"EZ_KAFKA_SASL_MECHANISM is required when EZ_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol.value}"
+            )
+        # Frozen model: derived values are set once, here, while it is being built.
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+        return self
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where local services and workers write their logs."""
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where local services keep their pid and state files."""
+        return self.home / "run"
+
+    @property
+    def clickhouse_dsn_redacted(self) -> str:
+        """The ClickHouse DSN with any password replaced, safe to print."""
+        return redact_url(self.clickhouse_dsn.get_secret_value())
+
+
+def _check_host_port(server: str) -> None:
+    host, sep, port = server.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {server!r}")
+
+
+def _check_lake_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if not parts.path.startswith("/"):
+            raise ValueError(f"a file:// URI needs an absolute path, got {uri!r}")
+    elif parts.scheme in ("s3", "s3a"):
+        if not parts.netloc:
+            raise ValueError(f"an s3:// URI needs a bucket, got {uri!r}")
+    else:
+        raise ValueError(f"expected file:///path or s3://bucket/prefix, got {uri!r}")
+    return uri.rstrip("/")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with the password of its user-info part replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"EZ_{field.upper()}"
+
+
+_SECRET_FIELDS = {
+    name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; any bad value raises :class:`ConfigError` naming each bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # raised outside field validation (source set-up)
+        raise ConfigError(str(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        field = next((part for part in loc if part in Settings.model_fields), None)
+        message = error["msg"].removeprefix("Value error, ")
+        if field is None:
+            # Model-level checks and unknown keys: the message or the key names the setting.
+            where = ".".join(loc)
+            lines.append(f"{where}: {message}" if where else message)
+            continue
+        if field in _SECRET_FIELDS:
+            message = message.split(",")[0]
+        lines.append(f"{env_name(field)}: {message}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def display_value(value: Any) -> str:
+    """A setting's value as shown to people: secrets as ``(set)``, unset as empty."""
+    if isinstance(value, SecretStr):
+        return "(set)" if value.get_secret_value() else ""
+    if isinstance(value, Enum):
+        return str(value.value)
+    if value in (None, "", {}):
+        return ""
+    return str(value)
+
+
+def describe_settings(settings: Settings | None = None) -> list[tuple[str, str, str]]:
+    """(environment variable, value, description) for every setting, in declaration order.
+
+    The value is the declared default, or the current one of ``settings`` (secrets redacted).
+    """
+    rows = []
+    for name, info in Settings.model_fields.items():
+        if settings is None:
+            value = display_value(info.get_default(call_default_factory=True))
+        elif name == "clickhouse_dsn":
+            value = settings.clickhouse_dsn_redacted
+        else:
+            value = display_value(getattr(settings, name))
+        rows.append((env_name(name), value, info.description or ""))
+    return rows

@@ -1,0 +1,8 @@
+"""Real services without Docker: Kafka (Maven Central jars + JDK), MinIO (go install), chDB.
+
+Driven from Python and wrapped by ``ezstream up | down | status``.
+"""
+
+from infra.local.stack import ServiceStatus, Stack
+
+__all__ = ["ServiceStatus", "Stack"]

@@ -1,0 +1,1 @@
+"""EzAigent Streams: the Faust stream processors and the ``ezstream`` CLI."""

@@ -1,0 +1,143 @@
+"""The ``ezstream`` command line.
+
+Imports stay light at the top: each command imports what it needs, so ``ezstream status`` does not
+load the stream-processing stack.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from connectors.errors import ConfigError, EzStreamError
+from connectors.settings import Settings, load_settings
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """EzAigent Streams: Kafka -> stream processors -> Delta lake + ClickHouse."""
+
+
+@cli.command()
+def up() -> None:
+    """Start the local stack (Kafka, MinIO; ClickHouse is embedded). Idempotent."""
+    from infra.local import Stack
+
+    Stack(_settings()).up(echo=click.echo)
+
+
+@cli.command()
+def down() -> None:
+    """Stop what `ezstream up` started for this EZ_HOME, and nothing else."""
+    from infra.local import Stack
+
+    Stack(_settings()).down(echo=click.echo)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(as_json: bool) -> None:
+    """Print each service with its address and health; exit 1 if one is down."""
+    from infra.local import Stack
+
+    rows = Stack(_settings()).status()
+    if as_json:
+        click.echo(json.dumps({"services": [row.__dict__ for row in rows]}, indent=2))
+    else:
+        click.echo(f"{'SERVICE':<11} {'ADDRESS':<40} {'STATE':<9} HEALTH")
+        for row in rows:
+            click.echo(f"{row.name:<11} {row.address:<40} {row.state:<9} {'ok' if row.healthy else 'DOWN'}")
+    if not all(row.healthy for row in rows):
+        sys.exit(1)
+
+
+@cli.command()
+def fetch() -> None:
+    """Download/build the local services into the cache (Kafka jars, MinIO) without starting them."""
+    from infra.local import Stack
+
+    stack = Stack(_settings())
+    click.echo(f"kafka jars  {stack.kafka.libs()}")
+    click.echo(f"minio       {stack.minio.binary()}")
+
+
+@cli.group()
+def topics() -> None:
+    """Create, list and describe the project's topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every topic of the catalogue (and each .dlq) that is missing. Idempotent."""
+    from connectors.kafka.topics import catalogue, ensure_topics
+
+    settings = _settings()
+    for name, outcome in ensure_topics(settings, catalogue(settings)).items():
+        click.echo(f"{name:<28} {outcome}")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """List the topics on the broker (internal ones left out)."""
+    from connectors.kafka.topics import describe_topics
+
+    for row in describe_topics(_settings()):
+        click.echo(row["topic"])
+
+
+@topics.command("describe")
+@click.argument("names", nargs=-1)
+def topics_describe(names: tuple[str, ...]) -> None:
+    """Partitions, replication, cleanup policy and retention of NAMES (default: all)."""
+    from connectors.kafka.topics import describe_topics
+
+    click.echo(f"{'TOPIC':<28} {'PARTITIONS':>10} {'REPLICAS':>8}  {'CLEANUP':<8} RETENTION_MS")
+    for row in describe_topics(_settings(), list(names) or None):
+        click.echo(
+            f"{row['topic']:<28} {row['partitions']:>10} {row['replication']:>8}  "
+            f"{row.get('cleanup.policy', ''):<8} {row.get('retention.ms', '')}"
+        )
+
+
+@cli.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the table in Markdown (for the README).")
+def settings_cmd(markdown: bool) -> None:
+    """List every setting: environment variable, default and meaning."""
+    from connectors.settings import describe_settings
+
+    if markdown:
+        click.echo("| setting | default | meaning |\n| --- | --- | --- |")
+        for name, default, doc in describe_settings():
+            click.echo(f"| `{name}` | {f'`{default}`' if default else ''} | {doc} |")
+        return
+    for name, value, doc in describe_settings(_settings()):
+        click.echo(f"{name:<34} {value}\n{'':<34} {doc}")
+
+
+def main() -> None:
+    """Entry point: runs the CLI and turns our errors into one clear line and exit code 2."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(2)
+    except EzStreamError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
