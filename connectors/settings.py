@@ -13,12 +13,13 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -92,7 +93,8 @@ class Settings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = Field(
         default=None, description="Password of the client private key (secret)."
     )
-    kafka_extra: dict[str, str] = Field(
+    # NoDecode: the value is parsed by _parse_extra, so a bad one gets a message naming it.
+    kafka_extra: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="Other librdkafka properties passed through as they are (JSON object in the env).",
     )

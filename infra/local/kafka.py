@@ -128,7 +128,7 @@ class KafkaBroker:
         path = self.dir / "controller.port"
         if path.exists():
             return int(path.read_text())
-        port = free_port(self.host, preferred=self.port + 1)
+        port = free_port(self.host)
         path.write_text(str(port))
         return port
 

@@ -91,7 +91,7 @@ class MinioServer:
             "MINIO_BROWSER": "off",
             "MINIO_UPDATE": "off",
         }
-        argv = [str(binary), "server", str(data), "--address", self.address, "--quiet"]
+        argv = [str(binary), "server", str(data), "--address", self.address]
         self.proc.start(argv, env=env, marker=str(data), state={"address": self.address})
         self.proc.wait_ready(self.healthy, self.settings.start_timeout_s, "MinIO")
         self.ensure_buckets()

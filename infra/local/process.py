@@ -46,8 +46,10 @@ class ManagedProcess:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if _cmdline(pid) is not None and state.get("marker", "") in _cmdline(pid):
+        cmdline = _cmdline(pid)
+        if cmdline is not None and state.get("marker", "") in cmdline:
             return pid
+        # Gone, or the pid now belongs to another program: the files are stale.
         self._forget()
         return None
 
@@ -82,7 +84,9 @@ class ManagedProcess:
         delay = 0.1
         while True:
             if self.pid() is None:
-                raise ServiceError(f"{what} exited during start-up; last log lines:\n{self.log_tail()}")
+                raise ServiceError(
+                    f"{what} exited during start-up (log: {self.log_file}); last lines:\n{self.log_tail()}"
+                )
             if check():
                 return
             if time.monotonic() > deadline:

@@ -1,0 +1,306 @@
+"""Avro single-object encoding of the events, and batch decoding to records or Arrow tables.
+
+A message is, per the Avro specification: the marker ``C3 01``, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary body.
+The fingerprint lets a consumer find the writer version and resolve it to the version it reads,
+so producers and consumers upgrade independently (see :mod:`connectors.kafka.compat`).
+
+Every error raised for a message is a :class:`~connectors.errors.TerminalError`: the bytes are
+wrong and retrying cannot help, so the message belongs in its DLQ. Batch decoding never stops on
+a bad message; it reports it as a :class:`Failure` and goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.validation import ValidationError, validate
+
+from connectors.errors import TerminalError
+from connectors.kafka.schemas import SchemaRegistry, SchemaVersion, default_registry
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+MARKER = b"\xc3\x01"
+HEADER_SIZE = len(MARKER) + 8
+
+
+class CodecError(TerminalError):
+    """An event could not be encoded or a message could not be decoded."""
+
+
+class InvalidEvent(CodecError):
+    """The record does not match its event schema; the message names the field and why."""
+
+
+class BadMarker(CodecError):
+    """The message is not Avro single-object encoded: too short, or no ``C3 01`` marker."""
+
+
+class UnknownSchema(CodecError):
+    """The message's writer-schema fingerprint matches no known schema version."""
+
+
+class WrongEventType(CodecError):
+    """The message holds another event than the one its topic carries."""
+
+
+class UndecodableBody(CodecError):
+    """The body is truncated, malformed, has trailing bytes or cannot be resolved to the reader."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A message of a batch that could not be decoded."""
+
+    #: Position of the message in the batch.
+    index: int
+    #: Name of the :class:`CodecError` subclass, e.g. ``UnknownSchema`` (a DLQ header value).
+    error_class: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The decoded records of a batch, in message order, and the messages that failed."""
+
+    records: list[dict[str, Any]]
+    failures: list[Failure]
+
+
+@dataclass(frozen=True)
+class ArrowBatch:
+    """The decoded records of a batch as one Arrow table, and the messages that failed."""
+
+    table: pa.Table
+    failures: list[Failure]
+
+
+class Codec:
+    """Encodes and decodes the events of a :class:`SchemaRegistry`; build once, reuse.
+
+    :param registry: the schemas; the repository's ``schemas/`` by default.
+    :param reader_versions: event -> version to decode into, for events that must not read into
+        their latest version yet (a consumer that knows a new writer version but is not upgraded).
+    """
+
+    def __init__(self, registry: SchemaRegistry | None = None, reader_versions: Mapping[str, int] | None = None) -> None:
+        self.registry = registry or default_registry()
+        self._readers = {event: self.registry.current(event) for event in self.registry.events}
+        for event, version in (reader_versions or {}).items():
+            self._readers[event] = self.registry.get(event, version)
+        self._arrow_schemas: dict[str, pa.Schema] = {}
+
+    def reader(self, event: str) -> SchemaVersion:
+        """The schema version ``event`` is decoded into."""
+        if event not in self._readers:
+            self.registry.get(event)  # raises the ConfigError that lists the known events
+        return self._readers[event]
+
+    def encode(self, event: str, record: Mapping[str, Any], version: int | None = None) -> bytes:
+        """One single-object encoded message of ``record``, written with ``version`` (current by default).
+
+        Nullable fields may be left out. ``event_id`` may be a :class:`uuid.UUID` or its string,
+        timestamps a timezone-aware :class:`~datetime.datetime` or epoch milliseconds.
+
+        :raises InvalidEvent: the record does not match the schema (the message names the field).
+        """
+        writer = self.registry.get(event, version)
+        _validate(writer, record)
+        buffer = io.BytesIO()
+        buffer.write(MARKER)
+        buffer.write(writer.fingerprint)
+        schemaless_writer(buffer, writer.parsed, record)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes | None, event: str | None = None) -> tuple[str, dict[str, Any]]:
+        """The event name and record of one message, resolved from its writer version to the reader's.
+
+        Values come back as fastavro reads them: ``event_id`` a :class:`uuid.UUID`, timestamps
+        UTC :class:`~datetime.datetime`; an enum symbol unknown to the reader as the enum's default.
+
+        :param event: the event the message must hold (its topic's), checked before the body is read.
+        :raises CodecError: a subclass saying what is wrong with the message.
+        """
+        if data is None or len(data) < HEADER_SIZE:
+            size = "no value" if data is None else f"{len(data)} bytes"
+            raise BadMarker(f"not an Avro single-object message: {size}, less than the {HEADER_SIZE}-byte header")
+        if data[:2] != MARKER:
+            raise BadMarker(f"not an Avro single-object message: starts with {bytes(data[:2]).hex()}, not c301")
+        fingerprint = bytes(data[2:HEADER_SIZE])
+        writer = self.registry.by_fingerprint(fingerprint)
+        if writer is None:
+            raise UnknownSchema(f"no known schema has fingerprint {fingerprint.hex()} "
+                                f"(schemas in {self.registry.schemas_dir})")
+        if event is not None and writer.event != event:
+            raise WrongEventType(f"expected {event}, got {writer.label}")
+        reader = self._readers[writer.event]
+        buffer = io.BytesIO(data)
+        buffer.seek(HEADER_SIZE)
+        try:
+            record = schemaless_reader(buffer, writer.parsed, None if reader is writer else reader.parsed)
+        except EOFError:
+            raise UndecodableBody(f"{writer.label}: body truncated ({len(data) - HEADER_SIZE} bytes)") from None
+        except Exception as exc:  # malformed bytes surface as many fastavro and builtin exception types
+            raise UndecodableBody(f"{writer.label} read as {reader.label}: {type(exc).__name__}: {exc}") from None
+        if buffer.tell() != len(data):
+            raise UndecodableBody(f"{writer.label}: {len(data) - buffer.tell()} bytes after the end of the body")
+        return writer.event, record
+
+    def decode_batch(self, messages: Sequence[bytes | None], event: str) -> DecodedBatch:
+        """Decode the messages of a topic carrying ``event``; bad ones become failures, not errors."""
+        self.reader(event)
+        records: list[dict[str, Any]] = []
+        failures: list[Failure] = []
+        for index, data in enumerate(messages):
+            try:
+                records.append(self.decode(data, event)[1])
+            except CodecError as exc:
+                failures.append(Failure(index, type(exc).__name__, str(exc)))
+        return DecodedBatch(records, failures)
+
+    def decode_batch_arrow(self, messages: Sequence[bytes | None], event: str) -> ArrowBatch:
+        """Like :meth:`decode_batch`, the records as one table typed by :meth:`arrow_schema`."""
+        import pyarrow as pa
+
+        batch = self.decode_batch(messages, event)
+        uuid_fields = [f["name"] for f in self.reader(event).schema["fields"] if _logical_type(f["type"]) == "uuid"]
+        for record in batch.records:
+            # Arrow has no UUID type to take uuid.UUID objects; the column is their string form.
+            for name in uuid_fields:
+                if isinstance(record[name], uuid.UUID):
+                    record[name] = str(record[name])
+        return ArrowBatch(pa.Table.from_pylist(batch.records, schema=self.arrow_schema(event)), batch.failures)
+
+    def arrow_schema(self, event: str) -> pa.Schema:
+        """The Arrow schema of ``event``'s reader version (see :func:`arrow_schema`)."""
+        if event not in self._arrow_schemas:
+            self._arrow_schemas[event] = arrow_schema(self.reader(event).schema)
+        return self._arrow_schemas[event]
+
+
+def arrow_schema(avro_record: Mapping[str, Any]) -> pa.Schema:
+    """The Arrow schema of an (expanded) Avro record schema, one column per field.
+
+    string and uuid -> string, int -> int32, long -> int64, float -> float32, double -> float64,
+    boolean -> bool, bytes -> binary, enum -> string, timestamp-millis -> timestamp[ms, UTC],
+    ``["null", T]`` -> nullable T, array -> list, map -> map<string, T>.
+
+    :raises ValueError: a field has a type with no mapping (named in the message).
+    """
+    import pyarrow as pa
+
+    return pa.schema([_arrow_field(field["name"], field["type"]) for field in avro_record["fields"]])
+
+
+def _arrow_field(name: str, avro_type: Any) -> pa.Field:
+    import pyarrow as pa
+
+    if isinstance(avro_type, list):
+        branches = [t for t in avro_type if t != "null"]
+        if len(branches) != 1 or len(avro_type) != 2:
+            raise ValueError(f"field {name!r}: only [\"null\", T] unions map to Arrow, not {avro_type}")
+        return pa.field(name, _arrow_type(name, branches[0]), nullable=True)
+    return pa.field(name, _arrow_type(name, avro_type), nullable=False)
+
+
+def _arrow_type(name: str, avro_type: Any) -> pa.DataType:
+    import pyarrow as pa
+
+    logical = _logical_type(avro_type)
+    base = avro_type["type"] if isinstance(avro_type, dict) else avro_type
+    if logical == "timestamp-millis":
+        return pa.timestamp("ms", tz="UTC")
+    if logical not in (None, "uuid"):
+        raise ValueError(f"field {name!r}: no Arrow mapping for logical type {logical}")
+    primitives = {
+        "string": pa.string(), "bytes": pa.binary(), "int": pa.int32(), "long": pa.int64(),
+        "float": pa.float32(), "double": pa.float64(), "boolean": pa.bool_(), "enum": pa.string(),
+    }
+    if base in primitives:
+        return primitives[base]
+    if base == "array":
+        return pa.list_(_arrow_field("item", avro_type["items"]).type)
+    if base == "map":
+        return pa.map_(pa.string(), _arrow_field("value", avro_type["values"]).type)
+    raise ValueError(f"field {name!r}: no Arrow mapping for Avro type {base}")
+
+
+def _logical_type(avro_type: Any) -> str | None:
+    return avro_type.get("logicalType") if isinstance(avro_type, dict) else None
+
+
+def _validate(writer: SchemaVersion, record: Mapping[str, Any]) -> None:
+    if not isinstance(record, Mapping):
+        raise InvalidEvent(f"{writer.label}: expected a mapping of field names to values, got {type(record).__name__}")
+    fields = {field["name"]: field for field in writer.schema["fields"]}
+    unknown = sorted(set(record) - set(fields))
+    if unknown:
+        raise InvalidEvent(f"{writer.label}: unknown field(s) {', '.join(map(repr, unknown))}")
+    try:
+        validate(record, writer.parsed, raise_errors=True)
+    except ValidationError as exc:
+        raise InvalidEvent(_describe_validation_error(writer, record, exc)) from None
+    for name, field in fields.items():
+        # fastavro writes any string for a uuid; the event_id is the dedup key, so check it is one.
+        value = record.get(name)
+        if _logical_type(field["type"]) == "uuid" and isinstance(value, str):
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                raise InvalidEvent(f"{writer.label}: field {name!r} is {value!r}, not a UUID") from None
+
+
+def _describe_validation_error(writer: SchemaVersion, record: Mapping[str, Any], exc: ValidationError) -> str:
+    # fastavro reports one error per union branch tried, all for the same field: merge them.
+    first = exc.errors[0]
+    name = first.field.removeprefix(writer.parsed["name"] + ".")
+    expected = " or ".join(_describe_type(e.schema) for e in exc.errors if e.field == first.field)
+    if name not in record:
+        return f"{writer.label}: field {name!r} is missing (expected {expected})"
+    if record[name] is first.datum:
+        return f"{writer.label}: field {name!r} is {first.datum!r} ({type(first.datum).__name__}), expected {expected}"
+    # The bad value sits inside the field (an array item, a map value).
+    return (f"{writer.label}: field {name!r} holds {first.datum!r} ({type(first.datum).__name__}) "
+            f"where {expected} is expected")
+
+
+def _describe_type(avro_type: Any) -> str:
+    if isinstance(avro_type, dict):
+        if avro_type.get("type") == "enum":
+            return f"one of the symbols {', '.join(avro_type['symbols'])}"
+        return avro_type.get("logicalType") or avro_type.get("type", "?")
+    return str(avro_type)
+
+
+@cache
+def default_codec() -> Codec:
+    """The codec of the repository's schemas, built on first use and then shared."""
+    return Codec()
+
+
+def encode(event: str, record: Mapping[str, Any], version: int | None = None) -> bytes:
+    """:meth:`Codec.encode` with the default codec."""
+    return default_codec().encode(event, record, version)
+
+
+def decode(data: bytes | None, event: str | None = None) -> tuple[str, dict[str, Any]]:
+    """:meth:`Codec.decode` with the default codec."""
+    return default_codec().decode(data, event)
+
+
+def decode_batch(messages: Sequence[bytes | None], event: str) -> DecodedBatch:
+    """:meth:`Codec.decode_batch` with the default codec."""
+    return default_codec().decode_batch(messages, event)
+
+
+def decode_batch_arrow(messages: Sequence[bytes | None], event: str) -> ArrowBatch:
+    """:meth:`Codec.decode_batch_arrow` with the default codec."""
+    return default_codec().decode_batch_arrow(messages, event)

@@ -1,0 +1,1 @@
+"""Stream processors, one module per domain."""

@@ -1,0 +1,107 @@
+"""`ezstream up | down | status | topics` against real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from connectors.kafka.topics import EVENT_TOPICS, catalogue, describe_topics, dlq_topic, ensure_topics
+from infra.local.net import free_port
+
+
+def ezstream(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )
+
+
+def stack_env(settings) -> dict[str, str]:
+    return {
+        "EZ_HOME": str(settings.home),
+        "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "EZ_MINIO_ADDRESS": settings.minio_address,
+    }
+
+
+def test_status_reports_every_service_healthy(settings):
+    result = ezstream("status", "--json", env=stack_env(settings))
+    assert result.returncode == 0, result.stderr
+    services = {row["name"]: row for row in json.loads(result.stdout)["services"]}
+    assert set(services) == {"kafka", "minio", "clickhouse"}
+    assert services["kafka"] == {
+        "name": "kafka", "address": settings.kafka_bootstrap, "state": "running", "healthy": True,
+    }
+    assert services["minio"]["state"] == "running" and services["minio"]["healthy"]
+    assert services["clickhouse"]["state"] == "embedded"
+
+
+def test_up_is_idempotent(settings):
+    result = ezstream("up", env=stack_env(settings))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already running") == 2
+
+
+def test_up_then_down_leaves_nothing_running(tmp_path):
+    home = tmp_path / "own-stack"
+    env = {
+        "EZ_HOME": str(home),
+        "EZ_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "EZ_MINIO_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    try:
+        up = ezstream("up", env=env)
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert up.stdout.count("started") == 2
+        ours = _processes_mentioning(str(home))
+        assert len(ours) == 2, ours
+    finally:
+        down = ezstream("down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert _processes_mentioning(str(home)) == []
+    status = ezstream("status", env=env)
+    assert status.returncode == 1
+    assert "DOWN" in status.stdout
+
+
+def test_port_taken_by_someone_else_is_a_clear_error(settings, tmp_path):
+    env = {"EZ_HOME": str(tmp_path / "other"), "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "EZ_MINIO_ADDRESS": f"127.0.0.1:{free_port()}"}
+    result = ezstream("up", env=env)
+    assert result.returncode == 2
+    assert f"port {settings.kafka_bootstrap.rsplit(':', 1)[1]}" in result.stderr
+    assert "EZ_KAFKA_BOOTSTRAP" in result.stderr
+
+
+def test_bad_setting_fails_at_start_naming_it(tmp_path):
+    result = ezstream("status", env={"EZ_HOME": str(tmp_path), "EZ_KAFKA_BOOTSTRAP": "nope"})
+    assert result.returncode == 2
+    assert "EZ_KAFKA_BOOTSTRAP" in result.stderr
+
+
+def test_topics_create_is_idempotent_with_settings(settings):
+    first = ensure_topics(settings, catalogue(settings))
+    second = ensure_topics(settings, catalogue(settings))
+    names = set(EVENT_TOPICS) | {dlq_topic(t) for t in EVENT_TOPICS}
+    assert set(first) == set(second) == names
+    assert set(second.values()) == {"exists"}
+    described = {row["topic"]: row for row in describe_topics(settings, sorted(names))}
+    assert described["agent.llm_calls"]["partitions"] == settings.topic_partitions
+    assert described["agent.llm_calls"]["retention.ms"] == str(settings.topic_retention_ms)
+    assert described["agent.llm_calls.dlq"]["retention.ms"] == str(settings.dlq_retention_ms)
+    assert described["agent.tasks"]["cleanup.policy"] == "delete"
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and ("kafka.Kafka" in cmdline or "minio server" in cmdline):
+            found.append(cmdline)
+    return found
