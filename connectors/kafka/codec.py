@@ -91,7 +91,9 @@ class Codec:
         their latest version yet (a consumer that knows a new writer version but is not upgraded).
     """
 
-    def __init__(self, registry: SchemaRegistry | None = None, reader_versions: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, registry: SchemaRegistry | None = None, reader_versions: Mapping[str, int] | None = None
+    ) -> None:
         self.registry = registry or default_registry()
         self._readers = {event: self.registry.current(event) for event in self.registry.events}
         for event, version in (reader_versions or {}).items():
@@ -171,9 +173,10 @@ class Codec:
         import pyarrow as pa
 
         batch = self.decode_batch(messages, event)
-        uuid_fields = [f["name"] for f in self.reader(event).schema["fields"] if _logical_type(f["type"]) == "uuid"]
+        fields = self.reader(event).schema["fields"]
+        uuid_fields = [f["name"] for f in fields if _logical_type(f["type"]) == "uuid"]
         for record in batch.records:
-            # Arrow has no UUID type to take uuid.UUID objects; the column is their string form.
+            # Arrow has no column type that takes uuid.UUID objects; the column holds their text.
             for name in uuid_fields:
                 if isinstance(record[name], uuid.UUID):
                     record[name] = str(record[name])
@@ -239,7 +242,8 @@ def _logical_type(avro_type: Any) -> str | None:
 
 def _validate(writer: SchemaVersion, record: Mapping[str, Any]) -> None:
     if not isinstance(record, Mapping):
-        raise InvalidEvent(f"{writer.label}: expected a mapping of field names to values, got {type(record).__name__}")
+        raise InvalidEvent(f"{writer.label}: expected a mapping of field names to values, "
+                           f"got {type(record).__name__}")
     fields = {field["name"]: field for field in writer.schema["fields"]}
     unknown = sorted(set(record) - set(fields))
     if unknown:
@@ -265,11 +269,11 @@ def _describe_validation_error(writer: SchemaVersion, record: Mapping[str, Any],
     expected = " or ".join(_describe_type(e.schema) for e in exc.errors if e.field == first.field)
     if name not in record:
         return f"{writer.label}: field {name!r} is missing (expected {expected})"
+    value = f"{first.datum!r} ({type(first.datum).__name__})"
     if record[name] is first.datum:
-        return f"{writer.label}: field {name!r} is {first.datum!r} ({type(first.datum).__name__}), expected {expected}"
+        return f"{writer.label}: field {name!r} is {value}, expected {expected}"
     # The bad value sits inside the field (an array item, a map value).
-    return (f"{writer.label}: field {name!r} holds {first.datum!r} ({type(first.datum).__name__}) "
-            f"where {expected} is expected")
+    return f"{writer.label}: field {name!r} holds {value} where {expected} is expected"
 
 
 def _describe_type(avro_type: Any) -> str:

@@ -153,7 +153,8 @@ class _Resolution:
             return [(path, f"type changed from {_type_text(writer)} ({self.writer}) to {_type_text(reader)} "
                            f"({self.reader}), which Avro cannot convert")]
         if writer_type in ("record", "enum", "fixed") and not _same_name(writer, reader):
-            return [(path, f"{writer_type} {writer['name']} ({self.writer}) is named {reader['name']} in {self.reader}")]
+            return [(path, f"{writer_type} {writer['name']} of {self.writer} is named {reader['name']} "
+                           f"in {self.reader}")]
         if writer_type == "record":
             return self._record(writer, reader, path)
         if writer_type == "enum":
