@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         description="Other librdkafka properties passed through as they are (JSON object in the env).",
     )
 
+    topic_prefix: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prefix of every project topic name, e.g. `staging.` (isolates environments on one cluster).",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, le=10000, description="Partitions of each event topic that `ezstream topics create` makes."
     )

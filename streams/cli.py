@@ -105,6 +105,68 @@ def topics_describe(names: tuple[str, ...]) -> None:
         )
 
 
+@cli.group()
+def schemas() -> None:
+    """Event schemas: list versions, check compatibility, regenerate the typed events."""
+
+
+@schemas.command("list")
+def schemas_list() -> None:
+    """Each event with its versions and the fingerprint of each."""
+    from connectors.kafka.schemas import TOPIC_EVENTS, default_registry
+
+    registry = default_registry()
+    topics = {event: topic for topic, event in TOPIC_EVENTS.items()}
+    click.echo(f"{'EVENT':<20} {'TOPIC':<20} {'VERSION':>7}  FINGERPRINT (CRC-64-AVRO, LE)")
+    for event in registry.events:
+        for version in registry.versions(event):
+            schema = registry.get(event, version)
+            click.echo(f"{event:<20} {topics.get(event, ''):<20} {version:>7}  {schema.fingerprint.hex()}")
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Prove every version is backward and forward compatible with the previous one."""
+    from connectors.kafka.compat import check_all, format_report
+
+    problems = check_all()
+    click.echo(format_report(problems))
+    if problems:
+        sys.exit(1)
+
+
+@schemas.command("codegen")
+def schemas_codegen() -> None:
+    """Regenerate connectors/kafka/events.py (typed events) from the current schemas."""
+    from connectors.kafka import codegen
+
+    changed = codegen.write()
+    click.echo(f"{codegen.EVENTS_MODULE}: {'rewritten' if changed else 'up to date'}")
+
+
+@cli.command()
+@click.option("--topic", required=True, help="Catalogue topic, e.g. agent.llm_calls.")
+@click.argument("source", type=click.File("r"))
+def produce(topic: str, source) -> None:
+    """Send SOURCE (JSON lines, or - for stdin) as validated Avro events to TOPIC.
+
+    A bad line is reported with its number and reason and the good lines still go; the exit
+    code is 1 when some lines were rejected.
+    """
+    from connectors.kafka.jsonl import produce_jsonl
+    from connectors.kafka.producer import EventProducer
+
+    with EventProducer(_settings()) as producer:
+        report = produce_jsonl(producer, topic, source)
+    for number, reason in report.rejected:
+        click.echo(f"line {number}: {reason}", err=True)
+    click.echo(f"{producer.topic_for(producer.codec.registry.event_for_topic(topic))}: "
+               f"sent {report.sent}, delivered {sum(producer.delivered.values())}, "
+               f"rejected {len(report.rejected)}")
+    if report.rejected:
+        sys.exit(1)
+
+
 @cli.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the table in Markdown (for the README).")
 def settings_cmd(markdown: bool) -> None:

@@ -21,6 +21,11 @@ EVENT_TOPICS: dict[str, str] = {
 }
 
 
+def topic_name(settings: Settings, base: str) -> str:
+    """The name on the broker of catalogue topic ``base`` (``EZ_TOPIC_PREFIX`` applied)."""
+    return settings.topic_prefix + base
+
+
 def dlq_topic(topic: str) -> str:
     """The dead-letter topic of ``topic``."""
     return topic + DLQ_SUFFIX
@@ -37,7 +42,8 @@ class TopicSpec:
 def catalogue(settings: Settings) -> list[TopicSpec]:
     """Every topic of the project, with partitions and retention from settings."""
     specs = []
-    for topic in EVENT_TOPICS:
+    for base in EVENT_TOPICS:
+        topic = topic_name(settings, base)
         specs.append(TopicSpec(topic, settings.topic_partitions, settings.topic_replication, {
             "cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms),
         }))

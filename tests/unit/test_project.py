@@ -19,10 +19,16 @@ def test_readme_starts_with_the_two_commands():
     assert commands == ["make demo", "make test"]
 
 
-def test_readme_documents_every_setting():
+def test_readme_settings_table_is_current():
+    from click.testing import CliRunner
+
+    from streams.cli import cli
+
     readme = (ROOT / "README.md").read_text()
-    missing = [name for name, _, _ in describe_settings() if f"`{name}`" not in readme]
-    assert missing == []
+    table = re.search(r"<!-- settings:start[^>]*-->\n(.*?)<!-- settings:end -->", readme, re.S).group(1)
+    generated = CliRunner().invoke(cli, ["settings", "--markdown"]).output
+    assert table == generated, "regenerate with: ezstream settings --markdown"
+    assert all(f"`{name}`" in table for name, _, _ in describe_settings())
 
 
 def test_ci_runs_the_readme_test_command_and_fails_on_errors():
