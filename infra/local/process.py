@@ -13,19 +13,23 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.errors import ServiceError
 
 
-@dataclass(frozen=True)
+@dataclass
 class ManagedProcess:
-    """The files infra/local keeps for one service."""
+    """The files infra/local keeps for one service, and the child while this process starts it."""
 
     name: str
     run_dir: Path
     logs_dir: Path
+    #: The child started by this process (None in a process that did not start it).
+    child: subprocess.Popen | None = field(default=None, repr=False)
+    #: Why the last pid on record was dropped, for error messages.
+    last_lost: str = ""
 
     @property
     def pid_file(self) -> Path:
@@ -47,9 +51,17 @@ class ManagedProcess:
         except (OSError, ValueError):
             return None
         cmdline = _cmdline(pid)
+        for _ in range(20):
+            # An empty command line is a process in the middle of an exec (MinIO re-executes
+            # itself at start-up): look again before judging it.
+            if cmdline != "":
+                break
+            time.sleep(0.01)
+            cmdline = _cmdline(pid)
         if cmdline is not None and state.get("marker", "") in cmdline:
             return pid
         # Gone, or the pid now belongs to another program: the files are stale.
+        self.last_lost = f"pid {pid}: {'gone' if cmdline is None else 'now runs ' + repr(cmdline[:120])}"
         self._forget()
         return None
 
@@ -74,6 +86,7 @@ class ManagedProcess:
                 env=env,
                 start_new_session=True,
             )
+        self.child = proc
         self.state_file.write_text(json.dumps({**state, "marker": marker}))
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
@@ -83,9 +96,11 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout_s
         delay = 0.1
         while True:
-            if self.pid() is None:
+            # Our own child is watched through its handle; one started elsewhere through its pid.
+            if self.child.poll() is not None if self.child is not None else self.pid() is None:
+                how = f"exit code {self.child.returncode}" if self.child is not None else self.last_lost
                 raise ServiceError(
-                    f"{what} exited during start-up (log: {self.log_file}); last lines:\n{self.log_tail()}"
+                    f"{what} exited during start-up ({how}; log: {self.log_file}); last lines:\n{self.log_tail()}"
                 )
             if check():
                 return
@@ -98,7 +113,8 @@ class ManagedProcess:
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """SIGTERM our process group, SIGKILL after ``timeout_s``; True if something was stopped."""
-        pid = self.pid()
+        own_child_running = self.child is not None and self.child.poll() is None
+        pid = self.child.pid if own_child_running else self.pid()
         if pid is None:
             return False
         _signal_group(pid, signal.SIGTERM)

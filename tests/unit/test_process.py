@@ -36,10 +36,13 @@ def test_start_records_and_stop_removes(proc):
 
 def test_pid_of_another_program_is_never_trusted(proc):
     pid = start_sleeper(proc, "marker-2")
-    # The pid file now names a process whose command line lacks our marker (as after pid reuse).
+    # Another invocation (no child handle) finds a pid whose command line lacks the recorded
+    # marker, as after pid reuse.
     proc.state_file.write_text('{"marker": "something-else"}')
-    assert proc.pid() is None
-    assert proc.stop() is False
+    later = ManagedProcess(proc.name, proc.run_dir, proc.logs_dir)
+    assert later.pid() is None
+    assert "now runs" in later.last_lost
+    assert later.stop() is False
     assert os.path.exists(f"/proc/{pid}")  # untouched
     os.kill(pid, 9)
     os.waitpid(pid, 0)
