@@ -45,3 +45,18 @@ def test_compose_file_has_the_same_stack():
     assert "mb --ignore-existing local/ezstream-lake" in services["minio-init"]["entrypoint"]
     for name in ("kafka", "minio", "clickhouse"):
         assert "healthcheck" in services[name], name
+
+
+def test_readme_json_lines_example_is_a_valid_event():
+    import json
+
+    from connectors.kafka.codec import decode, encode
+    from connectors.kafka.events import LlmCall
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<<'JSON'\n(.*?)\nJSON\n", readme, re.S).group(1)
+    for line in block.splitlines():
+        obj = json.loads(line)
+        obj.pop("event_time")
+        event = LlmCall(**obj)
+        assert decode(encode(event.EVENT, event.to_record()))[1]["call_id"] == obj["call_id"]
