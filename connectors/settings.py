@@ -150,6 +150,15 @@ class Settings(BaseSettings):
         "Default: chdb://$EZ_HOME/clickhouse. Secret: it may hold a password.",
     )
 
+    clickhouse_database: str = Field(
+        default="ezstream",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="ClickHouse database of the project's tables (created if missing).",
+    )
+    clickhouse_ttl_days: int = Field(
+        default=365, ge=1, description="Days ClickHouse keeps event rows (table TTL on event_time)."
+    )
+
     # Local stack (infra/local)
     kafka_version: str = Field(
         default="4.4.0", description="Apache Kafka version that infra/local fetches from Maven Central."
