@@ -159,6 +159,21 @@ class Settings(BaseSettings):
         default=365, ge=1, description="Days ClickHouse keeps event rows (table TTL on event_time)."
     )
 
+    # Sinks: one batching loop per sink; a batch is written when any limit is reached.
+    lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")
+    lake_flush_mb: float = Field(default=128.0, gt=0, description="Lake sink: encoded MiB buffered per batch.")
+    lake_flush_seconds: float = Field(
+        default=30.0, gt=0, description="Lake sink: longest wait before a batch is written (bigger files, staler lake)."
+    )
+    clickhouse_flush_rows: int = Field(default=100_000, ge=1, description="ClickHouse sink: rows per batch.")
+    clickhouse_flush_mb: float = Field(default=64.0, gt=0, description="ClickHouse sink: encoded MiB buffered per batch.")
+    clickhouse_flush_seconds: float = Field(
+        default=1.0, gt=0, description="ClickHouse sink: longest wait before a batch is inserted (freshness)."
+    )
+    sink_retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest back-off between retries while a sink is unavailable."
+    )
+
     # Local stack (infra/local)
     kafka_version: str = Field(
         default="4.4.0", description="Apache Kafka version that infra/local fetches from Maven Central."

@@ -34,10 +34,14 @@ def up() -> None:
 
 @cli.command()
 def down() -> None:
-    """Stop what `ezstream up` started for this EZ_HOME, and nothing else."""
+    """Stop the background workers and what `ezstream up` started for this EZ_HOME, nothing else."""
     from infra.local import Stack
+    from streams.worker import stop_detached
 
-    Stack(_settings()).down(echo=click.echo)
+    settings = _settings()
+    for name in stop_detached(settings):
+        click.echo(f"{name:<11} stopped")
+    Stack(settings).down(echo=click.echo)
 
 
 @cli.command()
@@ -165,6 +169,96 @@ def produce(topic: str, source) -> None:
                f"rejected {len(report.rejected)}")
     if report.rejected:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--only", help="Comma-separated roles to run (default: all): lake, clickhouse.")
+@click.option("--detach", is_flag=True, help="Run in the background; `ezstream down` stops it.")
+@click.option("--home", type=click.Path(file_okay=False), help="EZ_HOME for this worker (overrides the env).")
+@click.option("--loglevel", "-l", default="info", type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+def worker(only: str | None, detach: bool, home: str | None, loglevel: str) -> None:
+    """Run the stream processors: validate, dead-letter, write the lake and ClickHouse."""
+    from streams.worker import parse_roles, run_worker, start_detached
+
+    settings = load_settings(home=home) if home else _settings()
+    roles = parse_roles(only)
+    if detach:
+        outcome = start_detached(settings, roles)
+        click.echo(f"worker ({', '.join(roles)}) {outcome}; log: {settings.logs_dir}/worker-{'-'.join(roles)}.log")
+        return
+    run_worker(settings, roles, loglevel=loglevel)
+
+
+_FORMATS = click.Choice(["table", "csv", "json"])
+
+
+@cli.command()
+@click.argument("statement")
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def sql(statement: str, fmt: str) -> None:
+    """Run STATEMENT on ClickHouse (through the worker that owns the embedded engine, if one runs)."""
+    from connectors.clickhouse.query import format_result
+    from streams.query_server import query
+
+    settings = _settings()
+    columns, rows = query(settings, statement)
+    click.echo(format_result(columns, rows, fmt))
+
+
+@cli.command("lake-sql")
+@click.argument("statement")
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def lake_sql(statement: str, fmt: str) -> None:
+    """Run STATEMENT with DuckDB over the lake; every Delta table is registered by name."""
+    from connectors.clickhouse.query import format_result
+    from connectors.lake.query import lake_query
+
+    columns, rows = lake_query(_settings(), statement)
+    click.echo(format_result(columns, rows, fmt))
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect and replay dead letters."""
+
+
+@dlq.command("list")
+def dlq_list() -> None:
+    """Each DLQ topic with its number of dead letters and their error classes."""
+    from collections import Counter
+
+    from connectors.kafka.dlq import ERROR_CLASS, dlq_topics, read_dead_letters
+
+    settings = _settings()
+    click.echo(f"{'DLQ TOPIC':<32} {'COUNT':>7}  ERRORS")
+    for topic in dlq_topics(settings):
+        letters = read_dead_letters(settings, topic)
+        errors = Counter(letter.headers.get(ERROR_CLASS, "?") for letter in letters)
+        click.echo(f"{topic:<32} {len(letters):>7}  {', '.join(f'{k} {v}' for k, v in errors.most_common())}")
+
+
+@dlq.command("show")
+@click.argument("topic")
+@click.option("--limit", default=20, show_default=True, help="Most dead letters to print.")
+def dlq_show(topic: str, limit: int) -> None:
+    """Print the dead letters of TOPIC (a .dlq topic) with their error and source."""
+    from connectors.kafka.dlq import ERROR_CLASS, ERROR_MESSAGE, PROCESSOR, read_dead_letters
+
+    for letter in read_dead_letters(_settings(), topic, limit=limit):
+        value = letter.value or b""
+        click.echo(f"{letter.dlq_topic}[{letter.dlq_partition}]@{letter.dlq_offset}  from {letter.source}  "
+                   f"by {letter.headers.get(PROCESSOR, '?')}")
+        click.echo(f"  {letter.headers.get(ERROR_CLASS, '?')}: {letter.headers.get(ERROR_MESSAGE, '')}")
+        click.echo(f"  key={letter.key!r} value[{len(value)} bytes]={value[:48].hex()}{'…' if len(value) > 48 else ''}")
+
+
+@dlq.command("replay")
+@click.argument("topic")
+def dlq_replay(topic: str) -> None:
+    """Send the dead letters of TOPIC back to their source topic (each once, after a fix)."""
+    from connectors.kafka.dlq import replay
+
+    click.echo(f"{topic}: replayed {replay(_settings(), topic)} dead letter(s)")
 
 
 @cli.command("settings")

@@ -1,0 +1,384 @@
+"""The one batching and commit loop shared by every sink.
+
+A batch consumer (librdkafka, thousands of messages per call) keeps one buffer per (topic,
+partition). When a buffer is big or old enough, every buffer is decoded in one call per
+partition into Arrow, undecodable messages go to the DLQ (durably, first), and the sink writes
+the rest: one write per table for a sink that commits many partitions atomically, one per
+partition otherwise. The sink records how far it got; on assignment the loop seeks to the sink's
+record, never to the group's committed offsets (committed only for lag monitoring).
+
+While a sink is unavailable the loop keeps the batch, pauses its partitions (so memory stays
+bounded), and retries with back-off; a rebalance meanwhile drops the buffers of partitions that
+moved, which their new owner rebuilds from the sink's record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.errors import TerminalError, TransientError
+from connectors.failpoints import failpoint
+from connectors.kafka.codec import Codec, default_codec
+from connectors.kafka.config import client_config
+from connectors.kafka.dlq import DeadLetters
+from connectors.kafka.schemas import TOPIC_EVENTS
+from connectors.kafka.topics import topic_name
+from connectors.settings import Settings
+from connectors.sink import OFFSET_COLUMN, PARTITION_COLUMN, TABLES, OffsetRange, ResumePoint, Sink, SinkBatch
+
+log = logging.getLogger(__name__)
+
+
+class _Abandoned(Exception):
+    """Stop was requested while a write kept failing: leave it for the next start."""
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When buffered messages are written: whichever limit is reached first."""
+
+    max_rows: int
+    max_bytes: int
+    max_age_s: float
+
+    @classmethod
+    def for_sink(cls, settings: Settings, sink: str) -> "FlushPolicy":
+        prefix = "lake" if sink == "lake" else "clickhouse"
+        return cls(
+            max_rows=getattr(settings, f"{prefix}_flush_rows"),
+            max_bytes=int(getattr(settings, f"{prefix}_flush_mb") * 1024 * 1024),
+            max_age_s=getattr(settings, f"{prefix}_flush_seconds"),
+        )
+
+
+@dataclass
+class _PartitionBuffer:
+    """Messages of one partition not yet written, and where the next range starts."""
+
+    next_offset: int  # first offset of the next range (the seek position, or last written + 1)
+    replay_last: int | None = None  # the recorded batch to rebuild first ends here
+    messages: list[Any] = field(default_factory=list)
+    nbytes: int = 0
+    since: float = 0.0  # monotonic time of the first buffered message
+
+
+@dataclass
+class RunnerStats:
+    """Counters of one loop, read by status and metrics."""
+
+    consumed: int = 0
+    written_rows: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    retries: int = 0
+    last_write_at: float = 0.0
+    paused: bool = False
+
+
+class SinkRunner:
+    """Consumes the catalogue topics of ``sink`` and writes them through it until stopped.
+
+    :param topics: catalogue topic names (``agent.tasks``…); ``EZ_TOPIC_PREFIX`` is applied.
+    :param dead_letters: whether this loop dead-letters undecodable messages. Exactly one sink
+        should (the lake, the system of record): every sink reads the same topics, and a second
+        one would dead-letter each bad message again. The others skip them the same way.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        *,
+        topics: list[str] | None = None,
+        policy: FlushPolicy | None = None,
+        dead_letters: bool = False,
+        codec: Codec | None = None,
+        fetch_messages: int = 10_000,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.policy = policy or FlushPolicy.for_sink(settings, sink.name)
+        self.codec = codec or default_codec()
+        self.fetch_messages = fetch_messages
+        self.group = f"{settings.topic_prefix}ezstream.{sink.name}"
+        self._catalogue = {topic_name(settings, t): t for t in (topics or list(TABLES))}
+        self._dead_letters_enabled = dead_letters
+        self._dlq: DeadLetters | None = None
+        self._consumer: Any = None
+        self._buffers: dict[tuple[str, int], _PartitionBuffer] = {}
+        self._stop = threading.Event()
+        #: Set once the sink is set up and the consumer subscribed.
+        self.ready = threading.Event()
+        self.stats = RunnerStats()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish: it writes what it holds if the sink allows, then returns."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; raises only on errors that retrying cannot fix."""
+        from confluent_kafka import Consumer
+
+        self._retry(self.sink.setup, "setting up")
+        if self._dead_letters_enabled:
+            self._dlq = DeadLetters(self.settings, self.sink.name)
+        self._consumer = Consumer(client_config(self.settings, **{
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Bounded prefetch: memory stays flat however far behind the loop is.
+            "queued.max.messages.kbytes": 32768,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+            "max.poll.interval.ms": 600_000,
+            # A worker killed with -9 gives up its partitions after this, not after 45 s.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
+        }))
+        self._consumer.subscribe(list(self._catalogue), on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                self._poll(timeout_s=min(0.5, self.policy.max_age_s / 2))
+                if self._due():
+                    self._flush()
+            self._flush(final=True)
+        except _Abandoned as exc:
+            log.warning("%s: stopped with a batch unwritten (it is read again at restart): %s", self.sink.name, exc)
+        finally:
+            self._consumer.close()
+            self.sink.close()
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def _poll(self, timeout_s: float) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        messages = self._consumer.consume(self.fetch_messages, timeout=timeout_s)
+        now = time.monotonic()
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("%s: consumer error: %s", self.sink.name, err.str())
+                continue
+            buffer = self._buffers.get((msg.topic(), msg.partition()))
+            if buffer is None:
+                continue  # revoked in this very call: its new owner reads it again
+            if not buffer.messages:
+                buffer.since = now
+            buffer.messages.append(msg)
+            buffer.nbytes += len(msg.value() or b"")
+        self.stats.consumed += len(messages)
+
+    def _due(self) -> bool:
+        rows = nbytes = 0
+        oldest = None
+        for buffer in self._buffers.values():
+            if not buffer.messages:
+                continue
+            if buffer.replay_last is not None and buffer.messages[-1].offset() >= buffer.replay_last:
+                return True
+            rows += len(buffer.messages)
+            nbytes += buffer.nbytes
+            oldest = buffer.since if oldest is None else min(oldest, buffer.since)
+        if oldest is None:
+            return False
+        return (rows >= self.policy.max_rows or nbytes >= self.policy.max_bytes
+                or time.monotonic() - oldest >= self.policy.max_age_s)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _flush(self, final: bool = False) -> None:
+        """Decode, dead-letter and write everything buffered; returns when it is durable."""
+        batches: dict[str, list[tuple[OffsetRange, list[Any]]]] = {}
+        for (topic, partition), buffer in self._buffers.items():
+            if not buffer.messages:
+                continue
+            if buffer.replay_last is not None:
+                # Rebuild exactly the recorded batch first; what follows waits for the next flush.
+                last = buffer.replay_last
+                if buffer.messages[-1].offset() < last and not final:
+                    continue
+                cut = next((i for i, m in enumerate(buffer.messages) if m.offset() > last), len(buffer.messages))
+                taken, buffer.messages = buffer.messages[:cut], buffer.messages[cut:]
+                last = max(last, taken[-1].offset()) if taken else last
+                buffer.replay_last = None
+            else:
+                taken, buffer.messages = buffer.messages, []
+                last = taken[-1].offset()
+            buffer.nbytes = sum(len(m.value() or b"") for m in buffer.messages)
+            buffer.since = time.monotonic()
+            rng = OffsetRange(topic, partition, buffer.next_offset, last)
+            buffer.next_offset = last + 1
+            batches.setdefault(topic, []).append((rng, taken))
+        if not batches:
+            return
+
+        writes: list[SinkBatch] = []
+        for topic, parts in batches.items():
+            catalogue_topic = self._catalogue[topic]
+            event, table = TOPIC_EVENTS[catalogue_topic], TABLES[catalogue_topic]
+            decoded = [(rng, self._decode(event, messages)) for rng, messages in parts]
+            if self.sink.multi_partition_writes:
+                rows = pa.concat_tables([t for _, t in decoded]) if len(decoded) > 1 else decoded[0][1]
+                writes.append(SinkBatch(table, event, rows, tuple(rng for rng, _ in decoded)))
+            else:
+                writes.extend(SinkBatch(table, event, t, (rng,)) for rng, t in decoded)
+        if self._dlq is not None:
+            # Dead letters are durable before the offsets that skip them are recorded.
+            self._retry(self._dlq.flush, "flushing dead letters")
+        failpoint(f"{self.sink.name}.before_write")
+        for batch in writes:
+            self._write(batch)
+        failpoint(f"{self.sink.name}.after_write")
+        self._commit(batches)
+
+    def _decode(self, event: str, messages: list[Any]) -> pa.Table:
+        result = self.codec.decode_batch_arrow([m.value() for m in messages], event)
+        good = messages
+        if result.failures:
+            failed = {f.index for f in result.failures}
+            for failure in result.failures:
+                if self._dlq is not None:
+                    self._dlq.send(messages[failure.index], failure.error_class, failure.message)
+            self.stats.dead_letters += len(result.failures)
+            good = [m for i, m in enumerate(messages) if i not in failed]
+        table = result.table
+        table = table.append_column(PARTITION_COLUMN, pa.array([m.partition() for m in good], pa.int32()))
+        return table.append_column(OFFSET_COLUMN, pa.array([m.offset() for m in good], pa.int64()))
+
+    def _write(self, batch: SinkBatch) -> None:
+        def attempt() -> None:
+            nonlocal batch
+            batch = self._owned(batch)
+            if not batch.ranges:
+                return
+            try:
+                self.sink.write(batch)
+            except TerminalError as exc:
+                log.error("%s: %s: writing %s failed for good: %s", self.sink.name,
+                          ", ".join(r.token for r in batch.ranges), batch.table, exc)
+                raise
+
+        self._retry(attempt, f"writing {batch.table} {', '.join(r.token for r in batch.ranges)}")
+        self.stats.batches += 1
+        self.stats.written_rows += batch.rows.num_rows
+        self.stats.last_write_at = time.time()
+
+    def _owned(self, batch: SinkBatch) -> SinkBatch:
+        """``batch`` without the partitions revoked since it was built (their new owner has them)."""
+        owned = tuple(r for r in batch.ranges if (r.topic, r.partition) in self._buffers)
+        if len(owned) == len(batch.ranges):
+            return batch
+        keep = pa.array([r.partition for r in owned], pa.int32())
+        rows = batch.rows.filter(pc.is_in(batch.rows[PARTITION_COLUMN], value_set=keep))
+        return SinkBatch(batch.table, batch.event, rows, owned)
+
+    def _commit(self, batches: dict[str, list[tuple[OffsetRange, list[Any]]]]) -> None:
+        """Commit the group's offsets after the sink's write: for lag monitoring only."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for parts in batches.values() for r, _ in parts]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.info("%s: offset commit skipped: %s", self.sink.name, exc)
+
+    def _retry(self, action: Callable[[], Any], what: str) -> Any:
+        """Run ``action`` until it succeeds, backing off while it raises TransientError.
+
+        Consumption is paused meanwhile, and the consumer keeps being polled so the group
+        membership stays alive and rebalances are served.
+        """
+        delay = 0.5
+        while True:
+            try:
+                result = action()
+            except TransientError as exc:
+                if self._stop.is_set():
+                    # Nothing of this batch is recorded, so a restart reads it again.
+                    raise _Abandoned(f"{what}: {exc}") from None
+                self.stats.retries += 1
+                log.warning("%s: %s failed (%s); retrying in %.1f s", self.sink.name, what, exc, delay)
+                self._pause(True)
+                end = time.monotonic() + delay
+                while time.monotonic() < end:
+                    if self._consumer is not None:
+                        self._poll_paused(min(0.5, end - time.monotonic()))
+                    else:
+                        time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
+                continue
+            self._pause(False)
+            return result
+
+    def _poll_paused(self, timeout_s: float) -> None:
+        # Paused partitions deliver nothing; this serves heartbeats and rebalance callbacks.
+        self._poll(max(timeout_s, 0.0))
+
+    def _pause(self, paused: bool) -> None:
+        if self._consumer is None or paused == self.stats.paused:
+            return
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+        self.stats.paused = paused
+
+    # -- rebalancing ---------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        points: dict[tuple[str, int], ResumePoint] = {}
+        for topic, parts in by_topic.items():
+            found = self._retry_in_callback(lambda t=topic, p=parts: self.sink.resume_points(t, p))
+            points.update({(topic, p): rp for p, rp in found.items()})
+        for tp in partitions:
+            point = points.get((tp.topic, tp.partition))
+            tp.offset = point.next_offset if point else OFFSET_BEGINNING
+            self._buffers[(tp.topic, tp.partition)] = _PartitionBuffer(
+                next_offset=point.next_offset if point else 0,
+                replay_last=point.replay_last if point else None,
+            )
+        log.info("%s: assigned %s", self.sink.name,
+                 ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+        consumer.assign(partitions)
+        if self.stats.paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        for tp in partitions:
+            self._buffers.pop((tp.topic, tp.partition), None)
+        log.info("%s: revoked %s", self.sink.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        consumer.unassign()
+
+    def _retry_in_callback(self, action: Callable[[], Any]) -> Any:
+        # Inside a rebalance callback the consumer must not be polled: plain back-off.
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except TransientError as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("%s: reading resume points failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
