@@ -1,0 +1,152 @@
+"""The ClickHouse sink: decoded batches into the event tables, exactly once.
+
+Exactly once rests on three things (see ``migrations/``):
+
+1. Before its insert, a batch's offset range is recorded in ``ingest_batches`` (``written`` false);
+   once the insert returned, again with ``written`` true.
+2. Every insert carries ``insert_deduplication_token`` = the range's token (topic, partition,
+   first and last offset). The event tables and the rollup tables keep a deduplication window,
+   so a block whose token they already hold is dropped, and the materialized views that fill the
+   rollups are deduplicated the same way (``deduplicate_blocks_in_dependent_materialized_views``).
+3. On assignment, :meth:`ClickHouseSink.resume_points` replays the newest batch of a partition
+   that is not marked written: the loop rebuilds exactly that batch, same rows, same token, and
+   its insert either lands or is dropped as a duplicate. A batch marked written is not replayed,
+   which keeps it exact even after its block has left the deduplication window.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from clickhouse_connect.driver.exceptions import ClickHouseError, error_name_from_body
+
+from connectors.clickhouse import get_client
+from connectors.clickhouse.migrations import apply_migrations
+from connectors.errors import EzStreamError, TerminalError, TransientError
+from connectors.settings import Settings
+from connectors.sink import OffsetRange, ResumePoint, Sink, SinkBatch
+
+#: Settings of every insert. ``async_insert`` is off because chDB turns it on by default, and an
+#: asynchronous insert is buffered (not durable when the call returns) and deduplicated by other
+#: rules than the token.
+INSERT_SETTINGS: dict[str, int] = {
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "async_insert": 0,
+}
+
+# ClickHouse errors (besides CANNOT_PARSE_*) that say these rows cannot be stored: retrying cannot
+# help. Any other refusal, a column the table lacks (a missing migration) included, is retried:
+# it holds for every batch, and dead-lettering them all would empty the topic into its DLQ.
+_DATA_ERRORS = frozenset({
+    "TYPE_MISMATCH",
+    "CANNOT_CONVERT_TYPE",
+    "INCORRECT_DATA",
+    "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    "DECIMAL_OVERFLOW",
+    "TOO_LARGE_STRING_SIZE",
+})
+
+_BATCHES_COLUMNS = ["topic", "partition", "first_offset", "last_offset", "rows", "written", "consumer_group"]
+
+
+class ClickHouseSink(Sink):
+    """Writes batches into ``{database}.<table>`` (see :data:`connectors.sink.TABLES`).
+
+    :param settings: where ClickHouse is (``EZ_CLICKHOUSE_DSN``) and which database to use.
+    :param group: consumer group of the worker, recorded with each batch for the audit trail.
+        Resume points do not depend on it: what the tables hold is the truth, whoever wrote it.
+    """
+
+    name = "clickhouse"
+    multi_partition_writes = False
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self.settings = settings
+        self.group = group
+        self.database = settings.clickhouse_database
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The clickhouse-connect client; set by :meth:`setup`."""
+        if self._client is None:
+            raise RuntimeError("ClickHouseSink.setup() was not called")
+        return self._client
+
+    def setup(self) -> None:
+        """Connect and bring the database up to the latest migration."""
+        self._client = get_client(self.settings)
+        apply_migrations(self._client, self.settings)
+
+    def resume_points(self, topic: str, partitions: list[int]) -> dict[int, ResumePoint]:
+        """From the newest recorded batch of each partition: after it, or it again if not written."""
+        if not partitions:
+            return {}
+        # One row per batch even before ReplacingMergeTree merged its two records.
+        sql = (
+            "SELECT partition, first_offset, last_offset, max(written) "
+            f"FROM {self.database}.ingest_batches "
+            "WHERE topic = %(topic)s AND partition IN %(partitions)s "
+            "GROUP BY partition, first_offset, last_offset "
+            "ORDER BY partition, last_offset DESC LIMIT 1 BY partition"
+        )
+        try:
+            rows = self.client.query(sql, parameters={"topic": topic, "partitions": list(partitions)}).result_rows
+        except (ClickHouseError, OSError) as exc:
+            raise self._error(exc, f"reading the resume points of {topic}") from None
+        points = {}
+        for partition, first, last, written in rows:
+            points[int(partition)] = ResumePoint(last + 1) if written else ResumePoint(first, replay_last=last)
+        return points
+
+    def write(self, batch: SinkBatch) -> None:
+        """Record the batch's range, insert its rows (deduplicated by the range's token), mark it written.
+
+        :raises TransientError: ClickHouse is unreachable or refused for a reason that may pass.
+        :raises TerminalError: ClickHouse cannot store these rows; the message names the table and token.
+        """
+        if len(batch.ranges) != 1:
+            raise ValueError(f"{self.name} writes one partition's range at a time, got {len(batch.ranges)}")
+        offsets = batch.ranges[0]
+        rows = batch.rows.num_rows
+        if rows:
+            self._record(offsets, rows, written=False)
+            self._insert(batch.table, batch.rows, offsets.token)
+        self._record(offsets, rows, written=True)
+
+    def close(self) -> None:
+        """Forget the client; it is process-wide (see :func:`~connectors.clickhouse.get_client`), so it stays open."""
+        self._client = None
+
+    def _record(self, offsets: OffsetRange, rows: int, written: bool) -> None:
+        row = [offsets.topic, offsets.partition, offsets.first, offsets.last, rows, written, self.group]
+        try:
+            self.client.insert(
+                f"{self.database}.ingest_batches", [row], column_names=_BATCHES_COLUMNS, settings=INSERT_SETTINGS
+            )
+        except (ClickHouseError, OSError) as exc:
+            raise self._error(exc, f"recording batch {offsets.token}") from None
+
+    def _insert(self, table: str, rows: pa.Table, token: str) -> None:
+        doing = f"inserting batch {token} into {self.database}.{table}"
+        try:
+            self.client.insert_arrow(
+                table, rows, database=self.database, settings={**INSERT_SETTINGS, "insert_deduplication_token": token}
+            )
+        except (ClickHouseError, OSError) as exc:
+            raise self._error(exc, doing) from None
+
+    def _error(self, exc: ClickHouseError | OSError, doing: str) -> EzStreamError:
+        where = f"ClickHouse at {self.settings.clickhouse_dsn_redacted}"
+        # Only a server that answered gives an error code; without one it was not reached. The
+        # driver's text is left out then: it may quote the connection's URL.
+        if getattr(exc, "code", None) is None:
+            return TransientError(f"{where} is unavailable while {doing} ({type(exc).__name__})")
+        message = str(exc).splitlines()[0]
+        name = getattr(exc, "name", None) or error_name_from_body(message) or ""
+        if name in _DATA_ERRORS or name.startswith("CANNOT_PARSE"):
+            return TerminalError(f"{where} refused {doing}: {message}")
+        return TransientError(f"{where} failed {doing}: {message}")
