@@ -26,13 +26,9 @@ down:
 status: install
 	$(EZ) status
 
-## demo: set up, start the stack, create the topics, show the status of every service
+## demo: set up, start the stack and a worker, send a minute of agent traffic, compare lake and ClickHouse
 demo: install
-	$(EZ) up
-	$(EZ) topics create
-	$(EZ) status
-	@echo
-	@echo "The stack is up. Stop it with: make down"
+	$(EZ) demo
 
 ## test: set up and run the whole suite (the integration fixtures start and stop their own stack)
 test: fetch

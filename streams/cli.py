@@ -172,6 +172,38 @@ def produce(topic: str, source) -> None:
 
 
 @cli.command()
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="Simulated events per second.")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of traffic.")
+@click.option("--seed", type=int, default=42, show_default=True)
+def demo(rate: float, duration: float, seed: int) -> None:
+    """The whole pipeline locally: stack, topics, worker, a minute of traffic, matching totals."""
+    from streams.demo import run_demo
+
+    if not run_demo(rate, duration, seed, echo=click.echo):
+        click.echo("the lake and ClickHouse totals differ: see the worker log", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--rate", type=float, default=1000.0, show_default=True,
+              help="Events per second (0: as fast as the broker takes them).")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same events.")
+@click.option("--agents", help="Fleet, e.g. development=10,content=5,enterprise=8,research=15 (the default).")
+def simulate(rate: float, duration: float, seed: int, agents: str | None) -> None:
+    """Send realistic agent traffic (tasks, LLM calls, telemetry) from a simulated fleet."""
+    from streams.simulate import format_report, parse_fleet, run_simulation
+
+    fleet = parse_fleet(agents) if agents else None
+    report = run_simulation(_settings(), rate=rate, duration_s=duration, seed=seed, fleet=fleet)
+    click.echo(format_report(report))
+    if not report.ok:
+        if report.error:
+            click.echo(f"error: {report.error}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
 @click.option("--only", help="Comma-separated roles to run (default: all): lake, clickhouse.")
 @click.option("--detach", is_flag=True, help="Run in the background; `ezstream down` stops it.")
 @click.option("--home", type=click.Path(file_okay=False), help="EZ_HOME for this worker (overrides the env).")

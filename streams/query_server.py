@@ -37,11 +37,22 @@ def announcement(settings: Settings) -> Path:
 
 
 def run_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """Run ``sql`` on this process's client: column names and rows."""
+    """Run ``sql`` on this process's client: column names and rows.
+
+    :raises TerminalError: ClickHouse rejected it (the message says why); an unknown project
+        database is reported the same way.
+    """
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
+    client = get_client(settings)
     try:
-        result = get_client(settings).query(sql)
+        # Unqualified table names mean the project's database. The client is shared per engine,
+        # so say it for every query; the sinks always qualify their names.
+        if is_embedded(settings):
+            client.command(f"USE {settings.clickhouse_database}")
+        else:
+            client.database = settings.clickhouse_database
+        result = client.query(sql)
     except ClickHouseError as exc:
         raise TerminalError(f"ClickHouse rejected the query: {_first_line(exc)}") from None
     return list(result.column_names), [list(row) for row in result.result_rows]

@@ -74,10 +74,13 @@ class RunnerService(mode.Service):
                 self.runner.run()
             except BaseException as exc:  # noqa: BLE001  the worker must stop, loudly, on any crash
                 log.exception("%s crashed", self.label)
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.crash(exc)))
+                loop.call_soon_threadsafe(self._crash_soon, exc)
 
         self._thread = threading.Thread(target=run, name=self.label, daemon=True)
         self._thread.start()
+
+    def _crash_soon(self, exc: BaseException) -> None:
+        asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
         self.runner.stop()

@@ -24,6 +24,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, error_name_fro
 from connectors.clickhouse import get_client
 from connectors.clickhouse.migrations import apply_migrations
 from connectors.errors import EzStreamError, TerminalError, TransientError
+from connectors.failpoints import failpoint
 from connectors.settings import Settings
 from connectors.sink import OffsetRange, ResumePoint, Sink, SinkBatch
 
@@ -114,7 +115,9 @@ class ClickHouseSink(Sink):
         rows = batch.rows.num_rows
         if rows:
             self._record(offsets, rows, written=False)
+            failpoint("clickhouse.after_record")
             self._insert(batch.table, batch.rows, offsets.token)
+            failpoint("clickhouse.after_insert")
         self._record(offsets, rows, written=True)
 
     def close(self) -> None:

@@ -143,10 +143,10 @@ class LakeSink(Sink):
         rows = _to_lake_rows(batch.rows, schema)
         delta = self._open(batch.table, batch.ranges) or self._create(batch.table, schema, batch.ranges)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            fresh_rows, ranges = self._unwritten(delta, rows, batch.ranges)
-            if not ranges:
-                return
             try:
+                fresh_rows, ranges = self._unwritten(delta, rows, batch.ranges)
+                if not ranges:
+                    return
                 self._commit(delta, fresh_rows, ranges)
                 return
             except CommitFailedError as exc:

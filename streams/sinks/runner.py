@@ -358,8 +358,7 @@ class SinkRunner:
                 next_offset=point.next_offset if point else 0,
                 replay_last=point.replay_last if point else None,
             )
-        log.info("%s: assigned %s", self.sink.name,
-                 ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+        log.info("%s: assigned %s", self.sink.name, _describe(partitions, with_offsets=True))
         consumer.assign(partitions)
         if self.stats.paused:
             consumer.pause(partitions)
@@ -367,7 +366,7 @@ class SinkRunner:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
             self._buffers.pop((tp.topic, tp.partition), None)
-        log.info("%s: revoked %s", self.sink.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        log.info("%s: revoked %s", self.sink.name, _describe(partitions, with_offsets=False))
         consumer.unassign()
 
     def _retry_in_callback(self, action: Callable[[], Any]) -> Any:
@@ -382,3 +381,12 @@ class SinkRunner:
                 log.warning("%s: reading resume points failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.settings.sink_retry_max_seconds)
+
+
+def _describe(partitions: list[Any], with_offsets: bool) -> str:
+    """``topic[0@12,1@start]; other[2]``: short enough for one log line."""
+    by_topic: dict[str, list[str]] = {}
+    for tp in partitions:
+        where = "" if not with_offsets else f"@{tp.offset}" if tp.offset >= 0 else "@start"
+        by_topic.setdefault(tp.topic, []).append(f"{tp.partition}{where}")
+    return "; ".join(f"{topic}[{','.join(parts)}]" for topic, parts in sorted(by_topic.items())) or "nothing"

@@ -1,0 +1,177 @@
+"""End-to-end pipeline benchmark: Kafka -> worker -> lake + ClickHouse, against raw Kafka.
+
+Needs the local stack (``ezstream up``). Uses topics of its own (a fresh ``EZ_TOPIC_PREFIX``) and
+a lake and ClickHouse folder of its own under ``$EZ_HOME/bench``. Prints, asserts nothing:
+
+1. durable throughput: from the first produce of N pre-encoded events to the last one written
+   (and committed) by both the lake and the ClickHouse sink of one worker process;
+2. the raw confluent-kafka consume rate of the same topics in the same run, and the ratio;
+3. freshness at a fixed rate: event time (= send time) -> ``ingested_at`` in ClickHouse, p50/p99;
+4. the worker's peak RSS.
+
+    .venv/bin/python bench/pipeline.py --events 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from connectors.kafka import client_config
+from connectors.kafka.codec import default_codec
+from connectors.kafka.producer import PRODUCER_DEFAULTS
+from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.settings import load_settings
+from connectors.sink import TABLES
+from streams.query_server import query
+from streams.simulate import generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoded_events(n: int, seed: int, start: datetime) -> list[tuple[str, str, bytes]]:
+    codec = default_codec()
+    out = []
+    for event in generate(seed, start_time=start, count=n, rate=5000):
+        out.append((event.TOPIC, event.agent_id, codec.encode(event.EVENT, event.to_record())))
+    return out
+
+
+def produce(settings, events) -> None:
+    producer = Producer(client_config(settings, **PRODUCER_DEFAULTS))
+    for topic, key, value in events:
+        while True:
+            try:
+                producer.produce(topic_name(settings, topic), value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(120) == 0
+
+
+def lag(settings, group: str) -> int:
+    consumer = Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(topic_name(settings, t), p) for t in TABLES for p in range(settings.topic_partitions)]
+        total = 0
+        for tp in consumer.committed(tps, timeout=10):
+            total += consumer.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0)
+        return total
+    finally:
+        consumer.close()
+
+
+def raw_consume_rate(settings, expected: int) -> float:
+    consumer = Consumer(client_config(settings, **{
+        "group.id": f"{settings.topic_prefix}bench.raw", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }))
+    consumer.subscribe([topic_name(settings, t) for t in TABLES])
+    got, started = 0, None
+    while got < expected:
+        batch = consumer.consume(10_000, timeout=1.0)
+        if batch and started is None:
+            started = time.perf_counter()
+        got += sum(1 for m in batch if m.error() is None)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return expected / elapsed
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--fresh-rate", type=float, default=10_000, help="events/s of the freshness phase")
+    parser.add_argument("--fresh-seconds", type=float, default=20)
+    args = parser.parse_args()
+
+    base = load_settings()
+    run = f"bench{int(time.time())}"
+    home = base.home / "bench" / run
+    settings = load_settings(
+        home=home, topic_prefix=f"{run}.", lake_uri=f"file://{home}/lake",
+        clickhouse_dsn=f"chdb://{home}/clickhouse", clickhouse_database="bench",
+    )
+    ensure_topics(settings, catalogue(settings))
+    print(f"preparing {args.events:,} encoded events…", flush=True)
+    events = encoded_events(args.events, seed=11, start=datetime(2026, 11, 26, tzinfo=timezone.utc))
+
+    env = {**os.environ, "EZ_HOME": str(home), "EZ_TOPIC_PREFIX": settings.topic_prefix,
+           "EZ_LAKE_URI": settings.lake_uri, "EZ_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
+           "EZ_CLICKHOUSE_DATABASE": "bench", "EZ_LAKE_FLUSH_SECONDS": "5", "EZ_CLICKHOUSE_FLUSH_SECONDS": "1"}
+    home.mkdir(parents=True, exist_ok=True)
+    ready = home / "run" / "worker-lake-clickhouse.ready"
+    with open(home / "worker.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--only", "lake,clickhouse"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while not ready.exists():
+            if worker.poll() is not None:
+                raise SystemExit(f"worker exited; see {home / 'worker.log'}")
+            time.sleep(0.2)
+
+        started = time.perf_counter()
+        produce(settings, events)
+        produced = time.perf_counter() - started
+        groups = [f"{settings.topic_prefix}ezstream.{role}" for role in ("lake", "clickhouse")]
+        while any(lag(settings, g) for g in groups):
+            time.sleep(0.2)
+        durable = time.perf_counter() - started
+        raw = raw_consume_rate(settings, args.events)
+
+        fresh_n = int(args.fresh_rate * args.fresh_seconds)
+        print(f"freshness phase: {fresh_n:,} events at {args.fresh_rate:,.0f}/s…", flush=True)
+        mark = datetime.now(timezone.utc)
+        codec = default_codec()
+        producer = Producer(client_config(settings, **PRODUCER_DEFAULTS))
+        t0 = time.perf_counter()
+        for i, event in enumerate(generate(12, start_time=mark, count=fresh_n, rate=args.fresh_rate)):
+            while time.perf_counter() - t0 < i / args.fresh_rate:
+                producer.poll(0.0005)
+            event.event_time = datetime.now(timezone.utc)
+            producer.produce(topic_name(settings, event.TOPIC), key=event.agent_id,
+                             value=codec.encode(event.EVENT, event.to_record()))
+            producer.poll(0)
+        producer.flush(60)
+        while any(lag(settings, g) for g in groups):
+            time.sleep(0.2)
+        _, rows = query(settings, f"""
+            SELECT count(), quantiles(0.5, 0.99)(dateDiff('millisecond', event_time, ingested_at))
+            FROM (SELECT event_time, ingested_at FROM bench.llm_calls UNION ALL
+                  SELECT event_time, ingested_at FROM bench.task_events)
+            WHERE event_time >= '{mark.strftime('%Y-%m-%d %H:%M:%S')}'""")
+        fresh_count, (p50, p99) = rows[0]
+        rss = peak_rss_mb(worker.pid)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(120)
+
+    n = args.events
+    print(f"\nevents: {n:,} on {settings.topic_partitions} partitions x {len(TABLES)} topics; one worker, both sinks")
+    print(f"produce (raw, pre-encoded):             {n / produced:>10,.0f} events/s")
+    print(f"end-to-end durable (lake + ClickHouse): {n / durable:>10,.0f} events/s  ({durable:.1f} s)")
+    print(f"raw confluent-kafka consume, same run:  {raw:>10,.0f} events/s")
+    print(f"pipeline / raw consume:                 {n / durable / raw:>10.2f}")
+    print(f"freshness at {args.fresh_rate:,.0f}/s ({fresh_count:,} rows): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    print(f"worker peak RSS:                        {rss:>10.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

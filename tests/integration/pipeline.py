@@ -1,0 +1,201 @@
+"""Harness for the pipeline tests: worker processes, produced truth, and totals per store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from connectors.kafka.producer import EventProducer
+from connectors.kafka.schemas import TOPIC_EVENTS
+from connectors.lake import storage_options, table_uri
+from connectors.settings import Settings
+from connectors.sink import TABLES
+from streams.query_server import query
+from streams.simulate import generate
+from tests.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+START = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a worker process the same settings."""
+    env = {
+        "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "EZ_TOPIC_PREFIX": settings.topic_prefix,
+        "EZ_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "EZ_LAKE_URI": settings.lake_uri,
+        "EZ_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
+        "EZ_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "EZ_LAKE_FLUSH_SECONDS": str(settings.lake_flush_seconds),
+        "EZ_LAKE_FLUSH_ROWS": str(settings.lake_flush_rows),
+        "EZ_CLICKHOUSE_FLUSH_SECONDS": str(settings.clickhouse_flush_seconds),
+        "EZ_CLICKHOUSE_FLUSH_ROWS": str(settings.clickhouse_flush_rows),
+        "EZ_SINK_RETRY_MAX_SECONDS": str(settings.sink_retry_max_seconds),
+    }
+    if settings.s3_endpoint:
+        env["EZ_S3_ENDPOINT"] = settings.s3_endpoint
+    if settings.s3_access_key_id:
+        env["AWS_ACCESS_KEY_ID"] = settings.s3_access_key_id
+    if settings.s3_secret_access_key is not None:
+        env["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_access_key.get_secret_value()
+    return env
+
+
+@dataclass
+class Worker:
+    """An ``ezstream worker`` subprocess with its own EZ_HOME."""
+
+    settings: Settings
+    roles: str
+    home: Path
+    failpoints: str = ""
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+
+    @property
+    def log(self) -> Path:
+        return self.home / "logs" / f"worker-{self.roles.replace(',', '-')}.out"
+
+    @property
+    def ready_file(self) -> Path:
+        return self.home / "run" / f"worker-{self.roles.replace(',', '-')}.ready"
+
+    def start(self, timeout_s: float = 90) -> "Worker":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("EZ_", "AWS_"))},
+               **settings_env(self.settings), "EZ_FAILPOINTS": self.failpoints, "PYTHONPATH": str(REPO)}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--only", self.roles, "--home", str(self.home)],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for(lambda: self.alive() and self.ready_file.exists(), timeout_s, f"worker {self.roles} ready")
+        return self
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"worker {self.roles} is not running; log:\n{self.tail()}")
+        return True
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def rss_mb(self) -> float:
+        """Resident memory of the worker process, MiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout_s: float = 90) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"worker {self.roles} did not stop on SIGTERM; log:\n{self.tail()}")
+
+
+@dataclass
+class Truth:
+    """What was produced: counts and cost per table, and every event id."""
+
+    count: Counter = field(default_factory=Counter)
+    cost: Counter = field(default_factory=Counter)
+
+    def add(self, table: str, cost: float) -> None:
+        self.count[table] += 1
+        self.cost[table] += cost
+
+
+def produce_simulated(settings: Settings, count: int, seed: int, truth: Truth) -> None:
+    """Produce ``count`` simulated events and record them in ``truth``."""
+    tables = {TOPIC_EVENTS[topic]: table for topic, table in TABLES.items()}
+    with EventProducer(settings) as producer:
+        for event in generate(seed, start_time=START, count=count, rate=500):
+            producer.send(event)
+            truth.add(tables[event.EVENT], getattr(event, "cost_usd", 0.0))
+    assert sum(producer.delivered.values()) == count
+
+
+
+def lake_totals(settings: Settings) -> dict[str, tuple[int, float, int]]:
+    """Per lake table: rows, sum(cost_usd) (0 where there is none), distinct Kafka positions."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    totals = {}
+    for table in TABLES.values():
+        try:
+            data = DeltaTable(table_uri(settings, table), storage_options=storage_options(settings)).to_pyarrow_table()
+        except TableNotFoundError:
+            continue
+        cost = sum(v or 0.0 for v in data.column("cost_usd").to_pylist()) if "cost_usd" in data.column_names else 0.0
+        positions = set(zip(data.column("kafka_partition").to_pylist(), data.column("kafka_offset").to_pylist()))
+        totals[table] = (data.num_rows, round(cost, 6), len(positions))
+    return totals
+
+
+def clickhouse_totals(settings: Settings, worker: "Worker") -> dict[str, tuple[int, float, int]]:
+    """Per ClickHouse table: rows, sum(cost_usd), distinct Kafka positions.
+
+    Asked through ``worker``, the process that holds the embedded engine (it announces its query
+    endpoint under its own EZ_HOME).
+    """
+    settings = settings.model_copy(update={"home": worker.home})
+    totals = {}
+    db = settings.clickhouse_database
+    for table in TABLES.values():
+        cost = "sum(cost_usd)" if table in ("task_events", "llm_calls") else "0"
+        columns, rows = query(settings, f"SELECT count(), {cost}, uniqExact(kafka_partition, kafka_offset) FROM {db}.{table}")
+        n, total, positions = rows[0]
+        if n:
+            totals[table] = (int(n), round(float(total), 6), int(positions))
+    return totals
+
+
+def expected(truth: Truth) -> dict[str, tuple[int, float, int]]:
+    return {t: (n, round(truth.cost[t], 6), n) for t, n in truth.count.items()}
+
+
+def wait_exact(settings: Settings, truth: Truth, workers: list[Worker], timeout_s: float = 120) -> None:
+    """Wait until the lake and ClickHouse hold exactly what was produced, no more, no less.
+
+    ``workers`` must run meanwhile; the one with the clickhouse role answers the queries.
+    """
+    want = expected(truth)
+    clickhouse = next(w for w in workers if "clickhouse" in w.roles)
+    state: dict[str, Any] = {}
+
+    def done() -> bool:
+        for worker in workers:
+            worker.alive()
+        state["lake"], state["clickhouse"] = lake_totals(settings), clickhouse_totals(settings, clickhouse)
+        return state["lake"] == want and state["clickhouse"] == want
+
+    try:
+        wait_for(done, timeout_s, "exact totals", interval_s=1.0)
+    except AssertionError:
+        raise AssertionError(f"want {want}\nlake {state.get('lake')}\nclickhouse {state.get('clickhouse')}") from None
