@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--fresh-rate", type=float, default=10_000, help="events/s of the freshness phase")
     parser.add_argument("--fresh-seconds", type=float, default=20)
+    parser.add_argument("--split", action="store_true",
+                        help="one worker process per sink role (--only lake, --only clickhouse) instead of one for both")
     args = parser.parse_args()
 
     base = load_settings()
@@ -117,15 +119,20 @@ def main() -> None:
            "EZ_LAKE_URI": settings.lake_uri, "EZ_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
            "EZ_CLICKHOUSE_DATABASE": "bench", "EZ_LAKE_FLUSH_SECONDS": "5", "EZ_CLICKHOUSE_FLUSH_SECONDS": "1"}
     home.mkdir(parents=True, exist_ok=True)
-    ready = home / "run" / "worker-lake-clickhouse.ready"
-    with open(home / "worker.log", "wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--only", "lake,clickhouse"],
-                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    role_sets = [["lake"], ["clickhouse"]] if args.split else [["lake", "clickhouse"]]
+    workers = []
+    for roles in role_sets:
+        name = "-".join(roles)
+        with open(home / f"worker-{name}.log", "wb") as log:
+            workers.append((home / "run" / f"worker-{name}.ready", subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--only", ",".join(roles)],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
     try:
-        while not ready.exists():
-            if worker.poll() is not None:
-                raise SystemExit(f"worker exited; see {home / 'worker.log'}")
-            time.sleep(0.2)
+        for ready, worker in workers:
+            while not ready.exists():
+                if worker.poll() is not None:
+                    raise SystemExit(f"worker exited; see the logs in {home}")
+                time.sleep(0.2)
 
         started = time.perf_counter()
         produce(settings, events)
@@ -158,19 +165,22 @@ def main() -> None:
                   SELECT event_time, ingested_at FROM bench.task_events)
             WHERE event_time >= '{mark.strftime('%Y-%m-%d %H:%M:%S')}'""")
         fresh_count, (p50, p99) = rows[0]
-        rss = peak_rss_mb(worker.pid)
+        rss = sum(peak_rss_mb(worker.pid) for _, worker in workers)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(120)
+        for _, worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for _, worker in workers:
+            worker.wait(120)
 
     n = args.events
-    print(f"\nevents: {n:,} on {settings.topic_partitions} partitions x {len(TABLES)} topics; one worker, both sinks")
+    layout = "a worker per sink" if args.split else "one worker, both sinks"
+    print(f"\nevents: {n:,} on {settings.topic_partitions} partitions x {len(TABLES)} topics; {layout}")
     print(f"produce (raw, pre-encoded):             {n / produced:>10,.0f} events/s")
     print(f"end-to-end durable (lake + ClickHouse): {n / durable:>10,.0f} events/s  ({durable:.1f} s)")
     print(f"raw confluent-kafka consume, same run:  {raw:>10,.0f} events/s")
     print(f"pipeline / raw consume:                 {n / durable / raw:>10.2f}")
     print(f"freshness at {args.fresh_rate:,.0f}/s ({fresh_count:,} rows): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    print(f"worker peak RSS:                        {rss:>10.0f} MiB")
+    print(f"worker peak RSS (sum of workers):       {rss:>10.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
     for name, outcome in ensure_topics(settings, catalogue(settings)).items():
         if outcome == "created":
             echo(f"topic {name} created")
-    echo("\n== Worker (lake + ClickHouse sinks)")
-    echo(f"worker {start_detached(settings, list(ROLES))}; log: {settings.logs_dir}/worker-lake-clickhouse.log")
+    echo("\n== Workers: one process per sink role, so each has a core of its own")
+    for role in ROLES:
+        echo(f"worker ({role}) {start_detached(settings, [role])}; log: {settings.logs_dir}/worker-{role}.log")
 
     echo(f"\n== Simulated agent traffic: {rate:,.0f} events/s for {duration_s:.0f} s (seed {seed})")
     report = run_simulation(settings, rate=rate, duration_s=duration_s, seed=seed)

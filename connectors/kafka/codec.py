@@ -131,18 +131,7 @@ class Codec:
         :param event: the event the message must hold (its topic's), checked before the body is read.
         :raises CodecError: a subclass saying what is wrong with the message.
         """
-        if data is None or len(data) < HEADER_SIZE:
-            size = "no value" if data is None else f"{len(data)} bytes"
-            raise BadMarker(f"not an Avro single-object message: {size}, less than the {HEADER_SIZE}-byte header")
-        if data[:2] != MARKER:
-            raise BadMarker(f"not an Avro single-object message: starts with {bytes(data[:2]).hex()}, not c301")
-        fingerprint = bytes(data[2:HEADER_SIZE])
-        writer = self.registry.by_fingerprint(fingerprint)
-        if writer is None:
-            raise UnknownSchema(f"no known schema has fingerprint {fingerprint.hex()} "
-                                f"(schemas in {self.registry.schemas_dir})")
-        if event is not None and writer.event != event:
-            raise WrongEventType(f"expected {event}, got {writer.label}")
+        writer = self._writer_of(data, event)
         reader = self._readers[writer.event]
         buffer = io.BytesIO(data)
         buffer.seek(HEADER_SIZE)
@@ -169,18 +158,71 @@ class Codec:
         return DecodedBatch(records, failures)
 
     def decode_batch_arrow(self, messages: Sequence[bytes | None], event: str) -> ArrowBatch:
-        """Like :meth:`decode_batch`, the records as one table typed by :meth:`arrow_schema`."""
-        import pyarrow as pa
+        """Like :meth:`decode_batch`, the records as one table typed by :meth:`arrow_schema`.
 
-        batch = self.decode_batch(messages, event)
-        fields = self.reader(event).schema["fields"]
-        uuid_fields = [f["name"] for f in fields if _logical_type(f["type"]) == "uuid"]
-        for record in batch.records:
-            # Arrow has no column type that takes uuid.UUID objects; the column holds their text.
-            for name in uuid_fields:
-                if isinstance(record[name], uuid.UUID):
-                    record[name] = str(record[name])
-        return ArrowBatch(pa.Table.from_pylist(batch.records, schema=self.arrow_schema(event)), batch.failures)
+        The sinks' hot path. Bodies are read with the logical types left out (timestamps as epoch
+        milliseconds, UUIDs as text) and the columns converted once for the whole batch, which is
+        more than twice as fast as building a datetime and a UUID object per value; the UUID
+        text is then checked for the whole column at once.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        reader = self.reader(event)
+        reader_plain = _plain(reader)
+        records: list[dict[str, Any]] = []
+        positions: list[int] = []
+        failures: list[Failure] = []
+        for index, data in enumerate(messages):
+            try:
+                writer = self._writer_of(data, event)
+                buffer = io.BytesIO(data)
+                buffer.seek(HEADER_SIZE)
+                try:
+                    record = schemaless_reader(buffer, _plain(writer), None if writer is reader else reader_plain)
+                except EOFError:
+                    raise UndecodableBody(f"{writer.label}: body truncated ({len(data) - HEADER_SIZE} bytes)") from None
+                except Exception as exc:  # malformed bytes surface as many exception types
+                    raise UndecodableBody(f"{writer.label} read as {reader.label}: {type(exc).__name__}: {exc}") from None
+                if buffer.tell() != len(data):
+                    raise UndecodableBody(f"{writer.label}: {len(data) - buffer.tell()} bytes after the end of the body")
+            except CodecError as exc:
+                failures.append(Failure(index, type(exc).__name__, str(exc)))
+                continue
+            records.append(record)
+            positions.append(index)
+
+        schema = self.arrow_schema(event)
+        table = pa.Table.from_pylist(records, schema=_plain_arrow(schema)).cast(schema)
+        uuid_fields = [f["name"] for f in reader.schema["fields"] if _logical_type(f["type"]) == "uuid"]
+        bad = None
+        for name in uuid_fields:
+            ok = pc.fill_null(pc.match_substring_regex(table[name], _UUID_PATTERN), True)
+            bad = pc.invert(ok) if bad is None else pc.or_(bad, pc.invert(ok))
+        if bad is not None and pc.any(bad).as_py():
+            for row in pc.indices_nonzero(bad).to_pylist():
+                value = {name: records[row][name] for name in uuid_fields}
+                failures.append(Failure(positions[row], UndecodableBody.__name__,
+                                        f"{reader.label}: not a UUID in {value}"))
+            failures.sort(key=lambda f: f.index)
+            table = table.filter(pc.invert(bad))
+        return ArrowBatch(table, failures)
+
+    def _writer_of(self, data: bytes | None, event: str | None) -> SchemaVersion:
+        """The writer schema a message names in its header, checked against ``event``."""
+        if data is None or len(data) < HEADER_SIZE:
+            size = "no value" if data is None else f"{len(data)} bytes"
+            raise BadMarker(f"not an Avro single-object message: {size}, less than the {HEADER_SIZE}-byte header")
+        if data[:2] != MARKER:
+            raise BadMarker(f"not an Avro single-object message: starts with {bytes(data[:2]).hex()}, not c301")
+        fingerprint = bytes(data[2:HEADER_SIZE])
+        writer = self.registry.by_fingerprint(fingerprint)
+        if writer is None:
+            raise UnknownSchema(f"no known schema has fingerprint {fingerprint.hex()} "
+                                f"(schemas in {self.registry.schemas_dir})")
+        if event is not None and writer.event != event:
+            raise WrongEventType(f"expected {event}, got {writer.label}")
+        return writer
 
     def arrow_schema(self, event: str) -> pa.Schema:
         """The Arrow schema of ``event``'s reader version (see :func:`arrow_schema`)."""
@@ -234,6 +276,48 @@ def _arrow_type(name: str, avro_type: Any) -> pa.DataType:
     if base == "map":
         return pa.map_(pa.string(), _arrow_field("value", avro_type["values"]).type)
     raise ValueError(f"field {name!r}: no Arrow mapping for Avro type {base}")
+
+
+_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+#: id(SchemaVersion) -> (the version, kept alive so its id is not reused; its plain schema).
+_plain_schemas: dict[int, tuple[SchemaVersion, dict[str, Any]]] = {}
+
+
+def _plain(version: SchemaVersion) -> dict[str, Any]:
+    """``version``'s parsed schema without logical types: values come back as their base type."""
+    entry = _plain_schemas.get(id(version))
+    if entry is None:
+        entry = _plain_schemas[id(version)] = (version, _strip_logical_types(version))
+    return entry[1]
+
+
+def _strip_logical_types(version: SchemaVersion) -> dict[str, Any]:
+    from fastavro import parse_schema
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "logicalType"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return parse_schema(strip(version.schema))
+
+
+def _plain_arrow(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every timestamp as int64, the form :func:`_plain` bodies are read in."""
+    import pyarrow as pa
+
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_timestamp(t):
+            return pa.int64()
+        if pa.types.is_list(t):
+            return pa.list_(plain(t.value_type))
+        return t
+
+    return pa.schema([pa.field(f.name, plain(f.type), f.nullable) for f in schema])
 
 
 def _logical_type(avro_type: Any) -> str | None:

@@ -80,6 +80,10 @@ class RunnerStats:
     batches: int = 0
     retries: int = 0
     last_write_at: float = 0.0
+    #: Seconds spent fetching, decoding (and dead-lettering), and writing: where the time goes.
+    poll_s: float = 0.0
+    decode_s: float = 0.0
+    write_s: float = 0.0
     paused: bool = False
 
 
@@ -157,6 +161,10 @@ class SinkRunner:
         except _Abandoned as exc:
             log.warning("%s: stopped with a batch unwritten (it is read again at restart): %s", self.sink.name, exc)
         finally:
+            st = self.stats
+            log.info("%s: stopping after %d messages, %d rows in %d writes, %d dead letters, %d retries; "
+                     "seconds fetching %.1f, decoding %.1f, writing %.1f", self.sink.name, st.consumed,
+                     st.written_rows, st.batches, st.dead_letters, st.retries, st.poll_s, st.decode_s, st.write_s)
             self._consumer.close()
             self.sink.close()
 
@@ -165,6 +173,7 @@ class SinkRunner:
     def _poll(self, timeout_s: float) -> None:
         from confluent_kafka import KafkaError, KafkaException
 
+        started = time.monotonic()
         messages = self._consumer.consume(self.fetch_messages, timeout=timeout_s)
         now = time.monotonic()
         for msg in messages:
@@ -184,6 +193,8 @@ class SinkRunner:
             buffer.messages.append(msg)
             buffer.nbytes += len(msg.value() or b"")
         self.stats.consumed += len(messages)
+        if messages:
+            self.stats.poll_s += time.monotonic() - started
 
     def _due(self) -> bool:
         rows = nbytes = 0
@@ -233,7 +244,9 @@ class SinkRunner:
         for topic, parts in batches.items():
             catalogue_topic = self._catalogue[topic]
             event, table = TOPIC_EVENTS[catalogue_topic], TABLES[catalogue_topic]
+            started = time.monotonic()
             decoded = [(rng, self._decode(event, messages)) for rng, messages in parts]
+            self.stats.decode_s += time.monotonic() - started
             if self.sink.multi_partition_writes:
                 rows = pa.concat_tables([t for _, t in decoded]) if len(decoded) > 1 else decoded[0][1]
                 writes.append(SinkBatch(table, event, rows, tuple(rng for rng, _ in decoded)))
@@ -275,7 +288,9 @@ class SinkRunner:
                           ", ".join(r.token for r in batch.ranges), batch.table, exc)
                 raise
 
+        started = time.monotonic()
         self._retry(attempt, f"writing {batch.table} {', '.join(r.token for r in batch.ranges)}")
+        self.stats.write_s += time.monotonic() - started
         self.stats.batches += 1
         self.stats.written_rows += batch.rows.num_rows
         self.stats.last_write_at = time.time()
