@@ -256,8 +256,9 @@ class SinkRunner:
             # Dead letters are durable before the offsets that skip them are recorded.
             self._retry(self._dlq.flush, "flushing dead letters")
         failpoint(f"{self.sink.name}.before_write")
+        sources = {(rng.topic, rng.partition): messages for parts in batches.values() for rng, messages in parts}
         for batch in writes:
-            self._write(batch)
+            self._write(batch, sources)
         failpoint(f"{self.sink.name}.after_write")
         self._commit(batches)
 
@@ -275,18 +276,30 @@ class SinkRunner:
         table = table.append_column(PARTITION_COLUMN, pa.array([m.partition() for m in good], pa.int32()))
         return table.append_column(OFFSET_COLUMN, pa.array([m.offset() for m in good], pa.int64()))
 
-    def _write(self, batch: SinkBatch) -> None:
+    def _write(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]]) -> None:
+        """Write ``batch`` until it is durable. If the store refuses its rows for good, the rows go
+        to the DLQ (when this loop dead-letters) and only the ranges are recorded, so the
+        partitions move on."""
+        refused = False
+
         def attempt() -> None:
-            nonlocal batch
+            nonlocal batch, refused
             batch = self._owned(batch)
             if not batch.ranges:
+                return
+            if refused:
+                if self._dlq is not None:
+                    self._dlq.flush()  # the refused rows are durable in the DLQ before their ranges move on
+                self.sink.write(SinkBatch(batch.table, batch.event, batch.rows.slice(0, 0), batch.ranges))
                 return
             try:
                 self.sink.write(batch)
             except TerminalError as exc:
-                log.error("%s: %s: writing %s failed for good: %s", self.sink.name,
+                log.error("%s: %s: %s refused the rows for good: %s", self.sink.name,
                           ", ".join(r.token for r in batch.ranges), batch.table, exc)
-                raise
+                refused = True
+                self._dead_letter_rows(batch, sources, exc)
+                attempt()
 
         started = time.monotonic()
         self._retry(attempt, f"writing {batch.table} {', '.join(r.token for r in batch.ranges)}")
@@ -294,6 +307,17 @@ class SinkRunner:
         self.stats.batches += 1
         self.stats.written_rows += batch.rows.num_rows
         self.stats.last_write_at = time.time()
+
+    def _dead_letter_rows(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]],
+                          error: TerminalError) -> None:
+        self.stats.dead_letters += batch.rows.num_rows
+        if self._dlq is None:
+            return
+        wanted = set(zip(batch.rows[PARTITION_COLUMN].to_pylist(), batch.rows[OFFSET_COLUMN].to_pylist()))
+        for rng in batch.ranges:
+            for msg in sources[(rng.topic, rng.partition)]:
+                if (msg.partition(), msg.offset()) in wanted:
+                    self._dlq.send(msg, type(error).__name__, str(error))
 
     def _owned(self, batch: SinkBatch) -> SinkBatch:
         """``batch`` without the partitions revoked since it was built (their new owner has them)."""

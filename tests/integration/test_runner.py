@@ -1,0 +1,99 @@
+"""The shared batch loop with a real broker and a sink of the test's own (recording, refusing)."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+
+from connectors.errors import TerminalError, TransientError
+from connectors.kafka.dlq import ERROR_CLASS, read_dead_letters
+from connectors.kafka.topics import catalogue, dlq_topic, ensure_topics, topic_name
+from connectors.settings import load_settings
+from connectors.sink import ResumePoint, Sink, SinkBatch
+from streams.sinks.runner import FlushPolicy, SinkRunner
+from tests.conftest import wait_for
+from tests.integration.pipeline import Truth, produce_simulated
+
+
+class RecordingSink(Sink):
+    """Keeps what it is given in memory; refuses batches holding ``refuse_agent``, fails transiently
+    ``transient`` times first."""
+
+    name = "lake"
+    multi_partition_writes = True
+
+    def __init__(self, refuse_agent: str | None = None, transient: int = 0) -> None:
+        self.rows: list[pa.Table] = []
+        self.recorded: dict[tuple[str, int], int] = {}
+        self.refuse_agent = refuse_agent
+        self.transient = transient
+
+    def setup(self) -> None:
+        pass
+
+    def resume_points(self, topic, partitions):
+        return {p: ResumePoint(self.recorded[(topic, p)] + 1) for p in partitions if (topic, p) in self.recorded}
+
+    def write(self, batch: SinkBatch) -> None:
+        if self.transient:
+            self.transient -= 1
+            raise TransientError("store briefly unavailable")
+        if self.refuse_agent and self.refuse_agent in batch.rows["agent_id"].to_pylist():
+            raise TerminalError(f"{batch.table}: rows of {self.refuse_agent} do not fit")
+        self.rows.append(batch.rows)
+        for r in batch.ranges:
+            self.recorded[(r.topic, r.partition)] = r.last
+
+    def count(self) -> int:
+        return sum(t.num_rows for t in self.rows)
+
+
+def _run(settings, sink):
+    runner = SinkRunner(settings, sink, policy=FlushPolicy(max_rows=500, max_bytes=1 << 30, max_age_s=0.3),
+                        dead_letters=True)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    return runner, thread
+
+
+def test_refused_rows_go_to_the_dlq_and_the_partitions_move_on(stack, stack_overrides, unique):
+    settings = load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.", "topic_partitions": 2,
+                                "sink_retry_max_seconds": 0.5})
+    ensure_topics(settings, catalogue(settings))
+    truth = Truth()
+    produce_simulated(settings, 2000, seed=21, truth=truth)
+    sink = RecordingSink(refuse_agent="research-07", transient=2)
+    runner, thread = _run(settings, sink)
+    try:
+        topics = [topic_name(settings, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
+        ends = {}
+
+        def all_recorded():
+            from confluent_kafka import Consumer, TopicPartition
+
+            from connectors.kafka import client_config
+            consumer = Consumer(client_config(settings, **{"group.id": f"probe.{unique}"}))
+            try:
+                for t in topics:
+                    for p in range(2):
+                        ends[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] - 1
+            finally:
+                consumer.close()
+            return all(sink.recorded.get(k, -1) == v for k, v in ends.items() if v >= 0)
+
+        wait_for(all_recorded, 60, "every partition recorded to its end")
+    finally:
+        runner.stop()
+        thread.join(60)
+    assert runner.stats.retries >= 2  # the transient failures were retried, not fatal
+    refused = 2000 - sink.count()
+    assert refused > 0
+    letters = []
+    for t in topics:
+        letters += read_dead_letters(settings, dlq_topic(t))
+    assert len(letters) == refused
+    assert {l.headers[ERROR_CLASS] for l in letters} == {"TerminalError"}
+    agents = {a for t in sink.rows for a in t["agent_id"].to_pylist()}
+    assert "research-07" not in agents and len(agents) > 10
+    assert sink.count() + refused == 2000
