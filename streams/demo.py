@@ -80,6 +80,9 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
 
     echo("\n== Totals: ClickHouse vs lake")
     agree = _print_totals(settings, echo)
+    echo("\n== Services")
+    for row in Stack(settings).status():
+        echo(f"{row.name:<11} {row.address:<44} {row.state:<9} {'ok' if row.healthy else 'DOWN'}")
     echo("")
     echo("Query further:")
     echo(f"  .venv/bin/ezstream sql \"SELECT provider, sum(cost_usd) FROM {db}.llm_calls GROUP BY provider\"")
