@@ -1,0 +1,908 @@
+"""Alert rules as pure state machines: events and clock ticks in, :class:`Alert` events out.
+
+Each rule watches one kind of condition. ``observe(event)`` feeds it a decoded event,
+``tick(now_ms)`` the wall clock (for conditions that are the *absence* of events); both return
+the alerts to produce on ``agent.alerts``. A condition fires once and stays silent while it keeps
+holding (its ``last_seen`` moves on in the state), then emits exactly one ``resolved`` alert.
+
+Ids are stable: ``alert_id`` is a uuid5 of kind, subject and the period the condition started
+in, and ``event_id`` a uuid5 of ``alert_id`` and state, so a replay of the same events produces
+the same alerts and consumers can deduplicate a redelivered one. A rule's state is a JSON-friendly
+dict (``to_dict``/``from_dict``) for a changelog-backed table: a rule restored from it after a
+restart neither forgets a firing condition nor fires it again.
+
+Times are epoch milliseconds, UTC. Rules with windows run on event time, moved forward by ticks;
+events older than a rule keeps state for are counted in its ``late_events`` and otherwise ignored
+(the lake and ClickHouse keep them exactly).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from connectors.errors import ConfigError
+from connectors.kafka.events import Alert, LlmCall, TaskEvent, Telemetry
+from streams.intelligence._time import DAY_MS, epoch_ms, utc
+
+Kind = Literal["budget", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"]
+Severity = Literal["info", "warning", "critical"]
+State = Literal["firing", "resolved"]
+
+#: Namespace of the uuid5 alert and event ids; changing it changes every id.
+ALERT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:ezaigent-streams:alert")
+
+
+def alert_id(kind: str, subject: str, period: str) -> str:
+    """The stable id of a condition: the same kind, subject and period give the same id."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{kind}|{subject}|{period}"))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who raises the alerts that are about no single agent (a tenant, a provider, an API key).
+
+    ``Alert.agent_id`` is the Kafka partition key, so such alerts carry the processor's identity.
+    """
+
+    #: ``agent_id`` of those alerts: the processor's id.
+    agent_id: str = "ezstream-intelligence"
+    #: ``agent_type`` of those alerts: the kind of processor.
+    agent_type: str = "stream-processor"
+    #: ``tenant_id`` of alerts about shared resources (providers, API keys).
+    tenant_id: str = "platform"
+
+
+@dataclass
+class _Condition:
+    """A firing condition: what its firing alert said, so that its resolve pairs with it."""
+
+    alert_id: str
+    kind: Kind
+    severity: Severity
+    subject: str
+    agent_id: str
+    agent_type: str
+    tenant_id: str
+    trace_id: str
+    first_seen_ms: int
+    last_seen_ms: int
+    details: dict[str, str]
+
+    def alert(
+        self,
+        state: State,
+        *,
+        at_ms: int,
+        message: str,
+        value: float,
+        threshold: float,
+        window: tuple[int, int] | None = None,
+    ) -> Alert:
+        """The alert for ``state`` observed at ``at_ms``."""
+        self.last_seen_ms = max(self.last_seen_ms, at_ms)
+        return Alert(
+            event_id=str(uuid.uuid5(ALERT_NAMESPACE, f"{self.alert_id}|{state}")),
+            event_time=utc(at_ms),
+            agent_id=self.agent_id,
+            agent_type=self.agent_type,
+            tenant_id=self.tenant_id,
+            trace_id=self.trace_id,
+            alert_id=self.alert_id,
+            kind=self.kind,
+            severity=self.severity,
+            state=state,
+            subject=self.subject,
+            message=message,
+            value=value,
+            threshold=threshold,
+            window_start=None if window is None else utc(window[0]),
+            window_end=None if window is None else utc(window[1]),
+            first_seen=utc(self.first_seen_ms),
+            last_seen=utc(self.last_seen_ms),
+            details=dict(self.details),
+        )
+
+
+def _conditions_to_dict(conditions: Mapping[str, _Condition]) -> dict[str, Any]:
+    return {key: asdict(condition) for key, condition in conditions.items()}
+
+
+def _conditions_from_dict(data: Mapping[str, Any]) -> dict[str, _Condition]:
+    return {key: _Condition(**value) for key, value in data.items()}
+
+
+def _utc_text(ms: int) -> str:
+    return utc(ms).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration_text(ms: float) -> str:
+    seconds = round(ms / 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+# --------------------------------------------------------------------------------------- budget
+
+#: Share of a daily budget that raises an alert, with its severity (what operators asked for).
+BUDGET_THRESHOLDS: tuple[tuple[int, Severity], ...] = (
+    (80, "info"),
+    (90, "warning"),
+    (100, "critical"),
+)
+
+BudgetScope = Literal["tenant", "agent"]
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Daily spending limits in USD per tenant and per agent; None means no limit.
+
+    Loaded from TOML (:meth:`load`)::
+
+        [tenant]
+        daily_usd = 100.0            # every tenant without an override
+        [tenant.overrides]
+        "tenant-42" = 500.0
+
+        [agent]
+        daily_usd = 10.0
+        [agent.overrides]
+        "enterprise-03" = 40.0
+    """
+
+    #: Daily budget of a tenant without an override.
+    tenant_daily_usd: float | None = None
+    #: Daily budget of an agent without an override.
+    agent_daily_usd: float | None = None
+    #: Daily budgets by tenant id.
+    tenant_overrides: Mapping[str, float] = field(default_factory=dict)
+    #: Daily budgets by agent id.
+    agent_overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def daily_usd(self, scope: BudgetScope, subject: str) -> float | None:
+        """The daily budget of a tenant or agent, None when it has none."""
+        if scope == "tenant":
+            return self.tenant_overrides.get(subject, self.tenant_daily_usd)
+        return self.agent_overrides.get(subject, self.agent_daily_usd)
+
+    @classmethod
+    def load(cls, path: Path) -> Budgets:
+        """Budgets from a TOML file (see the class docstring); ConfigError names a bad entry."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"budgets file {path}: {exc}") from exc
+        unknown = set(data) - {"tenant", "agent"}
+        if unknown:
+            raise ConfigError(f"budgets file {path}: unknown section(s) {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for scope in ("tenant", "agent"):
+            section = data.get(scope, {})
+            unknown = set(section) - {"daily_usd", "overrides"}
+            if unknown:
+                raise ConfigError(
+                    f"budgets file {path}: unknown key(s) {sorted(unknown)} in [{scope}]"
+                )
+            default = section.get("daily_usd")
+            values[f"{scope}_daily_usd"] = (
+                None if default is None else _budget_value(path, f"{scope}.daily_usd", default)
+            )
+            values[f"{scope}_overrides"] = {
+                subject: _budget_value(path, f"{scope}.overrides.{subject}", usd)
+                for subject, usd in section.get("overrides", {}).items()
+            }
+        return cls(**values)
+
+
+def _budget_value(path: Path, name: str, value: object) -> float:
+    # bool is an int to Python but never a budget.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(
+            f"budgets file {path}: {name} must be a positive number of USD, got {value!r}"
+        )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Settings of :class:`BudgetRule`."""
+
+    #: The daily budgets.
+    budgets: Budgets
+    #: How long after midnight calls still count for the day before.
+    grace_ms: int = 300_000
+    #: Identity of tenant budget alerts.
+    origin: Origin = Origin()
+
+
+class BudgetRule:
+    """Daily spend per tenant and per agent crossing 80%, 90% and 100% of its budget.
+
+    A UTC day's spend is the sum of ``cost_usd`` of its LLM calls (by event time). Each threshold
+    fires at most once per tenant or agent and day; all thresholds fired on a day resolve together
+    once the day is over (the rule's clock passed midnight + ``grace_ms``). Calls for a day that
+    is over are counted in ``late_events``.
+    """
+
+    def __init__(self, config: BudgetConfig) -> None:
+        self.config = config
+        #: Calls for a day that was already over.
+        self.late_events = 0
+        #: The rule's clock: the greatest event time or tick seen.
+        self.clock_ms = 0
+        # "scope|subject|day_ms" -> spend of that day so far, in USD.
+        self._spend: dict[str, float] = {}
+        # "scope|subject|day_ms|percent" -> the firing condition.
+        self._firing: dict[str, _Condition] = {}
+
+    def observe(self, call: LlmCall) -> list[Alert]:
+        """Add the call's cost to its tenant's and agent's day; the alerts it raises or clears."""
+        at = epoch_ms(call.event_time)
+        day = at - at % DAY_MS
+        if day + DAY_MS + self.config.grace_ms <= self.clock_ms:
+            self.late_events += 1
+            return []
+        alerts: list[Alert] = []
+        scopes: tuple[tuple[BudgetScope, str], ...] = (
+            ("tenant", call.tenant_id),
+            ("agent", call.agent_id),
+        )
+        for scope, subject in scopes:
+            alerts += self._spend_on(scope, subject, day, call, at)
+        return alerts + self.tick(at)
+
+    def tick(self, now_ms: int) -> list[Alert]:
+        """Move the clock to ``now_ms``; resolves the alerts of days that are over."""
+        self.clock_ms = max(self.clock_ms, now_ms)
+        day_over_before = self.clock_ms - self.config.grace_ms - DAY_MS
+        over = {key for key in self._spend if _day_of(key) <= day_over_before}
+        alerts: list[Alert] = []
+        ended = [key.rsplit("|", 1) for key in self._firing if key.rsplit("|", 1)[0] in over]
+        for day_key, percent in sorted(ended, key=lambda parts: (parts[0], int(parts[1]))):
+            condition = self._firing.pop(f"{day_key}|{percent}")
+            spend = self._spend[day_key]
+            budget = float(condition.details["budget_usd"])
+            alerts.append(
+                condition.alert(
+                    "resolved",
+                    at_ms=self.clock_ms,
+                    message=(
+                        f"{condition.details['scope']} {condition.subject}: day "
+                        f"{condition.details['day']} is over, spent ${spend:.2f} of its "
+                        f"${budget:.2f} daily budget"
+                    ),
+                    value=spend,
+                    threshold=budget * int(percent) / 100,
+                    window=(_day_of(day_key), _day_of(day_key) + DAY_MS),
+                )
+            )
+        for key in over:
+            del self._spend[key]
+        return alerts
+
+    def _spend_on(
+        self, scope: BudgetScope, subject: str, day: int, call: LlmCall, at: int
+    ) -> list[Alert]:
+        budget = self.config.budgets.daily_usd(scope, subject)
+        if budget is None:
+            return []
+        day_key = f"{scope}|{subject}|{day}"
+        spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
+        alerts: list[Alert] = []
+        for percent, severity in BUDGET_THRESHOLDS:
+            key = f"{day_key}|{percent}"
+            # Percent as an int keeps 80% of $100 exactly $80 (0.8 * 100 is, 0.9 * 10 is not).
+            if key in self._firing or spend * 100 < budget * percent:
+                continue
+            day_text = utc(day).strftime("%Y-%m-%d")
+            by_agent = scope == "agent"
+            condition = self._firing[key] = _Condition(
+                alert_id=alert_id("budget", subject, f"{scope}|{day_text}|{percent}"),
+                kind="budget",
+                severity=severity,
+                subject=subject,
+                agent_id=call.agent_id if by_agent else self.config.origin.agent_id,
+                agent_type=call.agent_type if by_agent else self.config.origin.agent_type,
+                tenant_id=call.tenant_id,
+                trace_id=call.trace_id,
+                first_seen_ms=at,
+                last_seen_ms=at,
+                details={
+                    "scope": scope,
+                    "day": day_text,
+                    "percent": str(percent),
+                    "budget_usd": repr(budget),
+                },
+            )
+            alerts.append(
+                condition.alert(
+                    "firing",
+                    at_ms=at,
+                    message=(
+                        f"{scope} {subject} spent ${spend:.2f} of its ${budget:.2f} daily budget "
+                        f"on {day_text} ({math.floor(spend * 100 / budget)}%, crossed {percent}%)"
+                    ),
+                    value=spend,
+                    threshold=budget * percent / 100,
+                    window=(day, day + DAY_MS),
+                )
+            )
+        return alerts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's state (not its budgets) as a JSON-friendly dict."""
+        return {
+            "clock_ms": self.clock_ms,
+            "late_events": self.late_events,
+            "spend": dict(self._spend),
+            "firing": _conditions_to_dict(self._firing),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], config: BudgetConfig) -> BudgetRule:
+        """The rule in the state :meth:`to_dict` described, with the current configuration."""
+        rule = cls(config)
+        rule.clock_ms = data["clock_ms"]
+        rule.late_events = data["late_events"]
+        rule._spend = dict(data["spend"])
+        rule._firing = _conditions_from_dict(data["firing"])
+        return rule
+
+
+def _day_of(day_key: str) -> int:
+    # The subject may hold "|"; the day is always last.
+    return int(day_key.rsplit("|", 1)[1])
+
+
+# ------------------------------------------------------------------------------ sliding windows
+
+
+class _SlidingCounts:
+    """Counters per subject in event-time buckets; the window is the last ``window_ms`` of them.
+
+    The window ends with the bucket of the clock (the greatest event time or tick seen), so it
+    slides by one bucket at a time.
+    """
+
+    def __init__(self, window_ms: int, bucket_ms: int) -> None:
+        if bucket_ms <= 0 or window_ms <= 0 or window_ms % bucket_ms:
+            raise ValueError(
+                f"window {window_ms} ms must be a positive multiple of bucket {bucket_ms} ms"
+            )
+        self.window_ms = window_ms
+        self.bucket_ms = bucket_ms
+        self.clock_ms = 0
+        # subject -> bucket start -> counters
+        self._buckets: dict[str, dict[int, list[int]]] = {}
+
+    def bounds(self) -> tuple[int, int]:
+        """The window ``[start, end)`` at the clock."""
+        end = self.clock_ms - self.clock_ms % self.bucket_ms + self.bucket_ms
+        return end - self.window_ms, end
+
+    def add(self, subject: str, at_ms: int, counts: list[int]) -> bool:
+        """Count ``counts`` at ``at_ms``; False (nothing counted) when that is before the window."""
+        self.advance(at_ms)
+        if at_ms < self.bounds()[0]:
+            return False
+        buckets = self._buckets.setdefault(subject, {})
+        bucket = buckets.setdefault(at_ms - at_ms % self.bucket_ms, [0] * len(counts))
+        for i, count in enumerate(counts):
+            bucket[i] += count
+        return True
+
+    def advance(self, now_ms: int) -> None:
+        """Move the clock to ``now_ms`` (never back); buckets that left the window are dropped."""
+        self.clock_ms = max(self.clock_ms, now_ms)
+        start = self.bounds()[0]
+        for subject in list(self._buckets):
+            buckets = self._buckets[subject]
+            for bucket in [b for b in buckets if b < start]:
+                del buckets[bucket]
+            if not buckets:
+                del self._buckets[subject]
+
+    def totals(self, subject: str, width: int) -> list[int]:
+        """The subject's ``width`` counters summed over the window."""
+        sums = [0] * width
+        for counts in self._buckets.get(subject, {}).values():
+            for i, count in enumerate(counts):
+                sums[i] += count
+        return sums
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clock_ms": self.clock_ms,
+            "buckets": {
+                subject: [[start, counts] for start, counts in sorted(buckets.items())]
+                for subject, buckets in self._buckets.items()
+            },
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.clock_ms = data["clock_ms"]
+        self._buckets = {
+            subject: {int(start): list(counts) for start, counts in buckets}
+            for subject, buckets in data["buckets"].items()
+        }
+
+
+# ----------------------------------------------------------------------------------- error rate
+
+#: Statuses that count as failed calls for the error rate; rate limits have their own alert.
+FAILED_STATUSES = frozenset({"error", "timeout"})
+
+
+@dataclass(frozen=True)
+class ErrorRateConfig:
+    """Settings of :class:`ErrorRateRule`."""
+
+    #: Length of the sliding window.
+    window_ms: int = 60_000
+    #: Step the window slides by.
+    bucket_ms: int = 10_000
+    #: Fires when the share of failed calls in the window exceeds this.
+    fire_rate: float = 0.2
+    #: Resolves when it falls below this (lower than ``fire_rate``, so it does not flap).
+    resolve_rate: float = 0.1
+    #: Fewer calls in the window decide nothing: a rate over three calls is noise.
+    min_calls: int = 20
+    #: Identity of the alerts (a provider's model concerns no single agent).
+    origin: Origin = Origin()
+
+
+class ErrorRateRule:
+    """Share of failed LLM calls per provider/model over a sliding event-time window.
+
+    Fires when the rate exceeds ``fire_rate`` over at least ``min_calls`` calls; resolves when
+    it falls below ``resolve_rate`` over at least ``min_calls`` calls. A provider that stopped
+    receiving calls gives no evidence of recovery, so its alert stays firing.
+    """
+
+    def __init__(self, config: ErrorRateConfig = ErrorRateConfig()) -> None:
+        if not config.resolve_rate <= config.fire_rate:
+            raise ValueError("resolve_rate must not exceed fire_rate")
+        self.config = config
+        #: Calls older than the window.
+        self.late_events = 0
+        self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
+        self._firing: dict[str, _Condition] = {}
+
+    def observe(self, call: LlmCall) -> list[Alert]:
+        """Count the call; the alert its provider/model raises or clears, if any."""
+        at = epoch_ms(call.event_time)
+        subject = f"{call.provider}/{call.model}"
+        if not self._counts.add(subject, at, [1, call.status in FAILED_STATUSES]):
+            self.late_events += 1
+            return []
+        calls, errors = self._counts.totals(subject, 2)
+        if calls < self.config.min_calls:
+            return []
+        rate = errors / calls
+        window = self._counts.bounds()
+        seconds = self.config.window_ms // 1000
+        numbers = (
+            f"{errors} of {calls} calls failed ({rate:.1%}) "
+            f"in the {seconds} s to {_utc_text(window[1])}"
+        )
+        condition = self._firing.get(subject)
+        if condition is None and rate > self.config.fire_rate:
+            condition = self._firing[subject] = _Condition(
+                alert_id=alert_id("error_rate", subject, str(window[0])),
+                kind="error_rate",
+                severity="critical",
+                subject=subject,
+                agent_id=self.config.origin.agent_id,
+                agent_type=self.config.origin.agent_type,
+                tenant_id=self.config.origin.tenant_id,
+                trace_id=call.trace_id,
+                first_seen_ms=at,
+                last_seen_ms=at,
+                details={"provider": call.provider, "model": call.model},
+            )
+            return [
+                condition.alert(
+                    "firing",
+                    at_ms=at,
+                    message=f"{subject}: {numbers}, above {self.config.fire_rate:.1%}",
+                    value=rate,
+                    threshold=self.config.fire_rate,
+                    window=window,
+                )
+            ]
+        if condition is None:
+            return []
+        if rate >= self.config.resolve_rate:
+            condition.last_seen_ms = max(condition.last_seen_ms, at)
+            return []
+        del self._firing[subject]
+        return [
+            condition.alert(
+                "resolved",
+                at_ms=at,
+                message=f"{subject}: {numbers}, below {self.config.resolve_rate:.1%}",
+                value=rate,
+                threshold=self.config.resolve_rate,
+                window=window,
+            )
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's state as a JSON-friendly dict."""
+        return {
+            "late_events": self.late_events,
+            "counts": self._counts.to_dict(),
+            "firing": _conditions_to_dict(self._firing),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], config: ErrorRateConfig = ErrorRateConfig()
+    ) -> ErrorRateRule:
+        """The rule in the state :meth:`to_dict` described, with the current configuration."""
+        rule = cls(config)
+        rule.late_events = data["late_events"]
+        rule._counts.load(data["counts"])
+        rule._firing = _conditions_from_dict(data["firing"])
+        return rule
+
+
+# ----------------------------------------------------------------------------- rate-limit storm
+
+
+@dataclass(frozen=True)
+class RateLimitStormConfig:
+    """Settings of :class:`RateLimitStormRule`."""
+
+    #: Length of the sliding window.
+    window_ms: int = 60_000
+    #: Step the window slides by.
+    bucket_ms: int = 10_000
+    #: Fires when more calls than this were rate limited in the window.
+    fire_count: int = 20
+    #: Resolves when at most this many were (lower than ``fire_count``, so it does not flap).
+    resolve_count: int = 5
+    #: Identity of the alerts (an API key concerns no single agent).
+    origin: Origin = Origin()
+
+
+class RateLimitStormRule:
+    """Rate-limited LLM calls per provider and API key alias over a sliding window.
+
+    Resolves on ticks too: agents back off from a throttled key, and silence is calm.
+    """
+
+    def __init__(self, config: RateLimitStormConfig = RateLimitStormConfig()) -> None:
+        if not config.resolve_count <= config.fire_count:
+            raise ValueError("resolve_count must not exceed fire_count")
+        self.config = config
+        #: Rate-limited calls older than the window.
+        self.late_events = 0
+        self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
+        self._firing: dict[str, _Condition] = {}
+
+    def observe(self, call: LlmCall) -> list[Alert]:
+        """Count the call if it was rate limited; the alerts it raises or clears."""
+        at = epoch_ms(call.event_time)
+        subject = f"{call.provider}/{call.api_key_alias}"
+        if call.status == "rate_limited":
+            if not self._counts.add(subject, at, [1]):
+                self.late_events += 1
+                return []
+            (count,) = self._counts.totals(subject, 1)
+            condition = self._firing.get(subject)
+            if condition is not None:
+                condition.last_seen_ms = max(condition.last_seen_ms, at)
+            elif count > self.config.fire_count:
+                condition = self._firing[subject] = _Condition(
+                    alert_id=alert_id("rate_limit_storm", subject, str(self._counts.bounds()[0])),
+                    kind="rate_limit_storm",
+                    severity="warning",
+                    subject=subject,
+                    agent_id=self.config.origin.agent_id,
+                    agent_type=self.config.origin.agent_type,
+                    tenant_id=self.config.origin.tenant_id,
+                    trace_id=call.trace_id,
+                    first_seen_ms=at,
+                    last_seen_ms=at,
+                    details={"provider": call.provider, "api_key_alias": call.api_key_alias},
+                )
+                return [self._alert(condition, "firing", at, count)] + self.tick(at)
+        return self.tick(at)
+
+    def tick(self, now_ms: int) -> list[Alert]:
+        """Move the clock to ``now_ms``; resolves the storms that calmed down."""
+        self._counts.advance(now_ms)
+        alerts: list[Alert] = []
+        for subject in sorted(self._firing):
+            (count,) = self._counts.totals(subject, 1)
+            if count <= self.config.resolve_count:
+                condition = self._firing.pop(subject)
+                alerts.append(self._alert(condition, "resolved", self._counts.clock_ms, count))
+        return alerts
+
+    def _alert(self, condition: _Condition, state: State, at_ms: int, count: int) -> Alert:
+        window = self._counts.bounds()
+        threshold = self.config.fire_count if state == "firing" else self.config.resolve_count
+        relation = "more than" if state == "firing" else "at most"
+        return condition.alert(
+            state,
+            at_ms=at_ms,
+            message=(
+                f"{condition.subject}: {count} rate-limited calls in the "
+                f"{self.config.window_ms // 1000} s to {_utc_text(window[1])}, "
+                f"{relation} {threshold}"
+            ),
+            value=float(count),
+            threshold=float(threshold),
+            window=window,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's state as a JSON-friendly dict."""
+        return {
+            "late_events": self.late_events,
+            "counts": self._counts.to_dict(),
+            "firing": _conditions_to_dict(self._firing),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], config: RateLimitStormConfig = RateLimitStormConfig()
+    ) -> RateLimitStormRule:
+        """The rule in the state :meth:`to_dict` described, with the current configuration."""
+        rule = cls(config)
+        rule.late_events = data["late_events"]
+        rule._counts.load(data["counts"])
+        rule._firing = _conditions_from_dict(data["firing"])
+        return rule
+
+
+# -------------------------------------------------------------------------------- silent agent
+
+
+@dataclass(frozen=True)
+class SilentAgentConfig:
+    """Settings of :class:`SilentAgentRule`."""
+
+    #: An agent without telemetry for this long is silent.
+    silent_after_ms: int = 120_000
+
+
+class SilentAgentRule:
+    """Agents that stopped sending telemetry, judged by the wall clock on :meth:`tick`.
+
+    Only agents that reported at least once are known. The silence is measured from the event
+    time of an agent's latest telemetry; it fires once and resolves on the next telemetry.
+    """
+
+    def __init__(self, config: SilentAgentConfig = SilentAgentConfig()) -> None:
+        self.config = config
+        # agent_id -> latest telemetry: time, agent_type, tenant_id, trace_id
+        self._last: dict[str, dict[str, Any]] = {}
+        self._firing: dict[str, _Condition] = {}
+
+    def observe(self, telemetry: Telemetry) -> list[Alert]:
+        """Note the agent is alive; resolves its silence, if it was silent."""
+        at = epoch_ms(telemetry.event_time)
+        last = self._last.get(telemetry.agent_id)
+        # A redelivered or reordered report is no news of life.
+        if last is not None and at <= last["at_ms"]:
+            return []
+        self._last[telemetry.agent_id] = {
+            "at_ms": at,
+            "agent_type": telemetry.agent_type,
+            "tenant_id": telemetry.tenant_id,
+            "trace_id": telemetry.trace_id,
+        }
+        condition = self._firing.pop(telemetry.agent_id, None)
+        if condition is None or last is None:
+            return []
+        silence = at - last["at_ms"]
+        return [
+            condition.alert(
+                "resolved",
+                at_ms=at,
+                message=(
+                    f"agent {telemetry.agent_id} reported again after "
+                    f"{_duration_text(silence)} without telemetry"
+                ),
+                value=silence / 1000,
+                threshold=self.config.silent_after_ms / 1000,
+                window=(last["at_ms"], at),
+            )
+        ]
+
+    def tick(self, now_ms: int) -> list[Alert]:
+        """The silences ``now_ms`` (wall clock) reveals."""
+        alerts: list[Alert] = []
+        for agent_id, last in sorted(self._last.items()):
+            silence = now_ms - last["at_ms"]
+            if agent_id in self._firing or silence < self.config.silent_after_ms:
+                continue
+            condition = self._firing[agent_id] = _Condition(
+                alert_id=alert_id("silent_agent", agent_id, str(last["at_ms"])),
+                kind="silent_agent",
+                severity="warning",
+                subject=agent_id,
+                agent_id=agent_id,
+                agent_type=last["agent_type"],
+                tenant_id=last["tenant_id"],
+                trace_id=last["trace_id"],
+                first_seen_ms=now_ms,
+                last_seen_ms=now_ms,
+                details={"last_telemetry": _utc_text(last["at_ms"])},
+            )
+            alerts.append(
+                condition.alert(
+                    "firing",
+                    at_ms=now_ms,
+                    message=(
+                        f"agent {agent_id}: no telemetry for {_duration_text(silence)} "
+                        f"(since {_utc_text(last['at_ms'])}), limit "
+                        f"{_duration_text(self.config.silent_after_ms)}"
+                    ),
+                    value=silence / 1000,
+                    threshold=self.config.silent_after_ms / 1000,
+                    window=(last["at_ms"], now_ms),
+                )
+            )
+        return alerts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's state as a JSON-friendly dict."""
+        return {
+            "last": {agent: dict(last) for agent, last in self._last.items()},
+            "firing": _conditions_to_dict(self._firing),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], config: SilentAgentConfig = SilentAgentConfig()
+    ) -> SilentAgentRule:
+        """The rule in the state :meth:`to_dict` described, with the current configuration."""
+        rule = cls(config)
+        rule._last = {agent: dict(last) for agent, last in data["last"].items()}
+        rule._firing = _conditions_from_dict(data["firing"])
+        return rule
+
+
+# ---------------------------------------------------------------------------------- stuck task
+
+#: Time a task may run per queue before it counts as stuck, in seconds.
+DEFAULT_TASK_SLA_S: Mapping[str, float] = {
+    "high_priority": 300,
+    "normal": 1800,
+    "batch": 7200,
+    "background": 86400,
+}
+
+_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class StuckTaskConfig:
+    """Settings of :class:`StuckTaskRule`."""
+
+    #: SLA per queue in seconds, over :data:`DEFAULT_TASK_SLA_S`; an unknown queue gets the
+    #: ``normal`` queue's.
+    sla_s: Mapping[str, float] = field(default_factory=dict)
+
+    def sla_ms(self, queue: str) -> int:
+        """The SLA of ``queue`` in milliseconds."""
+        sla_s = {**DEFAULT_TASK_SLA_S, **self.sla_s}
+        return round(1000 * sla_s.get(queue, sla_s["normal"]))
+
+
+class StuckTaskRule:
+    """Started tasks with no terminal status within their queue's SLA, judged on :meth:`tick`.
+
+    A task stuck on ``high_priority`` is critical, elsewhere a warning. It resolves when the
+    task completes, fails, is cancelled or starts another attempt.
+    """
+
+    def __init__(self, config: StuckTaskConfig = StuckTaskConfig()) -> None:
+        self.config = config
+        # task_id -> the running attempt: started_ms, attempt, queue, agent_id, agent_type,
+        # tenant_id, trace_id
+        self._running: dict[str, dict[str, Any]] = {}
+        self._firing: dict[str, _Condition] = {}
+
+    def observe(self, event: TaskEvent) -> list[Alert]:
+        """Track a started task, forget a finished one; resolves a stuck one that moved on."""
+        at = epoch_ms(event.event_time)
+        running = self._running.get(event.task_id)
+        if event.status == "started":
+            # A redelivered start must not restart the SLA clock.
+            if running is not None and running["attempt"] == event.attempt:
+                return []
+            self._running[event.task_id] = {
+                "started_ms": at,
+                "attempt": event.attempt,
+                "queue": event.queue,
+                "agent_id": event.agent_id,
+                "agent_type": event.agent_type,
+                "tenant_id": event.tenant_id,
+                "trace_id": event.trace_id,
+            }
+            outcome = f"started attempt {event.attempt}"
+        elif event.status in _TERMINAL and running is not None:
+            del self._running[event.task_id]
+            outcome = event.status
+        else:
+            return []
+        condition = self._firing.pop(event.task_id, None)
+        if condition is None or running is None:
+            return []
+        ran = at - running["started_ms"]
+        return [
+            condition.alert(
+                "resolved",
+                at_ms=at,
+                message=f"task {event.task_id} {outcome} after {_duration_text(ran)}",
+                value=ran / 1000,
+                threshold=self.config.sla_ms(running["queue"]) / 1000,
+                window=(running["started_ms"], at),
+            )
+        ]
+
+    def tick(self, now_ms: int) -> list[Alert]:
+        """The tasks ``now_ms`` (wall clock) finds past their SLA."""
+        alerts: list[Alert] = []
+        for task_id, running in sorted(self._running.items()):
+            ran = now_ms - running["started_ms"]
+            sla = self.config.sla_ms(running["queue"])
+            if task_id in self._firing or ran < sla:
+                continue
+            condition = self._firing[task_id] = _Condition(
+                alert_id=alert_id("stuck_task", task_id, str(running["attempt"])),
+                kind="stuck_task",
+                severity="critical" if running["queue"] == "high_priority" else "warning",
+                subject=task_id,
+                agent_id=running["agent_id"],
+                agent_type=running["agent_type"],
+                tenant_id=running["tenant_id"],
+                trace_id=running["trace_id"],
+                first_seen_ms=now_ms,
+                last_seen_ms=now_ms,
+                details={"queue": running["queue"], "attempt": str(running["attempt"])},
+            )
+            alerts.append(
+                condition.alert(
+                    "firing",
+                    at_ms=now_ms,
+                    message=(
+                        f"task {task_id} on {running['queue']} (attempt {running['attempt']}) "
+                        f"running for {_duration_text(ran)} without finishing, SLA "
+                        f"{_duration_text(sla)}"
+                    ),
+                    value=ran / 1000,
+                    threshold=sla / 1000,
+                    window=(running["started_ms"], now_ms),
+                )
+            )
+        return alerts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's state as a JSON-friendly dict."""
+        return {
+            "running": {task: dict(running) for task, running in self._running.items()},
+            "firing": _conditions_to_dict(self._firing),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], config: StuckTaskConfig = StuckTaskConfig()
+    ) -> StuckTaskRule:
+        """The rule in the state :meth:`to_dict` described, with the current configuration."""
+        rule = cls(config)
+        rule._running = {task: dict(running) for task, running in data["running"].items()}
+        rule._firing = _conditions_from_dict(data["firing"])
+        return rule

@@ -1,0 +1,315 @@
+"""Tumbling one-minute windows of LLM calls per (tenant, agent, provider, model).
+
+Pure state: the stream agent feeds :class:`WindowStore` the decoded :class:`LlmCall` events of
+one partition, calls :meth:`WindowStore.close_due` after each batch and
+:meth:`WindowStore.close_idle` from a wall-clock timer, and produces the :class:`ClosedWindow`
+records it gets back. Its state goes to a changelog-backed table as :meth:`WindowStore.to_dict`;
+write it after every close, so a restored store never closes a window twice.
+
+Windows close on event time: a window ``[start, end)`` closes once the watermark (the greatest
+event time seen) reaches ``end + grace``. Events for a window whose end the watermark has passed
+but whose grace has not are applied ("in grace"); events for a closed window are only counted in
+``late_events`` (the lake and ClickHouse, which are exact, still get them).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.mapping import LogarithmicMapping
+from ddsketch.store import DenseStore
+
+from connectors.kafka.events import LlmCall
+from streams.intelligence._time import epoch_ms
+
+#: Relative accuracy of latency quantiles (DDSketch's default: a quantile is within 1% of the
+#: true value of that rank).
+RELATIVE_ACCURACY = 0.01
+
+
+class LatencySketch:
+    """Mergeable latency quantiles: a DDSketch that serializes to a JSON-friendly dict.
+
+    DDSketch's own wire format needs protobuf; the dict keeps the same content (the bins of the
+    positive store and the zero count) using only the sketch's public API, so a restored sketch
+    merges with a fresh one and answers the same quantiles.
+    """
+
+    def __init__(
+        self,
+        relative_accuracy: float = RELATIVE_ACCURACY,
+        *,
+        _store: DenseStore | None = None,
+        _zero_count: float = 0.0,
+    ) -> None:
+        # We keep the store we hand to the sketch: its bins are what we serialize.
+        self._store = DenseStore() if _store is None else _store
+        self._relative_accuracy = relative_accuracy
+        self._sketch = BaseDDSketch(
+            mapping=LogarithmicMapping(relative_accuracy),
+            store=self._store,
+            negative_store=DenseStore(),
+            zero_count=_zero_count,
+        )
+
+    @property
+    def count(self) -> int:
+        """Number of latencies added."""
+        return round(float(self._sketch.count))
+
+    def add(self, latency_ms: float) -> None:
+        """Add one latency; a negative one (a producer's clock bug) counts as 0."""
+        self._sketch.add(max(latency_ms, 0.0))
+
+    def merge(self, other: LatencySketch) -> None:
+        """Add every latency of ``other`` to this sketch (same relative accuracy required)."""
+        self._sketch.merge(other._sketch)
+
+    def quantile(self, q: float) -> float | None:
+        """Latency at quantile ``q`` (0..1), within the relative accuracy; None when empty."""
+        value = self._sketch.get_quantile_value(q)
+        return None if value is None else float(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sketch as a JSON-friendly dict; :meth:`from_dict` restores it."""
+        offset = self._store.offset
+        return {
+            "relative_accuracy": self._relative_accuracy,
+            # Latencies of 0 ms sit outside the logarithmic bins.
+            "zero_count": self._sketch.count - self._store.count,
+            # Sparse: a minute of latencies fills few of the bins the dense store allocates.
+            "bins": [[offset + i, n] for i, n in enumerate(self._store.bins) if n],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencySketch:
+        """The sketch :meth:`to_dict` described (exact sum, min and max are not kept)."""
+        store = DenseStore()
+        for key, weight in data["bins"]:
+            store.add(int(key), float(weight))
+        return cls(data["relative_accuracy"], _store=store, _zero_count=float(data["zero_count"]))
+
+
+class WindowKey(NamedTuple):
+    """What one window aggregates over."""
+
+    tenant_id: str
+    agent_id: str
+    provider: str
+    model: str
+
+
+@dataclass
+class WindowAggregate:
+    """Running totals of the LLM calls of one key in one window."""
+
+    calls: int = 0
+    #: Calls whose status is not ``ok`` (rate limits and timeouts included).
+    errors: int = 0
+    rate_limited: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency: LatencySketch = field(default_factory=LatencySketch)
+
+    def add(self, call: LlmCall) -> None:
+        """Count one call."""
+        self.calls += 1
+        self.errors += call.status != "ok"
+        self.rate_limited += call.status == "rate_limited"
+        self.input_tokens += call.input_tokens
+        self.output_tokens += call.output_tokens
+        self.cost_usd += call.cost_usd
+        self.latency.add(call.latency_ms)
+
+    def merge(self, other: WindowAggregate) -> None:
+        """Add ``other``'s totals to these (e.g. to roll minutes up into hours)."""
+        self.calls += other.calls
+        self.errors += other.errors
+        self.rate_limited += other.rate_limited
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_usd += other.cost_usd
+        self.latency.merge(other.latency)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The totals as a JSON-friendly dict."""
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "rate_limited": self.rate_limited,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "latency": self.latency.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowAggregate:
+        """The totals :meth:`to_dict` described."""
+        return cls(**{**data, "latency": LatencySketch.from_dict(data["latency"])})
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    """One key's totals for one window that closed; emitted once per (window, key)."""
+
+    tenant_id: str
+    agent_id: str
+    provider: str
+    model: str
+    #: Window bounds ``[start, end)`` in epoch milliseconds, UTC.
+    window_start_ms: int
+    window_end_ms: int
+    calls: int
+    errors: int
+    rate_limited: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    #: :meth:`LatencySketch.to_dict` of the window, so minutes merge into longer periods.
+    latency_sketch: dict[str, Any]
+
+
+class Arrival(enum.Enum):
+    """How an event arrived relative to its window (the answer of :meth:`WindowStore.add`)."""
+
+    #: Its window has not ended on event time.
+    ON_TIME = "on_time"
+    #: Its window has ended but is still open for the grace period: the event was applied.
+    IN_GRACE = "in_grace"
+    #: Its window is closed: the event was only counted in ``late_events``.
+    TOO_LATE = "too_late"
+
+
+class WindowStore:
+    """Tumbling event-time windows of LLM calls for one stream partition.
+
+    The watermark is the greatest event time added: keep one store per partition, whose events
+    are in (roughly) time order per producing agent.
+    """
+
+    def __init__(self, *, size_ms: int = 60_000, grace_ms: int = 10_000) -> None:
+        """Windows of ``size_ms``, open ``grace_ms`` after their end for late events."""
+        if size_ms <= 0 or grace_ms < 0:
+            raise ValueError(f"window size must be > 0 and grace >= 0, got {size_ms}, {grace_ms}")
+        self.size_ms = size_ms
+        self.grace_ms = grace_ms
+        #: Greatest event time added, epoch milliseconds.
+        self.watermark_ms = 0
+        #: Every window that ends at or before this time is closed.
+        self.closed_until_ms = 0
+        #: Wall-clock time of the latest :meth:`add`, to tell an idle stream from a busy one.
+        self.last_added_ms = 0
+        #: Events that came after their window closed.
+        self.late_events = 0
+        self._open: dict[int, dict[WindowKey, WindowAggregate]] = {}
+
+    def add(self, call: LlmCall, *, now_ms: int) -> Arrival:
+        """Count ``call`` in its window; ``now_ms`` is the wall clock (epoch milliseconds)."""
+        self.last_added_ms = max(self.last_added_ms, now_ms)
+        at = epoch_ms(call.event_time)
+        start = at - at % self.size_ms
+        end = start + self.size_ms
+        if end <= self.closed_until_ms or end + self.grace_ms <= self.watermark_ms:
+            self.late_events += 1
+            return Arrival.TOO_LATE
+        arrival = Arrival.IN_GRACE if end <= self.watermark_ms else Arrival.ON_TIME
+        self.watermark_ms = max(self.watermark_ms, at)
+        key = WindowKey(call.tenant_id, call.agent_id, call.provider, call.model)
+        self._open.setdefault(start, {}).setdefault(key, WindowAggregate()).add(call)
+        return arrival
+
+    def close_due(self, watermark_ms: int | None = None) -> list[ClosedWindow]:
+        """Close the windows whose end + grace the watermark reached.
+
+        ``watermark_ms`` moves the watermark forward (e.g. to the minimum over partitions);
+        without it the store's own watermark decides.
+        """
+        if watermark_ms is not None:
+            self.watermark_ms = max(self.watermark_ms, watermark_ms)
+        return self._close_until(self.watermark_ms - self.grace_ms)
+
+    def close_idle(self, now_ms: int, idle_ms: int) -> list[ClosedWindow]:
+        """On a wall-clock timer: when nothing was added for ``idle_ms``, close the windows whose
+        end + grace the wall clock ``now_ms`` passed.
+
+        Only an idle stream is closed by wall clock: a busy one (e.g. catching up on a backlog
+        after a restart) is ahead of its event time, and closing by wall clock would turn its
+        on-time events into late ones.
+        """
+        if now_ms - self.last_added_ms < idle_ms:
+            return []
+        return self._close_until(now_ms - self.grace_ms)
+
+    def _close_until(self, limit_ms: int) -> list[ClosedWindow]:
+        if limit_ms <= self.closed_until_ms:
+            return []
+        self.closed_until_ms = limit_ms
+        closed: list[ClosedWindow] = []
+        for start in sorted(s for s in self._open if s + self.size_ms <= limit_ms):
+            for key, agg in sorted(self._open.pop(start).items()):
+                closed.append(_closed(key, start, start + self.size_ms, agg))
+        return closed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The store's whole state as a JSON-friendly dict, for a changelog-backed table."""
+        return {
+            "size_ms": self.size_ms,
+            "grace_ms": self.grace_ms,
+            "watermark_ms": self.watermark_ms,
+            "closed_until_ms": self.closed_until_ms,
+            "last_added_ms": self.last_added_ms,
+            "late_events": self.late_events,
+            "windows": [
+                {"start_ms": start, "key": list(key), "totals": agg.to_dict()}
+                for start, aggs in sorted(self._open.items())
+                for key, agg in sorted(aggs.items())
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowStore:
+        """The store :meth:`to_dict` described, open windows included."""
+        store = cls(size_ms=data["size_ms"], grace_ms=data["grace_ms"])
+        store.watermark_ms = data["watermark_ms"]
+        store.closed_until_ms = data["closed_until_ms"]
+        store.last_added_ms = data["last_added_ms"]
+        store.late_events = data["late_events"]
+        for window in data["windows"]:
+            aggs = store._open.setdefault(window["start_ms"], {})
+            aggs[WindowKey(*window["key"])] = WindowAggregate.from_dict(window["totals"])
+        return store
+
+
+def _closed(key: WindowKey, start_ms: int, end_ms: int, agg: WindowAggregate) -> ClosedWindow:
+    def q(quantile: float) -> float:
+        # A window exists only once a call landed in it, so its sketch is never empty.
+        value = agg.latency.quantile(quantile)
+        assert value is not None
+        return value
+
+    return ClosedWindow(
+        tenant_id=key.tenant_id,
+        agent_id=key.agent_id,
+        provider=key.provider,
+        model=key.model,
+        window_start_ms=start_ms,
+        window_end_ms=end_ms,
+        calls=agg.calls,
+        errors=agg.errors,
+        rate_limited=agg.rate_limited,
+        input_tokens=agg.input_tokens,
+        output_tokens=agg.output_tokens,
+        cost_usd=agg.cost_usd,
+        latency_p50_ms=q(0.5),
+        latency_p95_ms=q(0.95),
+        latency_p99_ms=q(0.99),
+        latency_sketch=agg.latency.to_dict(),
+    )
