@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from connectors.clickhouse.task_queries import DEFAULT_SLA_SECONDS
 from connectors.errors import ConfigError
 from connectors.kafka.events import Alert, LlmCall, TaskEvent, Telemetry
 from streams.intelligence._time import DAY_MS, epoch_ms, utc
@@ -777,12 +778,8 @@ class SilentAgentRule:
 # ---------------------------------------------------------------------------------- stuck task
 
 #: Time a task may run per queue before it counts as stuck, in seconds.
-DEFAULT_TASK_SLA_S: Mapping[str, float] = {
-    "high_priority": 300,
-    "normal": 1800,
-    "batch": 7200,
-    "background": 86400,
-}
+#: The same queue SLAs the ClickHouse stuck-task query uses: one definition for both.
+DEFAULT_TASK_SLA_S: Mapping[str, float] = DEFAULT_SLA_SECONDS
 
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
