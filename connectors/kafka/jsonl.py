@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from connectors.errors import TerminalError
 from connectors.kafka.events import EVENT_TYPES

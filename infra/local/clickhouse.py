@@ -24,11 +24,16 @@ class ClickHouseEngine:
 
     def healthy(self) -> bool:
         if is_embedded(self.settings):
-            try:
-                import chdb  # noqa: F401  (the engine ships in this package)
-            except ImportError:
-                return False
-            return True
+            # Nothing to ping: the engine is a library. Healthy = it is installed and its data
+            # folder can be written (the worker that opens it serves the queries).
+            import importlib.util
+            import os
+            from pathlib import Path
+
+            folder = Path(self.settings.clickhouse_dsn.get_secret_value()[len("chdb://"):])
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            return importlib.util.find_spec("chdb") is not None and os.access(folder, os.W_OK)
         parts = urlsplit(self.settings.clickhouse_dsn.get_secret_value())
         scheme = "https" if parts.scheme in ("https", "clickhouses") else "http"
         port = parts.port or (8443 if scheme == "https" else 8123)
