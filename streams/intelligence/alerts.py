@@ -441,6 +441,35 @@ class _SlidingCounts:
 FAILED_STATUSES = frozenset({"error", "timeout"})
 
 
+class _SlidingCountRule:
+    """State shared by the rules that count calls over a sliding window: the counts, the
+    conditions firing, and the calls too late to count; serialized the same way."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        #: Calls older than the window.
+        self.late_events = 0
+        self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
+        self._firing: dict[str, _Condition] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's state as a JSON-friendly dict."""
+        return {
+            "late_events": self.late_events,
+            "counts": self._counts.to_dict(),
+            "firing": _conditions_to_dict(self._firing),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], config: Any = None):
+        """The rule in the state :meth:`to_dict` described, with the current configuration."""
+        rule = cls() if config is None else cls(config)
+        rule.late_events = data["late_events"]
+        rule._counts.load(data["counts"])
+        rule._firing = _conditions_from_dict(data["firing"])
+        return rule
+
+
 @dataclass(frozen=True)
 class ErrorRateConfig:
     """Settings of :class:`ErrorRateRule`."""
@@ -459,7 +488,7 @@ class ErrorRateConfig:
     origin: Origin = Origin()
 
 
-class ErrorRateRule:
+class ErrorRateRule(_SlidingCountRule):
     """Share of failed LLM calls per provider/model over a sliding event-time window.
 
     Fires when the rate exceeds ``fire_rate`` over at least ``min_calls`` calls; resolves when
@@ -470,11 +499,7 @@ class ErrorRateRule:
     def __init__(self, config: ErrorRateConfig = ErrorRateConfig()) -> None:
         if not config.resolve_rate <= config.fire_rate:
             raise ValueError("resolve_rate must not exceed fire_rate")
-        self.config = config
-        #: Calls older than the window.
-        self.late_events = 0
-        self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
-        self._firing: dict[str, _Condition] = {}
+        super().__init__(config)
 
     def observe(self, call: LlmCall) -> list[Alert]:
         """Count the call; the alert its provider/model raises or clears, if any."""
@@ -535,24 +560,6 @@ class ErrorRateRule:
             )
         ]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The rule's state as a JSON-friendly dict."""
-        return {
-            "late_events": self.late_events,
-            "counts": self._counts.to_dict(),
-            "firing": _conditions_to_dict(self._firing),
-        }
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], config: ErrorRateConfig = ErrorRateConfig()
-    ) -> ErrorRateRule:
-        """The rule in the state :meth:`to_dict` described, with the current configuration."""
-        rule = cls(config)
-        rule.late_events = data["late_events"]
-        rule._counts.load(data["counts"])
-        rule._firing = _conditions_from_dict(data["firing"])
-        return rule
 
 
 # ----------------------------------------------------------------------------- rate-limit storm
@@ -574,7 +581,7 @@ class RateLimitStormConfig:
     origin: Origin = Origin()
 
 
-class RateLimitStormRule:
+class RateLimitStormRule(_SlidingCountRule):
     """Rate-limited LLM calls per provider and API key alias over a sliding window.
 
     Resolves on ticks too: agents back off from a throttled key, and silence is calm.
@@ -583,11 +590,7 @@ class RateLimitStormRule:
     def __init__(self, config: RateLimitStormConfig = RateLimitStormConfig()) -> None:
         if not config.resolve_count <= config.fire_count:
             raise ValueError("resolve_count must not exceed fire_count")
-        self.config = config
-        #: Rate-limited calls older than the window.
-        self.late_events = 0
-        self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
-        self._firing: dict[str, _Condition] = {}
+        super().__init__(config)
 
     def observe(self, call: LlmCall) -> list[Alert]:
         """Count the call if it was rate limited; the alerts it raises or clears."""
@@ -646,24 +649,6 @@ class RateLimitStormRule:
             window=window,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The rule's state as a JSON-friendly dict."""
-        return {
-            "late_events": self.late_events,
-            "counts": self._counts.to_dict(),
-            "firing": _conditions_to_dict(self._firing),
-        }
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], config: RateLimitStormConfig = RateLimitStormConfig()
-    ) -> RateLimitStormRule:
-        """The rule in the state :meth:`to_dict` described, with the current configuration."""
-        rule = cls(config)
-        rule.late_events = data["late_events"]
-        rule._counts.load(data["counts"])
-        rule._firing = _conditions_from_dict(data["firing"])
-        return rule
 
 
 # -------------------------------------------------------------------------------- silent agent

@@ -18,13 +18,12 @@ from connectors.clickhouse import get_client
 from connectors.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations
 from connectors.clickhouse.sink import ClickHouseSink
 from connectors.errors import ConfigError, TerminalError, TransientError
-from connectors.kafka.codec import default_codec, encode
-from connectors.kafka.events import Alert, Event, LlmCall, TaskEvent, Telemetry
+from connectors.kafka.events import Alert, LlmCall, TaskEvent, Telemetry
 from connectors.settings import Settings, load_settings
-from connectors.sink import OFFSET_COLUMN, PARTITION_COLUMN, TABLES, OffsetRange, ResumePoint, SinkBatch
+from connectors.sink import TABLES, OffsetRange, ResumePoint, SinkBatch
 from infra.local.net import free_port
 
-PREFIX = "it."
+from tests.integration.clickhouse_batches import PREFIX, make_batch
 NOW = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=5)
 
 
@@ -52,18 +51,6 @@ def sink(ch_settings, unique) -> Iterator[ClickHouseSink]:
     sink.setup()
     yield sink
     sink.close()
-
-
-def make_batch(events: list[Event], partition: int = 0, first: int = 0) -> SinkBatch:
-    """The batch the loop hands over for ``events`` read at offsets ``first…`` of ``partition``."""
-    kind = type(events[0])
-    decoded = default_codec().decode_batch_arrow([encode(kind.EVENT, e.to_record()) for e in events], kind.EVENT)
-    assert decoded.failures == []
-    n = decoded.table.num_rows
-    rows = decoded.table.append_column(PARTITION_COLUMN, pa.array([partition] * n, pa.int32()))
-    rows = rows.append_column(OFFSET_COLUMN, pa.array(range(first, first + n), pa.int64()))
-    offsets = OffsetRange(PREFIX + kind.TOPIC, partition, first, first + n - 1)
-    return SinkBatch(TABLES[kind.TOPIC], kind.EVENT, rows, (offsets,))
 
 
 def llm_calls(n: int, start: int = 0) -> list[LlmCall]:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
 from connectors.clickhouse import get_client
@@ -26,12 +25,10 @@ from connectors.clickhouse.task_queries import (
     sql_timestamp,
     stuck_tasks,
 )
-from connectors.kafka.codec import default_codec, encode
-from connectors.kafka.events import Event, TaskEvent, Telemetry
+from connectors.kafka.events import TaskEvent, Telemetry
 from connectors.settings import Settings, load_settings
-from connectors.sink import OFFSET_COLUMN, PARTITION_COLUMN, TABLES, OffsetRange, SinkBatch
 
-PREFIX = "it."
+from tests.integration.clickhouse_batches import PREFIX, make_batch
 # The moment the queries run at. Recent, because rows older than the TTL are dropped on insert.
 AT = datetime.now(timezone.utc).replace(second=0, microsecond=0)
 NOW_SQL = sql_timestamp(AT)
@@ -104,18 +101,6 @@ STATE_COLUMNS = (
     "task_id, status, queue, agent_id, agent_type, attempts, queued_at, last_queued_at, started_at, "
     "finished_at, last_event_at, queue_wait_ms, run_ms, cost_usd, quality_score"
 )
-
-
-def make_batch(events: list[Event], partition: int = 0, first: int = 0) -> SinkBatch:
-    """The batch the loop hands over for ``events`` read at offsets ``first…`` of ``partition``."""
-    kind = type(events[0])
-    decoded = default_codec().decode_batch_arrow([encode(kind.EVENT, e.to_record()) for e in events], kind.EVENT)
-    assert decoded.failures == []
-    n = decoded.table.num_rows
-    rows = decoded.table.append_column(PARTITION_COLUMN, pa.array([partition] * n, pa.int32()))
-    rows = rows.append_column(OFFSET_COLUMN, pa.array(range(first, first + n), pa.int64()))
-    offsets = OffsetRange(PREFIX + kind.TOPIC, partition, first, first + n - 1)
-    return SinkBatch(TABLES[kind.TOPIC], kind.EVENT, rows, (offsets,))
 
 
 @pytest.fixture
