@@ -160,10 +160,24 @@ def test_replaying_the_topics_from_offset_zero_adds_no_duplicate(pipe, workers):
 def test_kill_9_at_any_step_then_restart_stays_exact(pipe, workers, failpoints):
     truth = Truth()
     worker = workers(pipe, failpoints=failpoints)
-    producing = threading.Thread(target=produce_simulated, args=(pipe, 8000, 6, truth))
+    # Traffic keeps coming until the worker dies: however late it joins its group and however much
+    # one poll returns, there is always a next batch to reach the armed pass.
+    stop = threading.Event()
+
+    def produce_until_stopped() -> None:
+        for seed in range(100, 200):
+            if stop.is_set():
+                return
+            produce_simulated(pipe, 1000, seed, truth)
+            stop.wait(0.3)
+
+    producing = threading.Thread(target=produce_until_stopped)
     producing.start()
-    wait_for(worker.exited, 120, f"the worker to die at {failpoints}")
-    producing.join()
+    try:
+        wait_for(worker.exited, 120, f"the worker to die at {failpoints}")
+    finally:
+        stop.set()
+        producing.join()
     # A SIGKILL leaves no chance to clean up: the restart finds whatever state the kill left.
     assert worker.proc.returncode == -9
     worker = workers(pipe, name="restarted")
