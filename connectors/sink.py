@@ -25,6 +25,7 @@ TABLES: dict[str, str] = {
     "agent.llm_calls": "llm_calls",
     "agent.telemetry": "telemetry",
     "agent.alerts": "alerts",
+    "agent.llm_windows": "llm_windows",
 }
 
 #: Columns the loop adds to every decoded row: where in Kafka it came from.

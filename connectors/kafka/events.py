@@ -210,6 +210,59 @@ class LlmCall(Event):
     output_snippet: str | None = None
 
 @dataclass(kw_only=True)
+class LlmWindow(Event):
+    """Totals of one agent's LLM calls to one provider/model over one closed tumbling window of event time (topic agent.llm_windows).
+
+    Schema llm_window v1.
+    """
+
+    EVENT: ClassVar[str] = 'llm_window'
+    TOPIC: ClassVar[str] = 'agent.llm_windows'
+
+    #: Unique id of this window (a UUID derived from tenant, agent, provider, model and window start): a window emitted again after a restart keeps its event_id.
+    event_id: str = field(default_factory=_new_id)
+    #: End of the window (exclusive), UTC: when its minute was over.
+    event_time: datetime = field(default_factory=_now)
+    #: Agent whose calls the window counts; the Kafka partition key.
+    agent_id: str
+    #: Kind of agent (development, content, enterprise, research), as its calls reported it. An open set, hence a plain string.
+    agent_type: str
+    #: Tenant (customer) the work is done for; the unit of cost attribution and budgets.
+    tenant_id: str
+    #: Trace id of the latest call counted in the window.
+    trace_id: str
+    #: LLM provider the calls went to (openai, anthropic, google, local, ...). An open set, hence a plain string.
+    provider: str
+    #: Model the calls used.
+    model: str
+    #: Start of the window (inclusive), UTC.
+    window_start: datetime
+    #: End of the window (exclusive), UTC.
+    window_end: datetime
+    #: LLM calls whose event time falls in the window.
+    calls: int
+    #: Calls whose status is not ok (rate limits and timeouts included).
+    errors: int
+    #: Calls the provider rate limited.
+    rate_limited: int
+    #: Prompt tokens of the calls.
+    input_tokens: int
+    #: Completion tokens of the calls.
+    output_tokens: int
+    #: Cost of the calls in USD, as each call reported it.
+    cost_usd: float
+    #: Median call latency in milliseconds (DDSketch, 1% relative accuracy).
+    latency_p50_ms: float
+    #: 95th percentile call latency in milliseconds (DDSketch, 1% relative accuracy).
+    latency_p95_ms: float
+    #: 99th percentile call latency in milliseconds (DDSketch, 1% relative accuracy).
+    latency_p99_ms: float
+    #: The window's latency DDSketch as JSON, so windows merge into longer periods with the same accuracy.
+    latency_sketch: str
+    #: What closed the window: 'watermark' (event time passed its end plus the grace period) or 'idle' (the wall clock did, on a quiet stream).
+    closed_by: str
+
+@dataclass(kw_only=True)
 class TaskEvent(Event):
     """One step in the lifecycle of an agent task (topic agent.tasks).
 

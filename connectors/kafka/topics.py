@@ -16,6 +16,7 @@ EVENT_TOPICS: dict[str, str] = {
     "agent.llm_calls": "LlmCall",
     "agent.telemetry": "Telemetry",
     "agent.alerts": "Alert",
+    "agent.llm_windows": "LlmWindow",
     "inference.requests": "InferenceRequest",
     "inference.results": "InferenceResult",
 }

@@ -78,6 +78,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         value=902.4, threshold=900.0, window_start=T0 - timedelta(days=13), window_end=T0,
         first_seen=T0 - timedelta(minutes=5), last_seen=T0, details={"budget_usd": "1000", "level": "90"},
     ),
+    "llm_window": envelope(
+        "research-11", "research", provider="anthropic", model="claude-3-haiku", window_start=T0 - timedelta(minutes=1),
+        window_end=T0, calls=42, errors=3, rate_limited=1, input_tokens=77_028, output_tokens=17_304, cost_usd=0.023562,
+        latency_p50_ms=812.5, latency_p95_ms=2210.0, latency_p99_ms=4013.25, latency_sketch='{"gamma": 1.02}',
+        closed_by="watermark",
+    ),
     "inference_request": envelope(
         "content-04", "content", correlation_id="corr-1", model="bge-small-en", task="embed",
         inputs=["viral hooks for a launch video", "three taglines"], reply_topic=None, deadline_ms=2000,

@@ -15,7 +15,7 @@ from connectors.kafka.compat import check_all, check_pair, format_report, sample
 from connectors.kafka.schemas import SCHEMAS_DIR, TOPIC_EVENTS, SchemaRegistry, default_registry, event_name
 from connectors.kafka.topics import EVENT_TOPICS
 
-EVENTS = ["alert", "inference_request", "inference_result", "llm_call", "task_event", "telemetry"]
+EVENTS = ["alert", "inference_request", "inference_result", "llm_call", "llm_window", "task_event", "telemetry"]
 ENVELOPE = [
     ("event_id", {"type": "string", "logicalType": "uuid"}),
     ("event_time", {"type": "long", "logicalType": "timestamp-millis"}),
@@ -61,6 +61,7 @@ def test_every_topic_has_its_schema():
         "agent.llm_calls": "llm_call",
         "agent.telemetry": "telemetry",
         "agent.alerts": "alert",
+        "agent.llm_windows": "llm_window",
         "inference.requests": "inference_request",
         "inference.results": "inference_result",
     }
