@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EZ     := $(BIN)/ezstream
 
-.PHONY: install demo test test-unit test-integration up down status fetch clean
+.PHONY: install demo test test-unit test-integration up down status fetch clean airflow airflow-install airflow-stop
 
 install: $(VENV)/.installed
 
@@ -31,14 +31,28 @@ demo: install
 	$(EZ) demo
 
 ## test: set up and run the whole suite (the integration fixtures start and stop their own stack)
-test: fetch
+test: fetch airflow-install
 	$(BIN)/python -m pytest tests
 
-test-unit: install
+test-unit: install airflow-install
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: fetch
+test-integration: fetch airflow-install
 	$(BIN)/python -m pytest tests/integration
 
 clean: down
 	rm -rf $(VENV) .ezstream
+
+## airflow-install: Airflow's own virtualenv (pinned, cached under ~/.cache/ezstream) and Debian's chromium for the UI test
+airflow-install: install
+	$(BIN)/python -m infra.local.airflow install
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+## airflow: start Airflow (UI, scheduler) on 127.0.0.1:8080 with airflow_dags/; prints how to log in
+airflow: airflow-install
+	$(BIN)/python -m infra.local.airflow start
+
+airflow-stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m infra.local.airflow stop; fi

@@ -159,6 +159,16 @@ class Settings(BaseSettings):
         default=365, ge=1, description="Days ClickHouse keeps event rows (table TTL on event_time)."
     )
 
+    # Batch jobs (Airflow DAGs)
+    lake_retention_days: int = Field(
+        default=365, ge=1, description="Days the lake keeps event rows; the retention DAG deletes older event dates."
+    )
+    budgets_file: Path | None = Field(
+        default=None,
+        description="TOML file of daily budgets per tenant and agent (see README); the daily cost report "
+        "shows spend against them.",
+    )
+
     # Sinks: one batching loop per sink; a batch is written when any limit is reached.
     lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")
     lake_flush_mb: float = Field(default=128.0, gt=0, description="Lake sink: encoded MiB buffered per batch.")

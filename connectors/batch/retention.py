@@ -1,0 +1,82 @@
+"""Retention: rows older than the configured days leave the lake and ClickHouse.
+
+The cut-off is computed from the day the run covers, not from the clock, so a rerun deletes
+the same thing. The lake keeps ``EZ_LAKE_RETENTION_DAYS`` whole event dates: older partitions
+are removed by a Delta delete (a metadata-only commit for whole partitions; their files go with a
+later vacuum). ClickHouse keeps ``EZ_CLICKHOUSE_TTL_DAYS``: its table TTL drops old rows only when
+parts merge, so the job deletes them at once, from the event tables and from the rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+
+from connectors.batch.lake import EVENT_DATE, EVENT_TIME, event_table_names, open_table
+from connectors.clickhouse import get_client
+from connectors.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Rows one table lost, in one store."""
+
+    store: str
+    table: str
+    before: str
+    rows: int
+
+
+def lake_cutoff(settings: Settings, day: date) -> date:
+    """The first event date the lake keeps when the run covers ``day``."""
+    return day - timedelta(days=settings.lake_retention_days - 1)
+
+
+def clickhouse_cutoff(settings: Settings, day: date) -> datetime:
+    """The first instant ClickHouse keeps when the run covers ``day``."""
+    return datetime.combine(day - timedelta(days=settings.clickhouse_ttl_days - 1), time(), tzinfo=timezone.utc)
+
+
+def apply_retention(settings: Settings, day: date, tables: list[str] | None = None) -> list[Removed]:
+    """Delete, for the run covering ``day``, what is older than the retention; what went."""
+    return retain_lake(settings, day, tables) + retain_clickhouse(settings, day, tables)
+
+
+def retain_lake(settings: Settings, day: date, tables: list[str] | None = None) -> list[Removed]:
+    cutoff = lake_cutoff(settings, day)
+    removed = []
+    for table in event_table_names(tables):
+        delta = open_table(settings, table)
+        if delta is None or not delta.file_uris(partition_filters=[(EVENT_DATE, "<", cutoff.isoformat())]):
+            continue
+        metrics = delta.delete(f"{EVENT_DATE} < '{cutoff.isoformat()}'")
+        rows = int(metrics.get("num_deleted_rows") or 0)
+        removed.append(Removed("lake", table, cutoff.isoformat(), rows))
+        log.info("lake %s: %d rows before %s deleted (version %d)", table, rows, cutoff, delta.version())
+    return removed
+
+
+def retain_clickhouse(settings: Settings, day: date, tables: list[str] | None = None) -> list[Removed]:
+    cutoff = clickhouse_cutoff(settings, day)
+    client = get_client(settings)
+    db = settings.clickhouse_database
+    existing = {name: engine for name, engine in client.query(
+        "SELECT name, engine FROM system.tables WHERE database = %(db)s", parameters={"db": db}).result_rows}
+    targets = [(t, EVENT_TIME) for t in event_table_names(tables) if t in existing]
+    # The per-minute rollups of those tables (migration 002: ``<table>_1m``, keyed by ``minute``).
+    targets += [(f"{t}_1m", "minute") for t, _ in list(targets) if existing.get(f"{t}_1m") == "AggregatingMergeTree"]
+    removed = []
+    for table, column in targets:
+        where = f"{column} < %(cutoff)s"
+        rows = int(client.query(f"SELECT count() FROM {db}.{table} WHERE {where}",
+                                parameters={"cutoff": cutoff}).result_rows[0][0])
+        if not rows:
+            continue
+        client.command(f"ALTER TABLE {db}.{table} DELETE WHERE {where}",
+                       parameters={"cutoff": cutoff}, settings={"mutations_sync": 2})
+        removed.append(Removed("clickhouse", table, cutoff.isoformat(), rows))
+        log.info("ClickHouse %s.%s: %d rows before %s deleted", db, table, rows, cutoff)
+    return removed

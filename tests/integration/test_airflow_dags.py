@@ -1,0 +1,206 @@
+"""Every DAG run end to end (``airflow dags test`` in Airflow's own virtualenv) on seeded data.
+
+The lake is a folder or the test stack's MinIO; ClickHouse is an embedded engine in a folder of
+the test's own, opened only by the DAG run and by ``airflow_seed`` subprocesses (the test process
+holds the session's engine already).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+from pydantic import SecretStr
+
+from connectors.batch.cost_report import BUDGET_TABLE, COST_TABLE
+from connectors.lake import storage_options, table_uri
+from connectors.settings import Settings
+from tests.integration.airflow_harness import AirflowCli, chdb
+from tests.integration.airflow_seed import seed
+
+DAY = date(2026, 11, 20)
+START = datetime(2026, 11, 20, 8, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def cli(settings, tmp_path_factory) -> AirflowCli:
+    """Airflow's CLI on a metadata database of this module's."""
+    return AirflowCli(settings, tmp_path_factory.mktemp("airflow-home"))
+
+
+@pytest.fixture
+def dag_settings(settings, tmp_path, unique) -> Settings:
+    """A lake folder and an embedded ClickHouse of this test's own."""
+    return settings.model_copy(update={
+        "lake_uri": f"file://{tmp_path / 'lake'}",
+        "clickhouse_dsn": SecretStr(f"chdb://{tmp_path / 'clickhouse'}"),
+        "clickhouse_database": "ez_" + unique.replace("-", "_"),
+    })
+
+
+def lake_folder(settings: Settings) -> Path:
+    return Path(settings.lake_uri.removeprefix("file://"))
+
+
+def lake_table(settings: Settings, table: str, version: int | None = None) -> pa.Table:
+    delta = DeltaTable(table_uri(settings, table), storage_options=storage_options(settings), version=version)
+    return delta.to_pyarrow_table()
+
+
+def sorted_rows(rows: pa.Table) -> pa.Table:
+    return rows.sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+
+
+def lake_hour(settings: Settings, table: str, start: datetime, end: datetime) -> tuple[int, float, int]:
+    rows = lake_table(settings, table)
+    time = rows["event_time"]
+    rows = rows.filter(pc.and_(pc.greater_equal(time, pa.scalar(start, time.type)), pc.less(time, pa.scalar(end, time.type))))
+    cost = (pc.sum(rows["cost_usd"]).as_py() or 0.0) if "cost_usd" in rows.column_names else 0.0
+    return rows.num_rows, round(cost, 6), len(set(rows["event_id"].to_pylist()))
+
+
+def clickhouse_hour(settings: Settings, table: str, start: datetime, end: datetime) -> tuple[int, float, int]:
+    cost = "sum(cost_usd)" if table in ("task_events", "llm_calls") else "0"
+    db = settings.clickhouse_database
+    [[n, total, ids]] = chdb(settings, "sql", f"SELECT count(), {cost}, uniqExact(event_id) FROM {db}.{table} "
+                             f"WHERE event_time >= '{start:%Y-%m-%d %H:%M:%S}' AND event_time < '{end:%Y-%m-%d %H:%M:%S}'")
+    return int(n), round(float(total), 6), int(ids)
+
+
+def test_lake_maintenance_compacts_files_and_keeps_data(cli, s3_settings, unique):
+    settings = s3_settings.model_copy(update={"lake_uri": f"{s3_settings.lake_uri}-{unique}"})
+    seed(settings, START, 1500, seed_=11, splits=6)
+    before = {t: lake_table(settings, t) for t in ("task_events", "llm_calls", "telemetry")}
+    versions = {t: DeltaTable(table_uri(settings, t), storage_options=storage_options(settings)).version()
+                for t in before}
+    files = {t: len(DeltaTable(table_uri(settings, t), storage_options=storage_options(settings)).file_uris())
+             for t in before}
+    assert all(n == 6 for n in files.values()), files
+
+    output = cli.dags_test("lake_maintenance", START + timedelta(hours=1), settings)
+
+    for table, rows in before.items():
+        delta = DeltaTable(table_uri(settings, table), storage_options=storage_options(settings))
+        assert len(delta.file_uris()) == 1, f"{table}: {delta.file_uris()}"
+        assert sorted_rows(delta.to_pyarrow_table()).equals(sorted_rows(rows)), f"{table} changed by compaction"
+        # Readers of the version before compaction still find every file (vacuum keeps them).
+        assert sorted_rows(lake_table(settings, table, versions[table])).equals(sorted_rows(rows))
+    assert "6 files -> 1" in output
+
+    again = cli.dags_test("lake_maintenance", START + timedelta(hours=1), settings)
+    assert "files -> " not in again
+    for table in before:
+        assert DeltaTable(table_uri(settings, table), storage_options=storage_options(settings)).version() \
+            == versions[table] + 1, f"{table}: a second run must not rewrite anything"
+
+
+def test_reconcile_repairs_a_planted_mismatch(cli, dag_settings):
+    settings = dag_settings
+    chdb(settings, "seed", START.isoformat(), "2000", "12", "3", "0", "--clickhouse")
+    db, hour = settings.clickhouse_database, (START, START + timedelta(hours=1))
+    where = f"event_time >= '{START:%Y-%m-%d %H}:00:00' AND event_time < '{START:%Y-%m-%d} 09:00:00'"
+    chdb(settings, "sql", f"ALTER TABLE {db}.task_events DELETE WHERE {where} AND kafka_offset % 7 = 0")
+    chdb(settings, "sql", f"INSERT INTO {db}.llm_calls SELECT * FROM {db}.llm_calls WHERE {where} "
+                          "ORDER BY event_id LIMIT 3")
+    truth = {t: lake_hour(settings, t, *hour) for t in ("task_events", "llm_calls", "telemetry")}
+    planted = {t: clickhouse_hour(settings, t, *hour) for t in truth}
+    assert planted["task_events"][0] < truth["task_events"][0]
+    assert planted["llm_calls"][0] == truth["llm_calls"][0] + 3
+    assert planted["telemetry"] == truth["telemetry"]
+
+    # Runs check the hour before their data interval: the interval [09:00, 10:00) checks 08:00.
+    output = cli.dags_test("reconcile_lake_clickhouse", START + timedelta(hours=2), settings)
+
+    for table, expected in truth.items():
+        assert clickhouse_hour(settings, table, *hour) == expected, table
+    report = json.loads((lake_folder(settings) / f"reports/reconcile/{START:%Y-%m-%dT%H}.json").read_text())
+    checks = {c["table"]: c for c in report["checks"]}
+    assert checks["task_events"]["inserted"] == truth["task_events"][0] - planted["task_events"][0]
+    assert checks["llm_calls"]["deleted"] == 6 and checks["llm_calls"]["inserted"] == 3
+    assert checks["telemetry"]["inserted"] == checks["telemetry"]["deleted"] == 0
+    assert all(c["matches"] for c in report["checks"])
+    assert "repaired" in output
+
+    cli.dags_test("reconcile_lake_clickhouse", START + timedelta(hours=2), settings)
+    for table, expected in truth.items():
+        assert clickhouse_hour(settings, table, *hour) == expected, f"{table} after a second run"
+
+
+def test_daily_cost_report_has_the_right_totals(cli, dag_settings, tmp_path):
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text("[tenant]\ndaily_usd = 10.0\n[agent]\ndaily_usd = 2.0\n")
+    settings = dag_settings.model_copy(update={"budgets_file": budgets})
+    seed(settings, START - timedelta(days=1), 800, seed_=13, splits=2)
+    seed(settings, START, 1600, seed_=14, splits=2, first_offset=100_000)
+    calls = lake_table(settings, "llm_calls")
+    by_day = {d: calls.filter(pc.equal(calls["event_date"], pa.scalar(d, pa.date32()))) for d in (DAY, DAY - timedelta(days=1))}
+    total = pc.sum(by_day[DAY]["cost_usd"]).as_py()
+    previous = pc.sum(by_day[DAY - timedelta(days=1)]["cost_usd"]).as_py()
+
+    # The daily interval that ends on the 21st at 00:30 is the report of the 20th.
+    for _ in range(2):  # a rerun replaces the day's report, it never adds a second copy
+        cli.dags_test("daily_cost_report", datetime(2026, 11, 21, 0, 30, tzinfo=timezone.utc), settings)
+
+    report = lake_table(settings, COST_TABLE)
+    report = report.filter(pc.equal(report["report_date"], pa.scalar(DAY, pa.date32())))
+    assert pc.sum(report["cost_usd"]).as_py() == pytest.approx(total, abs=1e-6)
+    assert pc.sum(report["previous_cost_usd"]).as_py() == pytest.approx(previous, abs=1e-6)
+    assert pc.sum(report["calls"]).as_py() == by_day[DAY].num_rows
+    budget = lake_table(settings, BUDGET_TABLE).to_pylist()
+    tenants = [r for r in budget if r["scope"] == "tenant"]
+    assert sum(r["cost_usd"] for r in tenants) == pytest.approx(total, abs=1e-6)
+    assert all(r["budget_usd"] == 10.0 and r["used_pct"] == pytest.approx(r["cost_usd"] * 10) for r in tenants)
+    page = (lake_folder(settings) / f"reports/html/daily-cost-{DAY}.html").read_text()
+    assert f"${total:.6f}" in page and "plotly" in page.lower()
+
+
+def test_retention_removes_old_data_only(cli, dag_settings):
+    settings = dag_settings
+    old = datetime(2026, 9, 1, 8, tzinfo=timezone.utc)
+    chdb(settings, "seed", old.isoformat(), "600", "15", "1", "0", "--clickhouse")
+    chdb(settings, "seed", START.isoformat(), "900", "16", "1", "100000", "--clickhouse")
+    recent = {t: lake_hour(settings, t, START, START + timedelta(days=1)) for t in ("task_events", "llm_calls")}
+    cutoff = datetime(2026, 10, 22, tzinfo=timezone.utc)
+    db = settings.clickhouse_database
+    assert chdb(settings, "sql", f"SELECT count() FROM {db}.llm_calls WHERE event_time < '2026-10-22'")[0][0] > 0
+
+    # The run of the 20th keeps 30 days: 2026-10-22 and later.
+    cli.dags_test("retention", datetime(2026, 11, 21, 2, tzinfo=timezone.utc), settings,
+                  extra_env={"EZ_LAKE_RETENTION_DAYS": "30", "EZ_CLICKHOUSE_TTL_DAYS": "30"})
+
+    for table in ("task_events", "llm_calls", "telemetry"):
+        dates = set(lake_table(settings, table)["event_date"].to_pylist())
+        assert dates and min(dates) >= cutoff.date(), f"{table}: {sorted(dates)}"
+        assert chdb(settings, "sql", f"SELECT count() FROM {db}.{table} WHERE event_time < '2026-10-22'") == [[0]]
+    assert chdb(settings, "sql", f"SELECT count() FROM {db}.llm_calls_1m WHERE minute < '2026-10-22'") == [[0]]
+    for table, expected in recent.items():
+        assert lake_hour(settings, table, START, START + timedelta(days=1)) == expected
+        assert clickhouse_hour(settings, table, START, START + timedelta(days=1)) == expected
+
+
+def test_backfill_reloads_clickhouse_exactly(cli, dag_settings):
+    settings = dag_settings
+    seed(settings, START - timedelta(days=1), 700, seed_=17, splits=2)
+    seed(settings, START, 1400, seed_=18, splits=3, first_offset=100_000)
+    days = (datetime(2026, 11, 19, tzinfo=timezone.utc), datetime(2026, 11, 21, tzinfo=timezone.utc))
+    tables = ("task_events", "llm_calls", "telemetry")
+    truth = {t: lake_hour(settings, t, *days) for t in tables}
+
+    cli.dags_test("backfill", days[1], settings, conf={"tables": ["llm_calls"], "start": "2026-11-19", "end": "2026-11-20"})
+    assert clickhouse_hour(settings, "llm_calls", *days) == truth["llm_calls"]
+    assert clickhouse_hour(settings, "task_events", *days)[0] == 0
+
+    output = cli.dags_test("backfill", days[1], settings, conf={"tables": [], "start": "2026-11-19", "end": "2026-11-20"})
+    assert "backfill day 2/2 (2026-11-20)" in output
+    for table in tables:
+        assert clickhouse_hour(settings, table, *days) == truth[table], table
+
+    again = cli.dags_test("backfill", days[1], settings, conf={"tables": [], "start": "2026-11-19", "end": "2026-11-20"})
+    assert "inserted into ClickHouse" in again and "repaired" not in again
+    for table in tables:
+        assert clickhouse_hour(settings, table, *days) == truth[table], f"{table} after a rerun"
