@@ -21,8 +21,10 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -208,11 +210,31 @@ class AirflowServer:
         return "started"
 
     def down(self) -> bool:
-        return self.proc.stop(timeout_s=30)
+        """Stop every Airflow process we started; True if something was running."""
+        pid = self.proc.child.pid if self.proc.child is not None else self.proc.pid()
+        stopped = self.proc.stop(timeout_s=30)
+        if pid is not None:
+            # The standalone's components (API server, scheduler…) outlive it by a few seconds.
+            deadline = time.monotonic() + 30
+            while _group_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _group_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        return stopped
 
     def login_help(self) -> str:
         return (f"Airflow UI: {self.url}  user: {USER}  password: in {password_file(self.home)}\n"
                 f"DAG folder: {DAGS_FOLDER}; logs: {self.proc.log_file}; stop with `make airflow-stop`")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
