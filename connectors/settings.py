@@ -169,6 +169,21 @@ class Settings(BaseSettings):
         "shows spend against them.",
     )
 
+    # Real-time intelligence (the alerts role): windows and alert rules
+    alerts_config_file: Path | None = Field(
+        default=None,
+        description="TOML file of alert rule and window settings (see docs/intelligence.md); defaults "
+        "apply where it is silent. Budgets come from EZ_BUDGETS_FILE.",
+    )
+    alerts_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="Slack-compatible incoming webhook that also receives every alert (secret: the URL "
+        "holds the token).",
+    )
+    alerts_checkpoint_seconds: float = Field(
+        default=1.0, gt=0, description="Alerts role: seconds between checkpoints of window and rule state."
+    )
+
     # Sinks: one batching loop per sink; a batch is written when any limit is reached.
     lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")
     lake_flush_mb: float = Field(default=128.0, gt=0, description="Lake sink: encoded MiB buffered per batch.")
@@ -230,6 +245,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected a JSON object of librdkafka properties ({exc.msg})") from None
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("alerts_webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
         return value
 
     @field_validator("kafka_bootstrap")

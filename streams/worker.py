@@ -26,7 +26,8 @@ from streams.sinks.runner import SinkRunner
 log = logging.getLogger(__name__)
 
 #: Every role, in start order; ``ezstream worker`` runs them all unless told ``--only``.
-ROLES = ("lake", "clickhouse")
+#: ``alerts`` runs the windows and alert rules (:mod:`streams.intelligence.processor`).
+ROLES = ("lake", "clickhouse", "alerts")
 
 
 def parse_roles(only: str | None) -> list[str]:
@@ -41,8 +42,13 @@ def parse_roles(only: str | None) -> list[str]:
     return list(dict.fromkeys(roles))
 
 
-def make_runner(settings: Settings, role: str) -> SinkRunner:
-    """The batch loop of a sink role, with its sink (clients are created when it starts)."""
+def make_runner(settings: Settings, role: str):
+    """The loop of a role: a sink's batch loop, or the alerts processor (clients are created
+    when it starts)."""
+    if role == "alerts":
+        from streams.intelligence.processor import IntelligenceProcessor
+
+        return IntelligenceProcessor(settings)
     group = f"{settings.topic_prefix}ezstream.{role}"
     if role == "lake":
         from connectors.lake.sink import LakeSink
@@ -64,7 +70,7 @@ class RunnerService(mode.Service):
 
     @property
     def label(self) -> str:
-        return f"sink:{self.runner.sink.name}"
+        return f"role:{self.runner.name}"
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()

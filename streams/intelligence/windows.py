@@ -114,9 +114,14 @@ class WindowAggregate:
     output_tokens: int = 0
     cost_usd: float = 0.0
     latency: LatencySketch = field(default_factory=LatencySketch)
+    #: Agent type and trace id of the latest call counted (context for the closed window).
+    agent_type: str = ""
+    trace_id: str = ""
 
     def add(self, call: LlmCall) -> None:
         """Count one call."""
+        self.agent_type = call.agent_type
+        self.trace_id = call.trace_id
         self.calls += 1
         self.errors += call.status != "ok"
         self.rate_limited += call.status == "rate_limited"
@@ -145,6 +150,8 @@ class WindowAggregate:
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
             "latency": self.latency.to_dict(),
+            "agent_type": self.agent_type,
+            "trace_id": self.trace_id,
         }
 
     @classmethod
@@ -159,6 +166,8 @@ class ClosedWindow:
 
     tenant_id: str
     agent_id: str
+    agent_type: str
+    trace_id: str
     provider: str
     model: str
     #: Window bounds ``[start, end)`` in epoch milliseconds, UTC.
@@ -246,7 +255,11 @@ class WindowStore:
         """
         if now_ms - self.last_added_ms < idle_ms:
             return []
-        return self._close_until(now_ms - self.grace_ms)
+        # Only what is open closes: the wall clock says nothing about windows no event opened,
+        # so a quiet store does not turn the next burst of older events into late ones.
+        limit_ms = now_ms - self.grace_ms
+        due = [start + self.size_ms for start in self._open if start + self.size_ms <= limit_ms]
+        return self._close_until(max(due)) if due else []
 
     def _close_until(self, limit_ms: int) -> list[ClosedWindow]:
         if limit_ms <= self.closed_until_ms:
@@ -298,6 +311,8 @@ def _closed(key: WindowKey, start_ms: int, end_ms: int, agg: WindowAggregate) ->
     return ClosedWindow(
         tenant_id=key.tenant_id,
         agent_id=key.agent_id,
+        agent_type=agg.agent_type,
+        trace_id=agg.trace_id,
         provider=key.provider,
         model=key.model,
         window_start_ms=start_ms,

@@ -109,6 +109,8 @@ class SinkRunner:
     ) -> None:
         self.settings = settings
         self.sink = sink
+        #: The role this loop plays in a worker (the sink's name).
+        self.name = sink.name
         self.policy = policy or FlushPolicy.for_sink(settings, sink.name)
         self.codec = codec or default_codec()
         self.fetch_messages = fetch_messages

@@ -7,7 +7,10 @@ never touched; it is stopped at the end. Each test gets unique topic and group n
 from __future__ import annotations
 
 import re
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -85,3 +88,41 @@ def make_topic(settings, unique):
         return name
 
     return make
+
+
+class Hook:
+    """A webhook endpoint that answers the scripted statuses in turn, then 200."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.requests: list[tuple[str, str, bytes]] = []  # path, content type, body
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[Hook, str]]:
+    state = Hook([])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with state.lock:
+                state.requests.append((self.path, self.headers["Content-Type"], body))
+                status = state.statuses.pop(0) if state.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass  # keep the test output clean
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: a free one
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_port}/services/T000/B000/secret-token"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -39,6 +39,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "EZ_CLICKHOUSE_FLUSH_ROWS": str(settings.clickhouse_flush_rows),
         "EZ_SINK_RETRY_MAX_SECONDS": str(settings.sink_retry_max_seconds),
     }
+    for name in ("budgets_file", "alerts_config_file"):
+        if getattr(settings, name) is not None:
+            env[f"EZ_{name.upper()}"] = str(getattr(settings, name))
+    if settings.alerts_webhook_url is not None:
+        env["EZ_ALERTS_WEBHOOK_URL"] = settings.alerts_webhook_url.get_secret_value()
+    env["EZ_ALERTS_CHECKPOINT_SECONDS"] = str(settings.alerts_checkpoint_seconds)
     if settings.s3_endpoint:
         env["EZ_S3_ENDPOINT"] = settings.s3_endpoint
     if settings.s3_access_key_id:

@@ -89,6 +89,18 @@ def test_idle_stream_closes_by_wall_clock_a_busy_one_does_not():
     assert store.add(call(T0 + 40_000), now_ms=T0 + 10 * MIN) is Arrival.TOO_LATE
 
 
+def test_a_quiet_store_does_not_make_older_events_late():
+    # Nothing open: the wall clock has nothing to close, so older events still get their window.
+    store = WindowStore(size_ms=MIN, grace_ms=10_000)
+    assert store.close_idle(now_ms=T0 + 10 * MIN, idle_ms=1_000) == []
+    assert store.add(call(T0 + 5_000), now_ms=T0 + 10 * MIN) is Arrival.ON_TIME
+    # Once idle, that window closes on the wall clock; only it, and calls for it are late after.
+    (closed,) = store.close_idle(now_ms=T0 + 10 * MIN + 2_000, idle_ms=1_000)
+    assert (closed.window_start_ms, closed.calls) == (T0, 1)
+    assert store.add(call(T0 + 6_000), now_ms=T0 + 10 * MIN + 3_000) is Arrival.TOO_LATE
+    assert store.add(call(T0 + MIN + 1_000), now_ms=T0 + 10 * MIN + 3_000) is Arrival.ON_TIME
+
+
 def test_idle_close_keeps_the_current_window_open():
     store = WindowStore(size_ms=MIN, grace_ms=10_000)
     store.add(call(T0 + 1_000), now_ms=T0 + 1_000)

@@ -1,0 +1,571 @@
+"""The alerts role: windows and alert rules over the agent topics, alerts on ``agent.alerts``.
+
+One active processor reads every partition of ``agent.tasks``, ``agent.llm_calls`` and
+``agent.telemetry``: budgets add up per tenant and error rates per provider across all agents, so
+the rules need all of them in one place. Rules cost microseconds per event, so one process keeps
+up with far more than the platform produces. Other workers running the role stand by: whoever
+holds the single partition of the state topic (a consumer group lease) is active, and a standby
+takes over within the group's session timeout when the active one dies.
+
+State is changelog-backed, as a Faust table is, and exact across restarts:
+
+- Every ``EZ_ALERTS_CHECKPOINT_SECONDS`` the processor writes its whole state (rule state, open
+  windows, counters) *and the source offsets that state reflects* to the compacted state topic,
+  in one Kafka transaction. The transactional id is the role's, so a new active processor fences
+  the old one's state writes.
+- Before each checkpoint, every alert and window derived so far is flushed to Kafka, so a
+  checkpoint never precedes the output of the events it covers.
+- On activation the processor loads the latest checkpoint, seeks each source partition to the
+  offset recorded with it and replays from there: each event is counted once, whatever the
+  consumer group says. Alerts and windows replayed into existence again have the same ids as
+  before (uuid5 of kind, subject, period); those already on their topics since the checkpoint
+  are found by reading the topics' tails and not produced twice.
+- Wall-clock rules (silent agents, stuck tasks, idle windows) wait until the replay has caught up
+  with the offsets of the moment of activation: a state that is behind would see silence where
+  there was none.
+
+Alerts are produced as soon as the event that triggers them is read (linger 0, idempotent,
+acks=all): the alert path is consume -> rule -> produce, no transaction in the way. Windows close
+on event time (watermark past end + grace) and, on a quiet stream, on the wall clock. Calls too
+late for their window are counted in ``late_events`` (in the status file) and still reach the
+lake and ClickHouse through the sink roles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from connectors.errors import EzStreamError, TerminalError, TransientError
+from connectors.failpoints import failpoint
+from connectors.kafka import client_config
+from connectors.kafka.codec import Codec, default_codec
+from connectors.kafka.events import Alert, LlmCall, LlmWindow, TaskEvent, Telemetry
+from connectors.kafka.schemas import TOPIC_EVENTS
+from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
+from connectors.settings import Settings
+from streams.intelligence._time import utc
+from streams.intelligence.alerts import (
+    ALERT_NAMESPACE,
+    BudgetRule,
+    ErrorRateRule,
+    RateLimitStormRule,
+    SilentAgentRule,
+    StuckTaskRule,
+)
+from streams.intelligence.config import IntelligenceConfig, load_config
+from streams.intelligence.windows import ClosedWindow, WindowStore
+
+log = logging.getLogger(__name__)
+
+#: Catalogue topics the role reads.
+SOURCES = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
+#: Checkpoint payloads are split into messages of at most this many bytes (compressed).
+CHUNK_BYTES = 512 * 1024
+#: Alerts and windows produced up to this long before a checkpoint's time are looked for on
+#: activation (clocks of one host; the margin covers producer buffering).
+TAIL_MARGIN_MS = 30_000
+#: Seconds between wall-clock ticks of the rules.
+TICK_SECONDS = 1.0
+
+_EVENT_CLASSES = {"task_event": TaskEvent, "llm_call": LlmCall, "telemetry": Telemetry}
+_WINDOW_NAMESPACE = uuid.uuid5(ALERT_NAMESPACE, "llm-window")
+
+
+def state_topic(settings: Settings) -> str:
+    """The compacted topic of the role's checkpoints; its one partition is the lease."""
+    return topic_name(settings, "ezstream.alerts.state")
+
+
+def group_id(settings: Settings) -> str:
+    """The consumer group whose holder of the state partition is the active processor."""
+    return f"{settings.topic_prefix}ezstream.alerts"
+
+
+def window_event(closed: ClosedWindow, closed_by: str) -> LlmWindow:
+    """The ``agent.llm_windows`` event of a closed window; its id is stable across restarts."""
+    key = f"{closed.tenant_id}|{closed.agent_id}|{closed.provider}|{closed.model}|{closed.window_start_ms}"
+    return LlmWindow(
+        event_id=str(uuid.uuid5(_WINDOW_NAMESPACE, key)),
+        event_time=utc(closed.window_end_ms),
+        agent_id=closed.agent_id,
+        agent_type=closed.agent_type,
+        tenant_id=closed.tenant_id,
+        trace_id=closed.trace_id,
+        provider=closed.provider,
+        model=closed.model,
+        window_start=utc(closed.window_start_ms),
+        window_end=utc(closed.window_end_ms),
+        calls=closed.calls,
+        errors=closed.errors,
+        rate_limited=closed.rate_limited,
+        input_tokens=closed.input_tokens,
+        output_tokens=closed.output_tokens,
+        cost_usd=closed.cost_usd,
+        latency_p50_ms=closed.latency_p50_ms,
+        latency_p95_ms=closed.latency_p95_ms,
+        latency_p99_ms=closed.latency_p99_ms,
+        latency_sketch=json.dumps(closed.latency_sketch, separators=(",", ":")),
+        closed_by=closed_by,
+    )
+
+
+class Rules:
+    """Every rule and the window store, with one state dict for all of them."""
+
+    def __init__(self, config: IntelligenceConfig, state: dict[str, Any] | None = None) -> None:
+        self.config = config
+        if state is None:
+            self.budget = BudgetRule(config.budget)
+            self.error_rate = ErrorRateRule(config.error_rate)
+            self.rate_limit = RateLimitStormRule(config.rate_limit_storm)
+            self.silent = SilentAgentRule(config.silent_agent)
+            self.stuck = StuckTaskRule(config.stuck_task)
+            self.windows = WindowStore(size_ms=config.windows.size_ms, grace_ms=config.windows.grace_ms)
+        else:
+            self.budget = BudgetRule.from_dict(state["budget"], config.budget)
+            self.error_rate = ErrorRateRule.from_dict(state["error_rate"], config.error_rate)
+            self.rate_limit = RateLimitStormRule.from_dict(state["rate_limit"], config.rate_limit_storm)
+            self.silent = SilentAgentRule.from_dict(state["silent"], config.silent_agent)
+            self.stuck = StuckTaskRule.from_dict(state["stuck"], config.stuck_task)
+            self.windows = WindowStore.from_dict(state["windows"])
+
+    def observe(self, event: Any, now_ms: int) -> list[Alert]:
+        """The alerts one decoded event raises or clears."""
+        if isinstance(event, LlmCall):
+            self.windows.add(event, now_ms=now_ms)
+            return self.budget.observe(event) + self.error_rate.observe(event) + self.rate_limit.observe(event)
+        if isinstance(event, Telemetry):
+            return self.silent.observe(event)
+        return self.stuck.observe(event)
+
+    def tick(self, now_ms: int) -> list[Alert]:
+        """The alerts the wall clock raises or clears."""
+        return (self.budget.tick(now_ms) + self.rate_limit.tick(now_ms) + self.silent.tick(now_ms)
+                + self.stuck.tick(now_ms))
+
+    @property
+    def late_events(self) -> dict[str, int]:
+        """Events too late to count, per rule (they still reach the lake and ClickHouse)."""
+        return {"windows": self.windows.late_events, "budget": self.budget.late_events,
+                "error_rate": self.error_rate.late_events, "rate_limit_storm": self.rate_limit.late_events}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget.to_dict(), "error_rate": self.error_rate.to_dict(),
+                "rate_limit": self.rate_limit.to_dict(), "silent": self.silent.to_dict(),
+                "stuck": self.stuck.to_dict(), "windows": self.windows.to_dict()}
+
+
+class Webhook:
+    """Posts alerts to the configured webhook from a thread of its own, so a slow or dead
+    endpoint never holds up the alert path. The queue is bounded; what overflows is logged and
+    still on ``agent.alerts``."""
+
+    def __init__(self, url: str, post: Callable[..., int] | None = None, maxsize: int = 10_000) -> None:
+        from streams.intelligence.webhook import post_alert
+
+        self._url = url
+        self._post = post or post_alert
+        self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize)
+        self.posted = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="alerts-webhook", daemon=True)
+        self._thread.start()
+
+    def submit(self, alert: Alert) -> None:
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            self.failed += 1
+            log.error("alert webhook queue full: alert %s not posted (it is on agent.alerts)", alert.alert_id)
+
+    def _run(self) -> None:
+        while (alert := self._queue.get()) is not None:
+            try:
+                self._post(self._url, alert)
+                self.posted += 1
+            except (TransientError, TerminalError) as exc:  # messages name the host, never the URL
+                self.failed += 1
+                log.error("alert webhook: %s", exc)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+
+class IntelligenceProcessor:
+    """The alerts role's loop: ``run()`` blocks until :meth:`stop`; hosted by the Faust worker."""
+
+    name = "alerts"
+
+    def __init__(self, settings: Settings, config: IntelligenceConfig | None = None,
+                 codec: Codec | None = None) -> None:
+        self.settings = settings
+        self.config = config or load_config(settings)
+        self.codec = codec or default_codec()
+        #: Set once the processor is active and caught up, or standing by behind an active one.
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._catalogue = {topic_name(settings, t): t for t in SOURCES}
+        self._alerts_topic = topic_name(settings, "agent.alerts")
+        self._windows_topic = topic_name(settings, "agent.llm_windows")
+        self._state_topic = state_topic(settings)
+        self._status_file = settings.run_dir / f"alerts-{settings.topic_prefix or 'default'}.status.json"
+        self._webhook = (Webhook(settings.alerts_webhook_url.get_secret_value())
+                         if settings.alerts_webhook_url is not None else None)
+        self._lease: Any = None
+        self._holds_lease = False
+        self._active = False
+        self.stats: Counter[str] = Counter()
+        self._late_events: dict[str, int] = {}
+        self._reset_active_state()
+
+    def _reset_active_state(self) -> None:
+        self.rules: Rules | None = None
+        self._source: Any = None
+        self._producer: Any = None
+        self._txn: Any = None
+        self._positions: dict[tuple[str, int], int] = {}
+        self._catch_up_to: dict[tuple[str, int], int] = {}
+        self._caught_up = False
+        self._suppress: set[str] = set()
+        self._snapshot = 0
+        self._dirty = False
+        self._last_tick = 0.0
+        self._last_checkpoint = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+
+        ensure_topics(self.settings, catalogue(self.settings) + [TopicSpec(self._state_topic, 1, self.settings.topic_replication, {
+            "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+            "segment.ms": "600000", "max.message.bytes": str(2 * CHUNK_BYTES),
+        })])
+        self._lease = Consumer({
+            **client_config(self.settings),
+            "group.id": group_id(self.settings),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        })
+        self._lease.subscribe([self._state_topic], on_assign=self._on_assign,
+                              on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stopping.is_set():
+                self._lease.poll(0 if self._active else 0.2)  # the lease's messages are ignored
+                if self._holds_lease and not self._active:
+                    self._activate()
+                elif not self._holds_lease and self._active:
+                    self._deactivate(checkpoint=True)
+                if self._active:
+                    self._step()
+        finally:
+            if self._active:
+                self._deactivate(checkpoint=True)
+            self._lease.close()
+            if self._webhook is not None:
+                self._webhook.close()
+
+    def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self._holds_lease = bool(partitions)
+        if not partitions:
+            self.ready.set()  # standing by: another worker is active
+            self._write_status()
+
+    def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        self._holds_lease = False
+        if self._active:
+            # Checkpoint while the state is still ours, so the next holder replays little.
+            self._deactivate(checkpoint=True)
+
+    # -- activation: load the checkpoint, find what was already produced, seek, replay ----------
+
+    def _activate(self) -> None:
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        started = time.monotonic()
+        base = client_config(self.settings)
+        self._txn = Producer({**base, "transactional.id": f"{group_id(self.settings)}.state",
+                              "linger.ms": 5, "retry.backoff.ms": 10, "compression.type": "none"})
+        self._txn.init_transactions(60)  # fences a previous holder's state writes
+        checkpoint = self._read_checkpoint()
+        self.rules = Rules(self.config, checkpoint["rules"] if checkpoint else None)
+        self._snapshot = checkpoint["snapshot"] if checkpoint else 0
+        saved = {tuple(k.rsplit(":", 1)): v for k, v in (checkpoint or {}).get("positions", {}).items()}
+        self.stats = Counter((checkpoint or {}).get("stats", {}))
+
+        self._source = Consumer({
+            **base,
+            "group.id": f"{group_id(self.settings)}.positions",  # commits only: lag for operators
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": 100,
+            "isolation.level": "read_committed",
+        })
+        metadata = self._source.list_topics(timeout=30)
+        assignment = []
+        for topic in self._catalogue:
+            for partition in sorted(metadata.topics[topic].partitions):
+                low, high = self._source.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                start = max(int(saved.get((topic, str(partition)), low)), low)
+                self._positions[(topic, partition)] = start
+                self._catch_up_to[(topic, partition)] = high
+                assignment.append(TopicPartition(topic, partition, start))
+        self._suppress = self._already_produced(checkpoint["time_ms"] - TAIL_MARGIN_MS if checkpoint else None)
+        self._producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        self._source.assign(assignment)
+        self._active = True
+        self._caught_up = False
+        log.info("alerts: active from checkpoint %s (%d partitions, %d outputs already produced) in %.1f s",
+                 self._snapshot or "none", len(assignment), len(self._suppress), time.monotonic() - started)
+        self._write_status()
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """The latest committed checkpoint on the state topic, None when there is none."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        reader = Consumer({**client_config(self.settings), "group.id": f"{group_id(self.settings)}.recovery",
+                           "enable.auto.commit": False, "isolation.level": "read_committed"})
+        try:
+            tp = TopicPartition(self._state_topic, 0)
+            low, high = reader.get_watermark_offsets(tp, timeout=30)
+            if high <= low:
+                return None
+            reader.assign([TopicPartition(self._state_topic, 0, low)])
+            latest: dict[str, Any] = {}
+            deadline = time.monotonic() + 120
+            while True:
+                position = reader.position([tp])[0].offset
+                if position >= high:
+                    break
+                if time.monotonic() > deadline:
+                    raise TransientError(f"reading the alert state from {self._state_topic} took over 120 s")
+                for msg in reader.consume(500, 1.0):
+                    if msg.error() is None and msg.key() is not None:
+                        latest[msg.key().decode()] = msg.value()
+        finally:
+            reader.close()
+        if "manifest" not in latest:
+            return None
+        manifest = json.loads(latest["manifest"])
+        try:
+            payload = b"".join(latest[f"chunk-{i}"] for i in range(manifest["chunks"]))
+            state = json.loads(zlib.decompress(payload))
+        except (KeyError, zlib.error, ValueError) as exc:
+            raise EzStreamError(f"the alert state on {self._state_topic} is damaged ({exc}); "
+                                f"delete the topic to start the rules afresh") from exc
+        if state["snapshot"] != manifest["snapshot"]:
+            raise EzStreamError(f"the alert state on {self._state_topic} mixes checkpoints "
+                                f"{state['snapshot']} and {manifest['snapshot']}")
+        return state
+
+    def _already_produced(self, since_ms: int | None) -> set[str]:
+        """Event ids on ``agent.alerts`` and ``agent.llm_windows`` produced since ``since_ms``
+        (everything when None): what a replay must not produce again."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        reader = Consumer({**client_config(self.settings), "group.id": f"{group_id(self.settings)}.recovery",
+                           "enable.auto.commit": False})
+        ids: set[str] = set()
+        try:
+            metadata = reader.list_topics(timeout=30)
+            wanted, ends = [], {}
+            for topic in (self._alerts_topic, self._windows_topic):
+                if topic not in metadata.topics:
+                    continue
+                for partition in metadata.topics[topic].partitions:
+                    tp = TopicPartition(topic, partition, OFFSET_BEGINNING if since_ms is None else since_ms)
+                    _, high = reader.get_watermark_offsets(tp, timeout=30)
+                    if high > 0:
+                        wanted.append(tp)
+                        ends[(topic, partition)] = high
+            if not wanted:
+                return ids
+            starts = wanted if since_ms is None else reader.offsets_for_times(wanted, timeout=30)
+            starts = [tp for tp in starts if tp.offset != -1]  # -1: nothing that recent
+            if not starts:
+                return ids
+            reader.assign(starts)
+            pending = {(tp.topic, tp.partition) for tp in starts}
+            deadline = time.monotonic() + 120
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TransientError("reading the tails of the alert topics took over 120 s")
+                for msg in reader.consume(1000, 0.5):
+                    if msg.error() is not None:
+                        continue
+                    try:
+                        _, record = self.codec.decode(msg.value())
+                        ids.add(str(record["event_id"]))
+                    except Exception:  # noqa: BLE001  not ours to judge: the sinks dead-letter it
+                        pass
+                for tp in reader.position([TopicPartition(t, p) for t, p in list(pending)]):
+                    if tp.offset >= ends[(tp.topic, tp.partition)]:
+                        pending.discard((tp.topic, tp.partition))
+        finally:
+            reader.close()
+        return ids
+
+    def _deactivate(self, checkpoint: bool) -> None:
+        try:
+            if checkpoint and self._dirty:
+                self._checkpoint()
+        except Exception:  # noqa: BLE001  fenced or broker gone: the next holder replays
+            log.exception("alerts: final checkpoint failed; the next active processor replays from the last one")
+        finally:
+            if self._producer is not None:
+                self._producer.flush(30)
+            if self._source is not None:
+                self._source.close()
+            self._active = False
+            if self.rules is not None:
+                self._late_events = self.rules.late_events
+            self._reset_active_state()
+            self._write_status()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        first = self._source.poll(0.05)
+        if first is not None:
+            now_ms = int(time.time() * 1000)
+            for msg in [first, *self._source.consume(1000, 0)]:
+                self._process(msg, now_ms)
+            for closed in self.rules.windows.close_due():
+                self._emit_window(closed, "watermark")
+        self._producer.poll(0)
+        if not self._caught_up and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items()):
+            self._caught_up = True
+            self.ready.set()
+            log.info("alerts: caught up; wall-clock rules on")
+        now = time.monotonic()
+        if self._caught_up and now - self._last_tick >= TICK_SECONDS:
+            self._last_tick = now
+            now_ms = int(time.time() * 1000)
+            for alert in self.rules.tick(now_ms):
+                self._emit_alert(alert)
+                self._dirty = True
+            for closed in self.rules.windows.close_idle(now_ms, self.config.windows.idle_ms):
+                self._emit_window(closed, "idle")
+                self._dirty = True
+        if self._dirty and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds:
+            self._checkpoint()
+
+    def _process(self, msg: Any, now_ms: int) -> None:
+        if msg.error() is not None:
+            if not msg.error().retriable() and msg.error().fatal():
+                raise EzStreamError(f"alerts: consumer failed: {msg.error()}")
+            return
+        topic = msg.topic()
+        self._positions[(topic, msg.partition())] = msg.offset() + 1
+        self._dirty = True
+        event_name = TOPIC_EVENTS[self._catalogue[topic]]
+        try:
+            _, record = self.codec.decode(msg.value(), event_name)
+            event = _EVENT_CLASSES[event_name](**record)
+        except Exception:  # noqa: BLE001  the lake role dead-letters it with its error
+            self.stats["undecodable"] += 1
+            return
+        self.stats["events"] += 1
+        for alert in self.rules.observe(event, now_ms):
+            self._emit_alert(alert)
+
+    def _emit_alert(self, alert: Alert) -> None:
+        if alert.event_id in self._suppress:
+            self.stats["suppressed"] += 1
+            return
+        self.stats[f"alerts.{alert.kind}.{alert.state}"] += 1
+        self._producer.produce(self._alerts_topic, key=alert.agent_id.encode(),
+                               value=self.codec.encode("alert", alert.to_record()),
+                               on_delivery=self._delivered(alert))
+        self._producer.poll(0)
+
+    def _delivered(self, alert: Alert) -> Callable[[Any, Any], None]:
+        def done(err: Any, msg: Any) -> None:
+            if err is not None:
+                log.error("alerts: alert %s not delivered: %s", alert.alert_id, err)
+            elif self._webhook is not None:
+                self._webhook.submit(alert)
+        return done
+
+    def _emit_window(self, closed: ClosedWindow, closed_by: str) -> None:
+        event = window_event(closed, closed_by)
+        if event.event_id in self._suppress:
+            self.stats["suppressed"] += 1
+            return
+        self.stats[f"windows.{closed_by}"] += 1
+        self._producer.produce(self._windows_topic, key=event.agent_id.encode(),
+                               value=self.codec.encode("llm_window", event.to_record()))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        """Write the whole state and the offsets it reflects, atomically, after its outputs."""
+        remaining = self._producer.flush(30)
+        if remaining:
+            raise TransientError(f"alerts: {remaining} alert(s) not delivered within 30 s; not checkpointing")
+        failpoint("alerts.before_checkpoint")  # outputs durable, the state that led to them not yet
+        self._snapshot += 1
+        now_ms = int(time.time() * 1000)
+        state = {
+            "snapshot": self._snapshot,
+            "time_ms": now_ms,
+            "positions": {f"{t}:{p}": offset for (t, p), offset in self._positions.items()},
+            "rules": self.rules.to_dict(),
+            "stats": dict(self.stats),
+        }
+        payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
+        chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
+        self._txn.begin_transaction()
+        for i, chunk in enumerate(chunks):
+            self._txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk)
+        self._txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
+            {"snapshot": self._snapshot, "chunks": len(chunks), "time_ms": now_ms}).encode())
+        self._txn.commit_transaction(30)
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
+        self.stats["checkpoints"] += 1
+        self._commit_positions()
+        self._write_status()
+
+    def _commit_positions(self) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+        try:
+            self._source.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:  # monitoring only: the checkpoint holds the truth
+            log.warning("alerts: committing positions for lag monitoring failed: %s", exc)
+
+    def status(self) -> dict[str, Any]:
+        """What the processor is doing, for ``ezstream status`` and the tests."""
+        return {
+            "active": self._active,
+            "caught_up": self._caught_up,
+            "snapshot": self._snapshot,
+            "positions": {f"{t}:{p}": o for (t, p), o in self._positions.items()},
+            "late_events": self.rules.late_events if self.rules is not None else self._late_events,
+            "stats": dict(self.stats),
+            "webhook": None if self._webhook is None else {"posted": self._webhook.posted,
+                                                           "failed": self._webhook.failed},
+        }
+
+    def _write_status(self) -> None:
+        self._status_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True))
+        tmp.replace(self._status_file)

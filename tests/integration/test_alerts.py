@@ -1,0 +1,400 @@
+"""The alerts role with real Kafka (and chDB for the windows table): crafted event sequences in,
+exact alerts and windows out, across restarts.
+
+Each test has its own topics (``EZ_TOPIC_PREFIX``), worker home and rule settings, short enough
+that wall-clock rules fire within seconds. "Exact" is checked after the processor reports (in its
+status file) a checkpoint covering every event sent: a checkpoint is written only after every
+alert derived so far is on Kafka, so reading ``agent.alerts`` to its end then shows all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from connectors.kafka import client_config
+from connectors.kafka.codec import default_codec
+from connectors.kafka.events import LlmCall, TaskEvent, Telemetry
+from connectors.kafka.producer import EventProducer
+from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.settings import load_settings
+from streams.query_server import query
+from tests.conftest import wait_for
+from tests.integration.pipeline import Worker
+
+RULES = """
+[windows]
+size_seconds = 60
+grace_seconds = 5
+idle_seconds = 2
+
+[error_rate]
+window_seconds = 60
+bucket_seconds = 10
+fire_rate = 0.2
+resolve_rate = 0.1
+min_calls = 20
+
+[rate_limit_storm]
+window_seconds = 4
+bucket_seconds = 1
+fire_count = 10
+resolve_count = 2
+
+[silent_agent]
+silent_after_seconds = 3
+
+[stuck_task.sla_seconds]
+normal = 3
+high_priority = 2
+"""
+
+BUDGETS = """
+[tenant]
+daily_usd = 10.0
+[agent]
+daily_usd = 1.0
+[agent.overrides]
+"big-spender" = 100.0
+"""
+
+
+@pytest.fixture
+def intel(stack, stack_overrides, unique, tmp_path):
+    """Settings of this test's alerts pipeline; topics created."""
+    (tmp_path / "rules.toml").write_text(RULES)
+    (tmp_path / "budgets.toml").write_text(BUDGETS)
+    settings = load_settings(**{
+        **stack_overrides,
+        "topic_prefix": f"a.{unique}.",
+        "topic_partitions": 3,
+        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
+        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
+        "clickhouse_flush_seconds": 0.5,
+        "budgets_file": tmp_path / "budgets.toml",
+        "alerts_config_file": tmp_path / "rules.toml",
+        "alerts_checkpoint_seconds": 0.5,
+    })
+    ensure_topics(settings, catalogue(settings))
+    return settings
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(settings, name=..., roles=..., failpoints=...)`` runs a worker; all stop at the end."""
+    started: list[Worker] = []
+
+    def run(settings, name="alerts", roles="alerts", failpoints=""):
+        worker = Worker(settings, roles, tmp_path / name, failpoints)
+        started.append(worker)
+        return worker.start()
+
+    yield run
+    for worker in started:
+        worker.stop()
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def call(agent="dev-01", tenant="acme", cost=0.0, status="ok", provider="anthropic", model="claude-3-haiku",
+         key="anthropic-01", at=None, latency=100.0, tokens=(100, 20)) -> LlmCall:
+    return LlmCall(event_time=at or now(), agent_id=agent, agent_type="development", tenant_id=tenant,
+                   trace_id=uuid.uuid4().hex, call_id=uuid.uuid4().hex, provider=provider, model=model,
+                   api_key_alias=key, input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost,
+                   price_version="2026-11-01", latency_ms=latency, status=status, cache_hit=False,
+                   region="eu-west-1")
+
+
+def telemetry(agent: str, at=None) -> Telemetry:
+    return Telemetry(event_time=at or now(), agent_id=agent, agent_type="research", tenant_id="acme",
+                     trace_id=uuid.uuid4().hex, cpu_percent=10.0, memory_percent=20.0, memory_mb=512.0,
+                     response_time_ms=40.0, error_count=0, queue_depth=1)
+
+
+def task(task_id: str, status: str, queue="normal", agent="dev-02", attempt=1) -> TaskEvent:
+    return TaskEvent(agent_id=agent, agent_type="development", tenant_id="acme", trace_id="tr-" + task_id,
+                     task_id=task_id, status=status, queue=queue, attempt=attempt, cost_usd=0.0,
+                     price_version="2026-11-01")
+
+
+class Sent:
+    """Produces events and remembers how many went out."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.count = 0
+
+    def __call__(self, *events) -> None:
+        with EventProducer(self.settings) as producer:
+            for event in events:
+                producer.send(event)
+        assert sum(producer.delivered.values()) == len(events)
+        self.count += len(events)
+
+
+def status(worker: Worker) -> dict:
+    files = list((worker.home / "run").glob("alerts-*.status.json"))
+    return json.loads(files[0].read_text()) if files else {}
+
+
+def processed(worker: Worker, count: int, timeout_s: float = 60) -> dict:
+    """Wait for a checkpoint covering ``count`` events; its status."""
+    def covered():
+        worker.alive()
+        current = status(worker)
+        return current if sum(current.get("positions", {}).values()) >= count and current.get("active") else None
+    return wait_for(covered, timeout_s, f"a checkpoint covering {count} events")
+
+
+def read_topic(settings, base: str) -> list[dict]:
+    """Every record on a catalogue topic, to its current end, in partition/offset order."""
+    topic = topic_name(settings, base)
+    consumer = Consumer(client_config(settings, **{"group.id": "read-" + uuid.uuid4().hex,
+                                                   "enable.auto.commit": False}))
+    codec = default_codec()
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions if ends[p] > 0])
+        records, done = [], {p for p, end in ends.items() if end == 0}
+        deadline_rounds = 200
+        while len(done) < len(partitions) and deadline_rounds:
+            deadline_rounds -= 1
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    records.append(codec.decode(msg.value())[1])
+                    if msg.offset() + 1 >= ends[msg.partition()]:
+                        done.add(msg.partition())
+        assert len(done) == len(partitions), f"could not read {topic} to its end"
+        return records
+    finally:
+        consumer.close()
+
+
+def alerts_of(settings, kind: str | None = None) -> list[dict]:
+    return [a for a in read_topic(settings, "agent.alerts") if kind is None or a["kind"] == kind]
+
+
+def wait_alerts(settings, worker: Worker, kind: str, n: int, timeout_s: float = 60) -> list[dict]:
+    def enough():
+        worker.alive()
+        found = alerts_of(settings, kind)
+        return found if len(found) >= n else None
+    return wait_for(enough, timeout_s, f"{n} {kind} alert(s)")
+
+
+def summary(alerts: list[dict]) -> list[tuple]:
+    return sorted((a["subject"], a["state"], a["severity"], a["details"].get("percent", ""),
+                   round(a["value"], 4), round(a["threshold"], 4)) for a in alerts)
+
+
+def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
+    worker = start(intel)
+    send = Sent(intel)
+    send(call("dev-01", cost=0.5), call("dev-01", cost=0.35))  # 85 % of dev-01's $1
+    send(call("dev-01", cost=0.1))  # 95 %
+    send(call("dev-01", cost=0.1), call("dev-01", cost=0.2))  # 105 %, 125 %: 100 % once
+    processed(worker, send.count)  # dev-01 first, so the tenant's crossing point is known
+    send(*[call("big-spender", cost=2.0) for _ in range(4)])  # tenant acme: 1.25 + 8 = 9.25 of $10
+    processed(worker, send.count)
+    budget = alerts_of(intel, "budget")
+    ids = [a["event_id"] for a in budget]
+    assert len(ids) == len(set(ids)) == 5, budget
+    agent = sorted((a for a in budget if a["subject"] == "dev-01"), key=lambda a: a["threshold"])
+    assert [round(a["threshold"], 4) for a in agent] == [0.8, 0.9, 1.0]
+    assert [round(a["value"], 4) for a in agent] == [0.85, 0.95, 1.05]  # spend when each was crossed
+    assert all(a["state"] == "firing" and a["agent_id"] == "dev-01" for a in agent)
+    assert agent[-1]["severity"] == "critical"
+    # The tenant's 4th big call takes it from $7.25 to $9.25: past 80 % and 90 % at once.
+    tenant = sorted((a for a in budget if a["subject"] == "acme"), key=lambda a: a["threshold"])
+    assert [(round(a["value"], 4), round(a["threshold"], 4)) for a in tenant] == [(9.25, 8.0), (9.25, 9.0)]
+    assert all(a["tenant_id"] == "acme" and a["agent_id"] == "ezstream-intelligence" for a in tenant)
+    assert len({a["alert_id"] for a in budget}) == 5
+
+
+def test_error_rate_spike_fires_with_enough_volume_then_resolves(intel, start):
+    worker = start(intel)
+    send = Sent(intel)
+    t0 = now() - timedelta(seconds=30)
+    # 5 failures in 10 calls is 50 %, but under the 20-call minimum: nothing yet.
+    send(*[call("dev-1", status="error" if i % 2 else "ok", provider="groq", model="llama-3",
+                at=t0 + timedelta(milliseconds=i)) for i in range(10)])
+    processed(worker, send.count)
+    assert alerts_of(intel, "error_rate") == []
+    # 15 more with 5 failures; at the 20th call 9 of 20 (45 %) failed: over the minimum and the rate.
+    send(*[call("dev-1", status="timeout" if i % 3 == 0 else "ok", provider="groq", model="llama-3",
+                at=t0 + timedelta(seconds=1, milliseconds=i)) for i in range(15)])
+    (firing,) = wait_alerts(intel, worker, "error_rate", 1)
+    assert firing["state"] == "firing" and firing["subject"] == "groq/llama-3"
+    assert round(firing["value"], 4) == 0.45 and firing["threshold"] == 0.2
+    # Clean calls: at 10 of 101 (9.9 %) it is under 10 %: one resolve; more calls change nothing.
+    send(*[call("dev-1", provider="groq", model="llama-3", at=t0 + timedelta(seconds=2, milliseconds=i))
+           for i in range(150)])
+    processed(worker, send.count)
+    alerts = alerts_of(intel, "error_rate")
+    assert [a["state"] for a in alerts] == ["firing", "resolved"]
+    assert alerts[1]["alert_id"] == firing["alert_id"] and round(alerts[1]["value"], 6) == round(10 / 101, 6)
+
+
+def test_rate_limit_storm_per_key_fires_and_resolves_when_calm(intel, start):
+    worker = start(intel)
+    send = Sent(intel)
+    send(*[call(f"dev-{i % 5}", status="rate_limited", provider="openai", model="gpt-4o", key="openai-07")
+           for i in range(12)])
+    send(*[call("dev-9", status="rate_limited", provider="openai", model="gpt-4o", key="openai-02")
+           for _ in range(3)])  # another key: under the limit
+    (firing, resolved) = wait_alerts(intel, worker, "rate_limit_storm", 2, timeout_s=60)
+    assert (firing["state"], resolved["state"]) == ("firing", "resolved")
+    assert firing["subject"] == resolved["subject"] == "openai/openai-07"
+    assert firing["value"] == 11 and firing["threshold"] == 10  # fired on the 11th within the window
+    processed(worker, send.count)
+    assert len(alerts_of(intel, "rate_limit_storm")) == 2
+
+
+def test_silent_agent_fires_on_the_wall_clock_and_resolves_on_telemetry(intel, start):
+    worker = start(intel)
+    send = Sent(intel)
+    send(telemetry("quiet-01"), telemetry("chatty-01"))
+    # chatty-01 keeps reporting; quiet-01 falls silent for over 3 s.
+    def quiet_alert():
+        send(telemetry("chatty-01"))
+        return alerts_of(intel, "silent_agent") or None
+    (firing,) = wait_for(quiet_alert, 30, "quiet-01 to be reported silent", interval_s=0.5)
+    assert firing["subject"] == "quiet-01" and firing["state"] == "firing" and firing["threshold"] == 3
+    send(telemetry("quiet-01"))
+    alerts = wait_alerts(intel, worker, "silent_agent", 2)
+    assert [(a["subject"], a["state"]) for a in alerts] == [("quiet-01", "firing"), ("quiet-01", "resolved")]
+    assert alerts[0]["alert_id"] == alerts[1]["alert_id"]
+
+
+def test_stuck_task_fires_past_its_queue_sla_and_resolves_on_completion(intel, start):
+    worker = start(intel)
+    send = Sent(intel)
+    send(task("t-fast", "started"), task("t-fast", "completed"), task("t-slow", "started", queue="high_priority"))
+    (firing,) = wait_alerts(intel, worker, "stuck_task", 1, timeout_s=30)
+    assert firing["subject"] == "t-slow" and firing["severity"] == "critical" and firing["threshold"] == 2
+    assert firing["details"]["queue"] == "high_priority"
+    send(task("t-slow", "completed", queue="high_priority"))
+    alerts = wait_alerts(intel, worker, "stuck_task", 2)
+    assert [(a["subject"], a["state"]) for a in alerts] == [("t-slow", "firing"), ("t-slow", "resolved")]
+    processed(worker, send.count)
+    assert len(alerts_of(intel, "stuck_task")) == 2  # t-fast never stuck, nothing twice
+
+
+def _minute(offset: int) -> datetime:
+    base = now().replace(second=0, microsecond=0) - timedelta(minutes=10)
+    return base + timedelta(minutes=offset)
+
+
+def test_windows_close_on_event_time_count_late_events_and_reach_clickhouse(intel, start):
+    worker = start(intel, roles="alerts,clickhouse")
+    send = Sent(intel)
+    w0 = _minute(0)
+    # One agent, one partition, one producer: the processor sees them in this order.
+    send(*[call("dev-01", cost=0.01, status="error" if i == 0 else "ok", latency=100.0 * (i + 1),
+                at=w0 + timedelta(seconds=i)) for i in range(10)],
+         call("dev-01", cost=0.5, at=w0 + timedelta(seconds=63)),  # next window; watermark 1:03
+         call("dev-01", cost=0.02, at=w0 + timedelta(seconds=30)),  # window 0 ended, within grace: counted
+         call("dev-01", cost=0.5, at=w0 + timedelta(seconds=70)),  # watermark 1:10 closes window 0
+         call("dev-01", cost=0.03, at=w0 + timedelta(seconds=40)))  # too late: counted as late only
+    current = processed(worker, send.count)
+    windows = read_topic(intel, "agent.llm_windows")
+    first = [w for w in windows if w["window_start"] == w0]
+    assert len(first) == 1, windows
+    w = first[0]
+    assert (w["calls"], w["errors"], w["input_tokens"], w["closed_by"]) == (11, 1, 1100, "watermark")
+    assert round(w["cost_usd"], 6) == 0.12
+    assert w["latency_p50_ms"] == pytest.approx(500, rel=0.02)
+    assert w["latency_p99_ms"] == pytest.approx(900, rel=0.02)  # rank 0.99 * (11 - 1) of 11 latencies
+    assert current["late_events"]["windows"] == 1
+    # The same window in ClickHouse, through the ClickHouse role.
+    db = intel.clickhouse_database
+    via_worker = intel.model_copy(update={"home": worker.home})  # the engine's owner answers
+    sql = (f"SELECT calls, round(cost_usd, 6), closed_by FROM {db}.llm_windows "
+           f"WHERE window_start = toDateTime64('{w0:%Y-%m-%d %H:%M:%S}', 3, 'UTC')")
+    rows = wait_for(lambda: query(via_worker, sql)[1] or None, 60, "the window in ClickHouse")
+    assert [list(r) for r in rows] == [[11, 0.12, "watermark"]]
+
+
+def test_an_idle_stream_still_closes_its_windows(intel, start):
+    worker = start(intel)
+    send = Sent(intel)
+    # A minute-old window: nothing more arrives, so only the wall clock can close it.
+    at = now() - timedelta(seconds=70)
+    send(*[call("idle-01", cost=0.01, at=at + timedelta(milliseconds=i)) for i in range(5)])
+    window = wait_for(lambda: read_topic(intel, "agent.llm_windows") or None, 30, "the idle window to close")
+    assert [(w["agent_id"], w["calls"], w["closed_by"]) for w in window] == [("idle-01", 5, "idle")]
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill -9 after alerts, before their checkpoint"])
+def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, how, tmp_path):
+    # Windows close on event time only here: the restarts take longer than an idle period.
+    (tmp_path / "slow-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600"))
+    intel = intel.model_copy(update={"alerts_config_file": tmp_path / "slow-idle.toml"})
+    failpoints = "alerts.before_checkpoint=1" if how.startswith("kill") else ""
+    worker = start(intel, name="first")
+    send = Sent(intel)
+    w0 = _minute(0)
+    # Half a window and 85 % of dev-01's budget before the restart...
+    send(*[call("dev-01", cost=0.17, at=w0 + timedelta(seconds=i)) for i in range(5)])
+    processed(worker, send.count)
+    if failpoints:
+        # ...then a worker that dies right after producing the next alerts, before its checkpoint.
+        worker.stop()
+        worker = start(intel, name="dying", failpoints=failpoints)
+        send(call("dev-01", cost=0.1, at=w0 + timedelta(seconds=5)))  # 95 %: the 90 % alert
+        wait_for(worker.exited, 60, "the worker to die at its checkpoint")
+        assert worker.proc.returncode == -9
+        assert len(alerts_of(intel, "budget")) == 2  # 80 % and 90 % were out before it died
+    else:
+        worker.stop()
+        send(call("dev-01", cost=0.1, at=w0 + timedelta(seconds=5)))
+    worker = start(intel, name="after")
+    # ...and the rest after it.
+    send(*[call("dev-01", cost=0.05, at=w0 + timedelta(seconds=6 + i)) for i in range(2)])  # 105 %
+    send(call("dev-01", cost=0.0, at=w0 + timedelta(seconds=70)))  # closes window 0
+    processed(worker, send.count)
+    budget = alerts_of(intel, "budget")
+    assert sorted(round(a["threshold"], 2) for a in budget) == [0.8, 0.9, 1.0]
+    assert len({a["event_id"] for a in budget}) == 3
+    (window,) = [w for w in read_topic(intel, "agent.llm_windows") if w["window_start"] == w0]
+    assert window["calls"] == 8 and round(window["cost_usd"], 6) == 1.05
+
+
+def test_a_second_worker_stands_by_and_takes_over(intel, start):
+    first = start(intel, name="one")
+    second = start(intel, name="two")
+    wait_for(lambda: status(first).get("active") and status(second) and not status(second)["active"], 60,
+             "one active worker and one standing by")
+    send = Sent(intel)
+    send(call("dev-01", cost=0.85))
+    processed(first, send.count)
+    first.kill9()
+    wait_for(lambda: status(second).get("active") and status(second).get("caught_up"), 60,
+             "the standby to take over")
+    send(call("dev-01", cost=0.1))
+    processed(second, send.count)
+    budget = alerts_of(intel, "budget")
+    assert sorted(round(a["threshold"], 2) for a in budget) == [0.8, 0.9]
+    assert len({a["event_id"] for a in budget}) == 2
+
+
+def test_alerts_also_go_to_the_webhook(intel, start, hook):
+    state, url = hook
+    settings = intel.model_copy(update={"alerts_webhook_url": SecretStr(url)})
+    worker = start(settings)
+    Sent(settings)(call("dev-07", cost=0.9))
+    wait_for(lambda: len(state.requests) >= 1, 30, "the webhook POST")
+    path, content_type, body = state.requests[0]
+    assert path.endswith("/secret-token") and content_type == "application/json"
+    assert "dev-07" in json.loads(body)["text"]
+    processed(worker, 1)
+    assert "secret-token" not in Path(worker.log).read_text()
