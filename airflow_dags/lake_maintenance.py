@@ -1,5 +1,8 @@
 """lake_maintenance (hourly): compact the hour's event dates of every lake table, then vacuum.
 
+Small files of the day being written are bin-packed every hour; a day is z-ordered by
+(agent_id, event_time) by the run whose interval ends it.
+
 Logic: :mod:`connectors.batch.maintenance`.
 """
 
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 def lake_maintenance():
     @task
     def compact(data_interval_start=None, data_interval_end=None) -> list[dict]:
-        """Z-order by (agent_id, event_time) the event dates of the interval that have several files."""
+        """Bin-pack the interval's event dates; z-order the day the interval ends."""
         from dataclasses import asdict
 
         from connectors.batch.maintenance import compact
@@ -42,7 +45,7 @@ def lake_maintenance():
 
         done = compact(load_settings(), data_interval_start, data_interval_end)
         for c in done:
-            log.info("%s %s: %d files -> %d", c.table, c.event_date, c.files_before, c.files_after)
+            log.info("%s %s %s: %d files -> %d", c.kind, c.table, c.event_date, c.files_before, c.files_after)
         return [asdict(c) for c in done]
 
     @task

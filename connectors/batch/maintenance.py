@@ -1,9 +1,13 @@
-"""Lake maintenance: compaction (optimize with z-order) and vacuum, with deltalake's own operations.
+"""Lake maintenance: compaction (optimize, z-order) and vacuum, with deltalake's own operations.
 
-The lake sink commits one small file per table and event date per batch. Compaction rewrites the
-files of an event date into few large ones, clustered by ``agent_id`` and ``event_time`` (z-order)
-so per-agent time-range reads skip most row groups. It commits a new table version holding the
+The lake sink commits one small file per table and event date per batch. Each hourly run
+bin-packs the small files of the event dates its interval touches (``optimize.compact``: files
+already at the target size stay as they are), so the day being written never has more than an
+hour's worth of small files. Once a day is over (the run's interval ends after it), that day is
+z-ordered by ``agent_id`` and ``event_time``: one rewrite per day that clusters its rows, so
+per-agent time-range reads skip most row groups. Either commits a new table version holding the
 same rows; the replaced files stay (tombstoned) for readers of older versions until vacuum.
+Compaction commits do not conflict with the sink's appends.
 
 Vacuum deletes tombstoned files only once they are older than the retention, which must outlast
 the longest read: a query that started on an older version still finds its files. Delta's own
@@ -16,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from connectors.batch.lake import EVENT_DATE, event_dates, event_table_names, open_table
+from connectors.batch.lake import EVENT_DATE, event_dates, event_table_names, open_table, utc
 from connectors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,7 @@ log = logging.getLogger(__name__)
 Z_ORDER = ("agent_id", "event_time")
 #: Default age (hours) of a tombstoned file before vacuum deletes it: Delta's default retention.
 VACUUM_RETENTION_HOURS = 168
-#: An event date with fewer data files is left as it is.
+#: A date still being written with fewer data files is left as it is.
 MIN_FILES = 2
 
 
@@ -35,6 +39,8 @@ class Compaction:
 
     table: str
     event_date: str
+    #: ``compact`` (bin-packing) or ``z-order``.
+    kind: str
     files_before: int
     files_after: int
     version: int
@@ -42,9 +48,10 @@ class Compaction:
 
 def compact(settings: Settings, start: datetime, end: datetime, tables: list[str] | None = None,
             min_files: int = MIN_FILES) -> list[Compaction]:
-    """Z-order the event dates of ``[start, end)`` of each table that have ``min_files`` files or more.
+    """Compact the event dates of ``[start, end)`` of each table; z-order those that ``end`` closes.
 
-    A date already compacted has one file and is skipped, so a rerun rewrites nothing.
+    A date still being written is bin-packed when it has ``min_files`` files or more, so a rerun
+    of the same interval rewrites nothing new.
     """
     done = []
     for table in event_table_names(tables):
@@ -54,13 +61,19 @@ def compact(settings: Settings, start: datetime, end: datetime, tables: list[str
         for day in event_dates(start, end):
             partition = [(EVENT_DATE, "=", day.isoformat())]
             before = len(delta.file_uris(partition_filters=partition))
-            if before < min_files:
+            finished = day < utc(end).date()
+            if before == 0 or (not finished and before < min_files):
                 continue
-            delta.optimize.z_order(list(Z_ORDER), partition_filters=partition)
+            if finished:
+                kind = "z-order"
+                delta.optimize.z_order(list(Z_ORDER), partition_filters=partition)
+            else:
+                kind = "compact"
+                delta.optimize.compact(partition_filters=partition)
             after = len(delta.file_uris(partition_filters=partition))
-            done.append(Compaction(table, day.isoformat(), before, after, delta.version()))
-            log.info("compacted %s %s=%s: %d files -> %d (version %d)",
-                     table, EVENT_DATE, day, before, after, delta.version())
+            done.append(Compaction(table, day.isoformat(), kind, before, after, delta.version()))
+            log.info("%s %s %s=%s: %d files -> %d (version %d)",
+                     kind, table, EVENT_DATE, day, before, after, delta.version())
     return done
 
 

@@ -1,10 +1,13 @@
 """Airflow on this machine: its own cached virtualenv, ``airflow standalone`` on a loopback port.
 
 Airflow 3 and faust-streaming cannot share a virtualenv (their croniter pins clash), so Airflow
-gets its own, in the download cache, keyed on the Airflow version and the hash of the pinned
-requirements (:data:`CONSTRAINTS`, the complete set that installs offline from PyPI): a second
-install is a no-op. The project is installed into it editable and without the ``stream`` extra,
-so DAG tasks import ``connectors/`` from this checkout.
+gets its own, in the download cache, keyed on the Airflow version and the hash of
+:data:`REQUIREMENTS`, the complete pinned package set (Airflow's published constraints files are
+not reachable from where this runs, only the package index is). It is installed with
+``--no-deps``, exactly as pinned, once; a second install is a no-op. The project itself is not
+installed into it: every Airflow command gets this checkout on ``PYTHONPATH``, so DAG tasks
+import ``connectors/`` from the checkout that started them, and several checkouts share one
+virtualenv. Nothing of the ``stream`` extra is in it.
 
 ``start`` runs ``airflow standalone`` (SQLite metadata, local executor) with ``airflow_dags/``
 as the DAG folder, ``$EZ_HOME/airflow`` as ``AIRFLOW_HOME`` and the project's settings passed as
@@ -37,17 +40,13 @@ from infra.local.process import ManagedProcess
 
 #: The pinned Airflow release.
 AIRFLOW_VERSION = "3.3.2"
-#: Every package of Airflow's virtualenv, pinned (resolved once with pip; Airflow's published
-#: constraints files are not reachable from where this runs, only the package index is).
-CONSTRAINTS = Path(__file__).resolve().with_name("airflow-constraints.txt")
+#: Every package of Airflow's virtualenv, pinned.
+REQUIREMENTS = Path(__file__).resolve().with_name("airflow-requirements.txt")
 #: The checkout whose ``connectors/`` and ``airflow_dags/`` Airflow uses.
 REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "airflow_dags"
 #: The UI's user (simple auth manager, admin role).
 USER = "admin"
-#: Installed besides Airflow: the project's DAG-task extra and, for the UI smoke test, Selenium
-#: (it drives Debian's chromium through its chromedriver).
-EXTRA_PACKAGES = ("selenium",)
 
 Echo = Callable[[str], None]
 
@@ -58,7 +57,7 @@ def _echo(line: str) -> None:
 
 def venv_dir(settings: Settings) -> Path:
     """Airflow's virtualenv in the download cache, one per pinned set of packages."""
-    digest = hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
     return settings.cache_dir / "airflow" / f"{AIRFLOW_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-{digest}"
 
 
@@ -71,27 +70,22 @@ def python_bin(settings: Settings) -> Path:
 
 
 def install(settings: Settings, echo: Echo = _echo) -> Path:
-    """Create (once) Airflow's virtualenv and install this checkout into it; returns the venv.
+    """Create (once) Airflow's virtualenv with every pinned package; returns the venv.
 
     :raises ServiceError: pip failed (the message holds the tail of its log).
     """
     venv = venv_dir(settings)
     done = venv / ".installed"
-    if done.exists() and done.read_text() == str(REPO):
+    if done.exists():
         return venv
     log = settings.logs_dir / "airflow-install.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"installing Airflow {AIRFLOW_VERSION} into {venv} (first time only, a few minutes)…")
+    _run([sys.executable, "-m", "venv", "--clear", str(venv)], log)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    if not (venv / "bin" / "python").exists():
-        echo(f"installing Airflow {AIRFLOW_VERSION} into {venv} (first time only, a few minutes)…")
-        _run([sys.executable, "-m", "venv", str(venv)], log)
-        _run([*pip, "install", "-c", str(CONSTRAINTS), f"apache-airflow=={AIRFLOW_VERSION}",
-              *EXTRA_PACKAGES, "-e", f"{REPO}[airflow-tasks]"], log)
-    else:
-        # The cached venv was made from another checkout: point it at this one (same pins).
-        echo(f"pointing Airflow's virtualenv at {REPO}")
-        _run([*pip, "install", "--no-deps", "-e", f"{REPO}[airflow-tasks]"], log)
-    done.write_text(str(REPO))
+    _run([*pip, "install", "--no-deps", "-r", str(REQUIREMENTS)], log)
+    _run([*pip, "check"], log)
+    done.write_text(AIRFLOW_VERSION)
     return venv
 
 
@@ -154,6 +148,7 @@ def airflow_env(settings: Settings, home: Path, port: int) -> dict[str, str]:
         **base,
         **settings_env(settings),
         "PATH": f"{venv_dir(settings) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -39,7 +39,6 @@ class AirflowCli:
     def run(self, *args: str, settings: Settings | None = None, extra_env: dict[str, str] | None = None,
             timeout_s: float = 300) -> str:
         env = {**airflow.airflow_env(settings or self.settings, self.home, 8080), **(extra_env or {})}
-        env["PYTHONPATH"] = str(REPO)
         result = subprocess.run([str(airflow.airflow_bin(self.settings)), *args], env=env, cwd=REPO,
                                 capture_output=True, text=True, timeout=timeout_s)
         output = result.stdout + result.stderr

@@ -74,29 +74,38 @@ def clickhouse_hour(settings: Settings, table: str, start: datetime, end: dateti
 
 def test_lake_maintenance_compacts_files_and_keeps_data(cli, s3_settings, unique):
     settings = s3_settings.model_copy(update={"lake_uri": f"{s3_settings.lake_uri}-{unique}"})
+    tables = ("task_events", "llm_calls", "telemetry")
     seed(settings, START, 1500, seed_=11, splits=6)
-    before = {t: lake_table(settings, t) for t in ("task_events", "llm_calls", "telemetry")}
-    versions = {t: DeltaTable(table_uri(settings, t), storage_options=storage_options(settings)).version()
-                for t in before}
-    files = {t: len(DeltaTable(table_uri(settings, t), storage_options=storage_options(settings)).file_uris())
-             for t in before}
-    assert all(n == 6 for n in files.values()), files
 
+    def table(name: str) -> DeltaTable:
+        return DeltaTable(table_uri(settings, name), storage_options=storage_options(settings))
+
+    before = {t: sorted_rows(lake_table(settings, t)) for t in tables}
+    versions = {t: table(t).version() for t in tables}
+    assert {t: len(table(t).file_uris()) for t in tables} == dict.fromkeys(tables, 6)
+
+    # The hour 08:00-09:00 of a day still being written: its small files are bin-packed.
     output = cli.dags_test("lake_maintenance", START + timedelta(hours=1), settings)
-
-    for table, rows in before.items():
-        delta = DeltaTable(table_uri(settings, table), storage_options=storage_options(settings))
-        assert len(delta.file_uris()) == 1, f"{table}: {delta.file_uris()}"
-        assert sorted_rows(delta.to_pyarrow_table()).equals(sorted_rows(rows)), f"{table} changed by compaction"
+    assert "compact task_events 2026-11-20: 6 files -> 1" in output
+    for name in tables:
+        assert len(table(name).file_uris()) == 1, name
+        assert sorted_rows(table(name).to_pyarrow_table()).equals(before[name]), f"{name} changed by compaction"
         # Readers of the version before compaction still find every file (vacuum keeps them).
-        assert sorted_rows(lake_table(settings, table, versions[table])).equals(sorted_rows(rows))
-    assert "6 files -> 1" in output
+        assert sorted_rows(lake_table(settings, name, versions[name])).equals(before[name])
 
+    # A rerun of the same hour finds nothing to do.
     again = cli.dags_test("lake_maintenance", START + timedelta(hours=1), settings)
     assert "files -> " not in again
-    for table in before:
-        assert DeltaTable(table_uri(settings, table), storage_options=storage_options(settings)).version() \
-            == versions[table] + 1, f"{table}: a second run must not rewrite anything"
+    assert {t: table(t).version() for t in tables} == {t: v + 1 for t, v in versions.items()}
+
+    # The run whose hour ends the day z-orders it; a late batch's file goes into it too.
+    seed(settings, START, 300, seed_=19, splits=1, first_offset=1_000_000)
+    late = {t: sorted_rows(lake_table(settings, t)) for t in tables}
+    output = cli.dags_test("lake_maintenance", datetime(2026, 11, 21, tzinfo=timezone.utc), settings)
+    assert "z-order llm_calls 2026-11-20: 2 files -> 1" in output
+    for name in tables:
+        assert len(table(name).file_uris()) == 1, name
+        assert sorted_rows(table(name).to_pyarrow_table()).equals(late[name]), f"{name} changed by z-order"
 
 
 def test_reconcile_repairs_a_planted_mismatch(cli, dag_settings):

@@ -86,3 +86,23 @@ def test_dag_files_do_no_heavy_work_at_top_level(dagbag):
             else:
                 continue
             assert set(names) <= ALLOWED_IMPORTS, f"{path.name} imports {names} at top level"
+
+
+def test_airflow_requirements_pin_airflow_and_every_task_dependency():
+    """Airflow's virtualenv is installed from the lock file alone (``--no-deps``): it must pin
+    Airflow itself and every dependency the DAG tasks import (core and ``airflow-tasks``)."""
+    import re
+    import tomllib
+
+    pins = {}
+    for line in airflow.REQUIREMENTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert pins.get("apache-airflow") == airflow.AIRFLOW_VERSION
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = project["dependencies"] + project["optional-dependencies"]["airflow-tasks"]
+    for requirement in needed:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)).lower()
+        assert name in pins, f"{requirement} is not pinned in {airflow.REQUIREMENTS.name}"
+    assert "faust-streaming" not in pins
