@@ -125,9 +125,9 @@ def _lake_hours(settings: Settings, table: str, start: datetime, end: datetime) 
     rows = rows.append_column("hour", pc.floor_temporal(rows[EVENT_TIME], unit="hour"))
     if not has_cost(table):
         rows = rows.append_column(COST, pa.array([0.0] * rows.num_rows))
-    grouped = rows.group_by("hour").aggregate([("hour", "count"), ("cost_usd", "sum")])
+    grouped = rows.group_by("hour").aggregate([("hour", "count"), (COST, "sum")])
     return {utc(h): (int(n), float(c or 0.0)) for h, n, c in zip(
-        grouped["hour"].to_pylist(), grouped["hour_count"].to_pylist(), grouped["cost_usd_sum"].to_pylist())}
+        grouped["hour"].to_pylist(), grouped["hour_count"].to_pylist(), grouped[f"{COST}_sum"].to_pylist())}
 
 
 def _clickhouse_hours(client: Any, db: str, table: str, start: datetime, end: datetime) -> dict[datetime, tuple[int, float]]:

@@ -140,10 +140,10 @@ def test_reconcile_repairs_a_planted_mismatch(cli, dag_settings):
         assert clickhouse_hour(settings, table, *hour) == expected, f"{table} after a second run"
 
 
-def test_daily_cost_report_has_the_right_totals(cli, dag_settings, tmp_path):
+def test_daily_cost_report_has_the_right_totals(cli, stack, s3_settings, tmp_path, unique):
     budgets = tmp_path / "budgets.toml"
     budgets.write_text("[tenant]\ndaily_usd = 10.0\n[agent]\ndaily_usd = 2.0\n")
-    settings = dag_settings.model_copy(update={"budgets_file": budgets})
+    settings = s3_settings.model_copy(update={"lake_uri": f"{s3_settings.lake_uri}-{unique}", "budgets_file": budgets})
     seed(settings, START - timedelta(days=1), 800, seed_=13, splits=2)
     seed(settings, START, 1600, seed_=14, splits=2, first_offset=100_000)
     calls = lake_table(settings, "llm_calls")
@@ -164,7 +164,11 @@ def test_daily_cost_report_has_the_right_totals(cli, dag_settings, tmp_path):
     tenants = [r for r in budget if r["scope"] == "tenant"]
     assert sum(r["cost_usd"] for r in tenants) == pytest.approx(total, abs=1e-6)
     assert all(r["budget_usd"] == 10.0 and r["used_pct"] == pytest.approx(r["cost_usd"] * 10) for r in tenants)
-    page = (lake_folder(settings) / f"reports/html/daily-cost-{DAY}.html").read_text()
+    agents = [r for r in budget if r["scope"] == "agent"]
+    assert all(r["budget_usd"] == 2.0 and r["used_pct"] == pytest.approx(r["cost_usd"] * 50) for r in agents)
+    bucket, _, prefix = settings.lake_uri.removeprefix("s3://").partition("/")
+    key = f"{prefix}/reports/html/daily-cost-{DAY}.html"
+    page = stack.minio.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     assert f"${total:.6f}" in page and "plotly" in page.lower()
 
 
