@@ -170,7 +170,9 @@ class KafkaBroker:
     def _format(self, java: str, classpath: str, props: Path) -> None:
         if (self.dir / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own Uuid: a leading '-' reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [java, "-cp", classpath, STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props)],
             capture_output=True, text=True,
