@@ -67,7 +67,7 @@ def read_rows(delta: DeltaTable, start: datetime, end: datetime, columns: list[s
     dates = [d.isoformat() for d in event_dates(start, end)]
     if not dates:
         raise ValueError(f"empty time range {start.isoformat()} .. {end.isoformat()}")
-    dataset = delta.to_pyarrow_dataset(partitions=[(EVENT_DATE, "in", dates)])
+    dataset = delta.to_pyarrow_dataset(file_pruning_predicate=[(EVENT_DATE, "in", dates)])
     time = ds.field(EVENT_TIME)
     return dataset.to_table(
         columns=columns, filter=(time >= pa.scalar(utc(start), pa.timestamp("us", "UTC")))

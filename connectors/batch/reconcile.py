@@ -72,7 +72,11 @@ class HourCheck:
 
 
 class Mismatch(Exception):
-    """Hours that still disagree after the repair."""
+    """Hours that still disagree after the repair; ``checks`` holds every check of the call."""
+
+    def __init__(self, message: str, checks: list[HourCheck]) -> None:
+        super().__init__(message)
+        self.checks = checks
 
 
 def reconcile(settings: Settings, start: datetime, end: datetime, tables: list[str] | None = None,
@@ -105,7 +109,7 @@ def reconcile(settings: Settings, start: datetime, end: datetime, tables: list[s
     wrong = [c for c in checks if not c.matches]
     if wrong and repair:
         raise Mismatch(f"{len(wrong)} table hours still differ after repair: "
-                       + ", ".join(f"{c.table} {c.hour}" for c in wrong[:10]))
+                       + ", ".join(f"{c.table} {c.hour}" for c in wrong[:10]), checks)
     return checks
 
 

@@ -217,3 +217,30 @@ def test_backfill_reloads_clickhouse_exactly(cli, dag_settings):
     assert "inserted into ClickHouse" in again and "repaired" not in again
     for table in tables:
         assert clickhouse_hour(settings, table, *days) == truth[table], f"{table} after a rerun"
+
+
+def test_reconcile_never_deletes_rows_the_lake_lacks(settings, tmp_path, unique):
+    """Rows only ClickHouse holds may be rows the lake sink has not written yet: they are counted
+    and the hour stays a mismatch (the task fails and is retried), nothing is deleted.
+
+    Runs the reconciliation in this process, on the session's embedded engine (a database of its own).
+    """
+    from connectors.batch.reconcile import Mismatch, reconcile
+    from connectors.clickhouse import get_client
+
+    settings = settings.model_copy(update={"lake_uri": f"file://{tmp_path / 'lake'}",
+                                           "clickhouse_database": "ez_" + unique.replace("-", "_")})
+    seed(settings, START, 400, seed_=23, splits=1, clickhouse=True)
+    db, hour = settings.clickhouse_database, (START, START + timedelta(hours=1))
+    client = get_client(settings)
+    client.command(f"INSERT INTO {db}.llm_calls SELECT * REPLACE (generateUUIDv4() AS event_id) "
+                   f"FROM {db}.llm_calls WHERE event_time < '2026-11-20 09:00:00' ORDER BY event_id LIMIT 2")
+    held = client.query(f"SELECT count() FROM {db}.llm_calls").result_rows[0][0]
+
+    with pytest.raises(Mismatch, match="llm_calls 2026-11-20T08:00") as failed:
+        reconcile(settings, *hour)
+    checks = {c.table: c for c in failed.value.checks}
+    assert checks["llm_calls"].clickhouse_only == 2 and checks["llm_calls"].inserted == 0
+    assert checks["llm_calls"].clickhouse_rows == checks["llm_calls"].lake_rows + 2
+    assert client.query(f"SELECT count() FROM {db}.llm_calls").result_rows[0][0] == held
+    assert checks["task_events"].matches and checks["telemetry"].matches
