@@ -23,15 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import write_deltalake
 
-from connectors.batch.lake import REPORTS, open_table, read_rows, write_file
+from connectors.batch.lake import BUDGET_TABLE, COST_TABLE, REPORTS, open_table, read_rows, write_file
 from connectors.lake import storage_options, table_uri
 from connectors.settings import Settings
 from streams.intelligence.alerts import Budgets
 
 log = logging.getLogger(__name__)
 
-COST_TABLE = f"{REPORTS}/daily_cost"
-BUDGET_TABLE = f"{REPORTS}/daily_budget_use"
 KEYS = ("tenant_id", "agent_id", "provider", "model")
 _COLUMNS = [*KEYS, "cost_usd", "input_tokens", "output_tokens"]
 

@@ -21,6 +21,9 @@ EVENT_DATE = "event_date"
 EVENT_TIME = "event_time"
 #: Folder under the lake root that holds the reports (tables and files).
 REPORTS = "reports"
+#: The report tables (Delta) under :data:`REPORTS`.
+COST_TABLE = f"{REPORTS}/daily_cost"
+BUDGET_TABLE = f"{REPORTS}/daily_budget_use"
 
 
 def utc(at: datetime) -> datetime:

@@ -20,7 +20,15 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from connectors.batch.lake import EVENT_DATE, event_dates, event_table_names, open_table, utc
+from connectors.batch.lake import (
+    BUDGET_TABLE,
+    COST_TABLE,
+    EVENT_DATE,
+    event_dates,
+    event_table_names,
+    open_table,
+    utc,
+)
 from connectors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,9 +87,10 @@ def compact(settings: Settings, start: datetime, end: datetime, tables: list[str
 
 def vacuum(settings: Settings, retention_hours: int = VACUUM_RETENTION_HOURS,
            tables: list[str] | None = None) -> dict[str, int]:
-    """Delete each table's files that were replaced more than ``retention_hours`` ago; count per table."""
+    """Delete the files of each table (the event tables and, unless ``tables`` names some, the
+    report tables) replaced more than ``retention_hours`` ago; count per table."""
     deleted = {}
-    for table in event_table_names(tables):
+    for table in event_table_names(tables) + ([] if tables else [COST_TABLE, BUDGET_TABLE]):
         delta = open_table(settings, table)
         if delta is None:
             continue

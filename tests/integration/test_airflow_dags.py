@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 from pydantic import SecretStr
 
-from connectors.batch.cost_report import BUDGET_TABLE, COST_TABLE
+from connectors.batch.lake import BUDGET_TABLE, COST_TABLE
 from connectors.lake import storage_options, table_uri
 from connectors.settings import Settings
 from tests.integration.airflow_harness import AirflowCli, chdb
