@@ -106,3 +106,27 @@ def test_airflow_requirements_pin_airflow_and_every_task_dependency():
         name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)).lower()
         assert name in pins, f"{requirement} is not pinned in {airflow.REQUIREMENTS.name}"
     assert "faust-streaming" not in pins
+
+
+def test_a_run_touches_the_event_dates_of_its_interval():
+    from datetime import date, datetime, timezone
+
+    from connectors.batch.lake import event_dates
+
+    at = lambda *a: datetime(*a, tzinfo=timezone.utc)  # noqa: E731
+    assert event_dates(at(2026, 11, 20, 8), at(2026, 11, 20, 9)) == [date(2026, 11, 20)]
+    # An interval that ends at midnight does not touch the next day.
+    assert event_dates(at(2026, 11, 20, 23), at(2026, 11, 21)) == [date(2026, 11, 20)]
+    assert event_dates(at(2026, 11, 19, 0, 30), at(2026, 11, 20, 0, 30)) == [date(2026, 11, 19), date(2026, 11, 20)]
+    assert event_dates(at(2026, 11, 20, 9), at(2026, 11, 20, 9)) == []
+
+
+def test_retention_counts_back_from_the_run_day_never_from_the_clock():
+    from datetime import date, datetime, timezone
+
+    from connectors.batch.retention import clickhouse_cutoff, lake_cutoff
+
+    settings = load_settings(lake_retention_days=30, clickhouse_ttl_days=1)
+    # 30 days kept: the run's day and the 29 before it.
+    assert lake_cutoff(settings, date(2026, 11, 20)) == date(2026, 10, 22)
+    assert clickhouse_cutoff(settings, date(2026, 11, 20)) == datetime(2026, 11, 20, tzinfo=timezone.utc)
