@@ -134,7 +134,9 @@ def _lake_hours(settings: Settings, table: str, start: datetime, end: datetime) 
         grouped["hour"].to_pylist(), grouped["hour_count"].to_pylist(), grouped[f"{COST}_sum"].to_pylist())}
 
 
-def _clickhouse_hours(client: Any, db: str, table: str, start: datetime, end: datetime) -> dict[datetime, tuple[int, float]]:
+def _clickhouse_hours(
+    client: Any, db: str, table: str, start: datetime, end: datetime
+) -> dict[datetime, tuple[int, float]]:
     cost = f"sum({COST})" if has_cost(table) else "0"
     result = client.query(
         f"SELECT toStartOfHour(event_time) AS hour, count(), {cost} FROM {db}.{table} "

@@ -58,7 +58,8 @@ def _echo(line: str) -> None:
 def venv_dir(settings: Settings) -> Path:
     """Airflow's virtualenv in the download cache, one per pinned set of packages."""
     digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
-    return settings.cache_dir / "airflow" / f"{AIRFLOW_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-{digest}"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return settings.cache_dir / "airflow" / f"{AIRFLOW_VERSION}-{python}-{digest}"
 
 
 def airflow_bin(settings: Settings) -> Path:
@@ -199,7 +200,8 @@ class AirflowServer:
         install(self.settings, echo)
         env = airflow_env(self.settings, self.home, self.port)
         argv = [str(airflow_bin(self.settings)), "standalone"]
-        self.proc.start(argv, env=env, marker=str(airflow_bin(self.settings)), state={"port": self.port, "home": str(self.home)})
+        state = {"port": self.port, "home": str(self.home)}
+        self.proc.start(argv, env=env, marker=str(airflow_bin(self.settings)), state=state)
         # First start migrates the metadata database: slower than the other services.
         self.proc.wait_ready(self.healthy, max(self.settings.start_timeout_s, 300.0), "Airflow")
         return "started"

@@ -15,6 +15,10 @@ import time
 HEAVY = ("pyarrow", "deltalake", "duckdb", "clickhouse_connect", "chdb", "plotly", "boto3", "connectors.batch.")
 
 
+def _mapped(task) -> bool:
+    return any(c.__name__ == "MappedOperator" for c in type(task).__mro__)
+
+
 def main(folder: str, out: str) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
@@ -33,7 +37,7 @@ def main(folder: str, out: str) -> None:
                 "tags": sorted(dag.tags),
                 "catchup": dag.catchup,
                 "params": sorted(dag.params.keys()),
-                "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "mapped": any(c.__name__ == "MappedOperator" for c in type(t).__mro__)}
+                "tasks": {t.task_id: {"owner": t.owner, "retries": t.retries, "mapped": _mapped(t)}
                           for t in dag.tasks},
             }
             for dag_id, dag in bag.dags.items()

@@ -38,7 +38,8 @@ def dagbag(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("airflow-home")
     out = home / "dagbag.json"
     env = airflow.airflow_env(settings, home, 8080)
-    result = subprocess.run([str(python), str(REPO / "tests/integration/airflow_dagbag.py"), str(airflow.DAGS_FOLDER), str(out)],
+    helper = REPO / "tests/integration/airflow_dagbag.py"
+    result = subprocess.run([str(python), str(helper), str(airflow.DAGS_FOLDER), str(out)],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text())
