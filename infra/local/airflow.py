@@ -196,7 +196,8 @@ class AirflowServer:
             self.proc.wait_ready(self.healthy, self.settings.start_timeout_s, "Airflow")
             return "already running"
         if port_in_use("127.0.0.1", self.port):
-            raise ServiceError(f"Airflow: port {self.port} on 127.0.0.1 is taken by another process")
+            raise ServiceError(f"Airflow: port {self.port} on 127.0.0.1 is taken by another process; "
+                               "stop it or choose another port with AIRFLOW_PORT")
         install(self.settings, echo)
         env = airflow_env(self.settings, self.home, self.port)
         argv = [str(airflow_bin(self.settings)), "standalone"]
