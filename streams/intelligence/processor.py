@@ -226,6 +226,8 @@ class IntelligenceProcessor:
         self._active = False
         self.stats: Counter[str] = Counter()
         self._late_events: dict[str, int] = {}
+        self._status_lock = threading.Lock()
+        self._checkpoints_written = 0
         self._reset_active_state()
 
     def _reset_active_state(self) -> None:
@@ -241,6 +243,11 @@ class IntelligenceProcessor:
         self._dirty = False
         self._last_tick = 0.0
         self._last_checkpoint = time.monotonic()
+        self._checkpoints: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._checkpoint_idle = threading.Event()
+        self._checkpoint_idle.set()
+        self._checkpoint_error: BaseException | None = None
+        self._checkpoint_thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -328,6 +335,9 @@ class IntelligenceProcessor:
         self._suppress = self._already_produced(checkpoint["time_ms"] - TAIL_MARGIN_MS if checkpoint else None)
         self._producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
         self._source.assign(assignment)
+        self._checkpoint_thread = threading.Thread(target=self._checkpoint_writer, args=(self._txn, self._producer),
+                                                   name="alerts-checkpoints", daemon=True)
+        self._checkpoint_thread.start()
         self._active = True
         self._caught_up = False
         log.info("alerts: active from checkpoint %s (%d partitions, %d outputs already produced) in %.1f s",
@@ -423,10 +433,13 @@ class IntelligenceProcessor:
     def _deactivate(self, checkpoint: bool) -> None:
         try:
             if checkpoint and self._dirty:
-                self._checkpoint()
+                self._checkpoint(wait=True)
         except Exception:  # noqa: BLE001  fenced or broker gone: the next holder replays
             log.exception("alerts: final checkpoint failed; the next active processor replays from the last one")
         finally:
+            if self._checkpoint_thread is not None:
+                self._checkpoints.put(None)
+                self._checkpoint_thread.join(120)
             if self._producer is not None:
                 self._producer.flush(30)
             if self._source is not None:
@@ -462,6 +475,8 @@ class IntelligenceProcessor:
             for closed in self.rules.windows.close_idle(now_ms, self.config.windows.idle_ms):
                 self._emit_window(closed, "idle")
                 self._dirty = True
+        if self._checkpoint_error is not None:
+            self._check_checkpoint_error()
         if self._dirty and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds:
             self._checkpoint()
 
@@ -513,59 +528,109 @@ class IntelligenceProcessor:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def _checkpoint(self) -> None:
-        """Write the whole state and the offsets it reflects, atomically, after its outputs."""
-        remaining = self._producer.flush(30)
-        if remaining:
-            raise TransientError(f"alerts: {remaining} alert(s) not delivered within 30 s; not checkpointing")
-        failpoint("alerts.before_checkpoint")  # outputs durable, the state that led to them not yet
+    def _checkpoint(self, wait: bool = False) -> None:
+        """Snapshot the state and the offsets it reflects; the checkpoint thread writes it.
+
+        Taking the snapshot (copies of the rules' state) is all the loop does: the writing
+        (waiting for the outputs so far, JSON, compression, the transaction) happens beside it,
+        so the alert path does not stall. While a write is in flight no new one starts.
+        """
+        if not self._checkpoint_idle.is_set():
+            if not wait:
+                return
+            self._checkpoint_idle.wait(120)
+        self._check_checkpoint_error()
         self._snapshot += 1
-        now_ms = int(time.time() * 1000)
         state = {
             "snapshot": self._snapshot,
-            "time_ms": now_ms,
+            "time_ms": int(time.time() * 1000),
             "positions": {f"{t}:{p}": offset for (t, p), offset in self._positions.items()},
             "rules": self.rules.to_dict(),
+            "late_events": self.rules.late_events,
             "stats": dict(self.stats),
+            "caught_up": self._caught_up,
         }
-        payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
-        chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
-        self._txn.begin_transaction()
-        for i, chunk in enumerate(chunks):
-            self._txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk)
-        self._txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
-            {"snapshot": self._snapshot, "chunks": len(chunks), "time_ms": now_ms}).encode())
-        self._txn.commit_transaction(30)
         self._dirty = False
         self._last_checkpoint = time.monotonic()
-        self.stats["checkpoints"] += 1
-        self._commit_positions()
-        self._write_status()
+        self._checkpoint_idle.clear()
+        self._checkpoints.put(state)
+        if wait:
+            if not self._checkpoint_idle.wait(120):
+                raise TransientError("alerts: the checkpoint took over 120 s")
+            self._check_checkpoint_error()
 
-    def _commit_positions(self) -> None:
+    def _check_checkpoint_error(self) -> None:
+        error, self._checkpoint_error = self._checkpoint_error, None
+        if error is None:
+            return
+        self._dirty = True  # the next checkpoint covers what this one did not
+        from confluent_kafka import KafkaException
+
+        if isinstance(error, KafkaException) and error.args[0].fatal():
+            # Fenced: another processor holds the role. Stop until the lease says otherwise.
+            self._holds_lease = False
+            raise EzStreamError(f"alerts: checkpoint refused, another processor took over: {error}")
+        log.warning("alerts: checkpoint failed, retrying with the next one: %s", error)
+
+    def _checkpoint_writer(self, txn: Any, producer: Any) -> None:
+        while (state := self._checkpoints.get()) is not None:
+            try:
+                self._write_checkpoint(state, txn, producer)
+            except Exception as exc:  # noqa: BLE001  handed to the loop, which decides
+                self._checkpoint_error = exc
+            finally:
+                self._checkpoint_idle.set()
+
+    def _write_checkpoint(self, state: dict[str, Any], txn: Any, producer: Any) -> None:
+        """Write ``state`` once every output derived before it is on Kafka."""
+        remaining = producer.flush(30)
+        if remaining:
+            raise TransientError(f"alerts: {remaining} output(s) not delivered within 30 s; not checkpointing")
+        failpoint("alerts.before_checkpoint")  # outputs durable, the state that led to them not yet
+        payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
+        chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
+        txn.begin_transaction()
+        for i, chunk in enumerate(chunks):
+            txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk)
+        txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
+            {"snapshot": state["snapshot"], "chunks": len(chunks), "time_ms": state["time_ms"]}).encode())
+        txn.commit_transaction(30)
+        self._checkpoints_written += 1
+        self._write_status({
+            "active": True, "caught_up": state["caught_up"], "snapshot": state["snapshot"],
+            "positions": state["positions"], "late_events": state["late_events"],
+            "stats": {**state["stats"], "checkpoints": self._checkpoints_written},
+        })
+        self._commit_positions(state["positions"])
+
+    def _commit_positions(self, positions: dict[str, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+        offsets = [TopicPartition(t, int(p), o) for t, p, o in
+                   ((*key.rsplit(":", 1), offset) for key, offset in positions.items())]
         try:
             self._source.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:  # monitoring only: the checkpoint holds the truth
             log.warning("alerts: committing positions for lag monitoring failed: %s", exc)
 
     def status(self) -> dict[str, Any]:
-        """What the processor is doing, for ``ezstream status`` and the tests."""
+        """What the processor is doing (from the loop's thread), for ``ezstream status`` and tests."""
         return {
             "active": self._active,
             "caught_up": self._caught_up,
             "snapshot": self._snapshot,
             "positions": {f"{t}:{p}": o for (t, p), o in self._positions.items()},
             "late_events": self.rules.late_events if self.rules is not None else self._late_events,
-            "stats": dict(self.stats),
-            "webhook": None if self._webhook is None else {"posted": self._webhook.posted,
-                                                           "failed": self._webhook.failed},
+            "stats": {**self.stats, "checkpoints": self._checkpoints_written},
         }
 
-    def _write_status(self) -> None:
-        self._status_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True))
-        tmp.replace(self._status_file)
+    def _write_status(self, status: dict[str, Any] | None = None) -> None:
+        """``$EZ_HOME/run/alerts-<prefix>.status.json``: as of the latest checkpoint while active."""
+        status = self.status() if status is None else status
+        if self._webhook is not None:
+            status["webhook"] = {"posted": self._webhook.posted, "failed": self._webhook.failed}
+        with self._status_lock:
+            self._status_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
+            tmp.replace(self._status_file)

@@ -370,18 +370,24 @@ def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, ho
 
 
 def test_a_second_worker_stands_by_and_takes_over(intel, start):
-    first = start(intel, name="one")
-    second = start(intel, name="two")
-    wait_for(lambda: status(first).get("active") and status(second) and not status(second)["active"], 60,
-             "one active worker and one standing by")
+    workers = [start(intel, name="one"), start(intel, name="two")]
+
+    def one_active_one_standing_by():
+        states = [status(w) for w in workers]
+        if all(states) and sorted(bool(s["active"]) for s in states) == [False, True]:
+            return workers[0] if states[0]["active"] else workers[1]
+        return None
+
+    active = wait_for(one_active_one_standing_by, 60, "one active worker and one standing by")
+    standby = workers[1] if active is workers[0] else workers[0]
     send = Sent(intel)
     send(call("dev-01", cost=0.85))
-    processed(first, send.count)
-    first.kill9()
-    wait_for(lambda: status(second).get("active") and status(second).get("caught_up"), 60,
+    processed(active, send.count)
+    active.kill9()
+    wait_for(lambda: status(standby).get("active") and status(standby).get("caught_up"), 60,
              "the standby to take over")
     send(call("dev-01", cost=0.1))
-    processed(second, send.count)
+    processed(standby, send.count)
     budget = alerts_of(intel, "budget")
     assert sorted(round(a["threshold"], 2) for a in budget) == [0.8, 0.9]
     assert len({a["event_id"] for a in budget}) == 2

@@ -1,0 +1,241 @@
+"""Alert path benchmark: produce of the triggering event -> alert readable on agent.alerts.
+
+Needs the local stack (``ezstream up``). Runs an ``ezstream worker --only alerts`` of its own on
+fresh topics (a new ``EZ_TOPIC_PREFIX``) under ``$EZ_HOME/bench``, sends LLM calls at a fixed rate
+(default 1,000 events/s) in which every 100th call is the first call of a new agent costing 90 %
+of the per-agent daily budget, and times each of those calls from ``produce()`` to its budget
+alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
+
+1. the raw-Kafka baseline measured in the same run: the same traffic through a plain
+   confluent-kafka forwarder process (consume, produce the tagged messages to an output topic,
+   no decoding, no rules), timed the same way: the two Kafka hops any processor pays;
+2. the alert path through the alerts role, p50/p99/max;
+3. the worker's RSS at the end.
+
+    .venv/bin/python bench/alerts.py --rate 1000 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+
+from connectors.kafka import client_config
+from connectors.kafka.codec import default_codec
+from connectors.kafka.events import LlmCall
+from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
+from connectors.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+#: Client settings of both paths: no lingering, so latency is the pipeline's, not batching's.
+LOW_LATENCY = {"linger.ms": 0, "enable.idempotence": True, "acks": "all"}
+
+FORWARDER = """
+import sys, time
+from confluent_kafka import Consumer, Producer
+bootstrap, source, target, group = sys.argv[1:5]
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                     "enable.auto.commit": True, "fetch.wait.max.ms": 100})
+producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": True, "acks": "all"})
+consumer.subscribe([source])
+print("ready", flush=True)
+while True:
+    first = consumer.poll(0.05)
+    if first is None:
+        producer.poll(0)
+        continue
+    for msg in [first, *consumer.consume(1000, 0)]:
+        if msg.error() is None and msg.headers():
+            producer.produce(target, key=msg.key(), value=msg.value())
+    producer.poll(0)
+"""
+
+
+def call(agent: str, cost: float) -> LlmCall:
+    return LlmCall(event_time=datetime.now(timezone.utc), agent_id=agent, agent_type="development",
+                   tenant_id="bench", trace_id=uuid.uuid4().hex, call_id=uuid.uuid4().hex, provider="anthropic",
+                   model="claude-3-haiku", api_key_alias="anthropic-01", input_tokens=900, output_tokens=200,
+                   cost_usd=cost, price_version="2026-11-01", latency_ms=850.0, status="ok", cache_hit=False)
+
+
+class Timer:
+    """Send times of tagged messages and their arrival at a consumer."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+
+    def arrived(self, tag: str) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            started = self.sent.pop(tag, None)
+        if started is not None:
+            self.latencies.append((now - started) * 1000)
+
+
+def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, ready: threading.Event) -> None:
+    consumer = Consumer(client_config(settings, **{"group.id": "bench-" + uuid.uuid4().hex,
+                                                   "auto.offset.reset": "latest", "fetch.wait.max.ms": 100}))
+    consumer.subscribe([topic], on_assign=lambda c, p: ready.set())
+    try:
+        while not stop.is_set():
+            first = consumer.poll(0.05)
+            if first is None:
+                continue
+            for msg in [first, *consumer.consume(1000, 0)]:
+                if msg.error() is None:
+                    tag = tag_of(msg)
+                    if tag:
+                        timer.arrived(tag)
+    finally:
+        consumer.close()
+
+
+def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged) -> int:
+    """Send ``rate`` events/s for ``seconds``; every 100th is tagged and timed. Returns the count."""
+    codec = default_codec()
+    producer = Producer(client_config(settings, **LOW_LATENCY))
+    background = [codec.encode("llm_call", call(f"agent-{i:03d}", 0.0).to_record()) for i in range(200)]
+    started = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        due = int(elapsed * rate)
+        while sent < due:
+            if sent % 100 == 50:
+                tag, key, value, headers = tagged(codec, sent)
+                timer.sent[tag] = time.perf_counter()
+                producer.produce(topic_of, key=key, value=value, headers=headers)
+            else:
+                producer.produce(topic_of, key=f"agent-{sent % 200:03d}", value=background[sent % 200])
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.0005)
+    producer.flush(30)
+    return sent
+
+
+def report(name: str, timer: Timer, sent_tagged: int) -> None:
+    lat = sorted(timer.latencies)
+    if not lat:
+        print(f"{name:<34} no samples (of {sent_tagged})")
+        return
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {p99:7.2f} ms   max {lat[-1]:7.2f} ms"
+          f"   ({len(lat)} of {sent_tagged} timed)")
+
+
+def wait_drained(timer: Timer, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while timer.sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def run_baseline(settings, rate: float, seconds: float) -> Timer:
+    source, target = topic_name(settings, "bench.raw.in"), topic_name(settings, "bench.raw.out")
+    ensure_topics(settings, [TopicSpec(t, settings.topic_partitions, 1, {}) for t in (source, target)])
+    proc = subprocess.Popen([sys.executable, "-c", FORWARDER, settings.kafka_bootstrap, source, target,
+                             "bench-forwarder-" + uuid.uuid4().hex], stdout=subprocess.PIPE, text=True)
+    timer, stop, ready = Timer(), threading.Event(), threading.Event()
+    watcher = threading.Thread(target=watch, args=(settings, target, lambda m: m.value().decode(), timer, stop, ready))
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        watcher.start()
+        ready.wait(30)
+        time.sleep(5)  # the forwarder's group join (initial rebalance delay) must not count
+
+        def tagged(codec, n):
+            tag = f"raw-{n}"
+            return tag, tag, tag.encode(), [("tag", b"1")]
+
+        drive(settings, source, rate, seconds, timer, tagged)
+        wait_drained(timer)
+    finally:
+        stop.set()
+        watcher.join()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return timer
+
+
+def run_alerts(settings, home: Path, rate: float, seconds: float) -> tuple[Timer, float]:
+    budgets = home / "budgets.toml"
+    budgets.write_text("[agent]\ndaily_usd = 1.0\n")
+    env = {**os.environ, "EZ_TOPIC_PREFIX": settings.topic_prefix, "EZ_BUDGETS_FILE": str(budgets),
+           "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "EZ_TOPIC_PARTITIONS": str(settings.topic_partitions),
+           "PYTHONPATH": str(REPO)}
+    log = open(home / "worker.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--only", "alerts", "--home", str(home)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    ready_file = home / "run" / "worker-alerts.ready"
+    codec = default_codec()
+    timer, stop, ready = Timer(), threading.Event(), threading.Event()
+
+    def tag_of(msg) -> str | None:
+        alert = codec.decode(msg.value(), "alert")[1]
+        return alert["subject"] if alert["details"].get("percent") == "80" else None
+
+    watcher = threading.Thread(target=watch, args=(settings, topic_name(settings, "agent.alerts"), tag_of,
+                                                   timer, stop, ready))
+    try:
+        deadline = time.monotonic() + 120
+        while not ready_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the alerts worker did not start; see {home / 'worker.log'}")
+            time.sleep(0.2)
+        watcher.start()
+        ready.wait(30)
+
+        def tagged(codec, n):
+            agent = f"trigger-{n:07d}"  # a new agent: its first call crosses 80 % of its budget
+            return agent, agent, codec.encode("llm_call", call(agent, 0.9).to_record()), None
+
+        drive(settings, topic_name(settings, "agent.llm_calls"), rate, seconds, timer, tagged)
+        wait_drained(timer)
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    return timer, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run")
+    args = parser.parse_args()
+
+    base = load_settings()
+    prefix = f"bench.alerts.{int(time.time())}."
+    settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
+    ensure_topics(settings, catalogue(settings))
+    home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench" if (base.home / "bench").exists()
+                                 else None))
+    tagged = int(args.seconds * args.rate / 100)
+    print(f"alert path at {args.rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
+          f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
+    baseline = run_baseline(settings, args.rate, args.seconds)
+    report("raw Kafka, 2 hops (baseline)", baseline, tagged)
+    alerts, rss = run_alerts(settings, home, args.rate, args.seconds)
+    report("alert path (alerts role)", alerts, tagged)
+    print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
