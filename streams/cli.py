@@ -174,10 +174,16 @@ def produce(topic: str, source) -> None:
 @cli.command()
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Simulated events per second.")
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of traffic.")
-@click.option("--seed", type=int, default=42, show_default=True)
-def demo(rate: float, duration: float, seed: int) -> None:
-    """The whole pipeline locally: stack, topics, worker, a minute of traffic, matching totals."""
+@click.option("--seed", type=int, default=None,
+              help="Seed of the simulated fleet (default: a new one per run, so ids never repeat).")
+def demo(rate: float, duration: float, seed: int | None) -> None:
+    """The whole pipeline locally: stack, topics, workers, a minute of traffic, matching totals."""
+    import time
+
     from streams.demo import run_demo
+
+    if seed is None:
+        seed = int(time.time())
 
     if not run_demo(rate, duration, seed, echo=click.echo):
         click.echo("the lake and ClickHouse totals differ: see the worker log", err=True)
