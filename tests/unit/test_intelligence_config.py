@@ -1,0 +1,91 @@
+"""The alerts role's settings file and the state it checkpoints, without services."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from connectors.errors import ConfigError
+from connectors.kafka.events import LlmCall
+from connectors.settings import load_settings
+from streams.intelligence.config import IntelligenceConfig, load_config
+from streams.intelligence.processor import Rules, window_event
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+
+
+def settings_with(tmp_path, rules: str | None = None, budgets: str | None = None):
+    overrides = {}
+    if rules is not None:
+        (tmp_path / "rules.toml").write_text(rules)
+        overrides["alerts_config_file"] = tmp_path / "rules.toml"
+    if budgets is not None:
+        (tmp_path / "budgets.toml").write_text(budgets)
+        overrides["budgets_file"] = tmp_path / "budgets.toml"
+    return load_settings(home=tmp_path, **overrides)
+
+
+def test_defaults_without_files(tmp_path):
+    config = load_config(settings_with(tmp_path))
+    assert config.windows.size_ms == 60_000 and config.silent_agent.silent_after_ms == 120_000
+    assert config.budget.budgets.daily_usd("tenant", "anyone") is None
+
+
+def test_file_overrides_in_seconds_and_budgets(tmp_path):
+    config = load_config(settings_with(
+        tmp_path,
+        rules="[windows]\nsize_seconds = 30\nidle_seconds = 5\n[error_rate]\nfire_rate = 0.5\nmin_calls = 3\n"
+              "[stuck_task.sla_seconds]\nhigh_priority = 60\n",
+        budgets="[agent]\ndaily_usd = 2.5\n",
+    ))
+    assert (config.windows.size_ms, config.windows.idle_ms, config.windows.grace_ms) == (30_000, 5_000, 10_000)
+    assert (config.error_rate.fire_rate, config.error_rate.min_calls) == (0.5, 3)
+    assert config.stuck_task.sla_ms("high_priority") == 60_000
+    assert config.budget.budgets.daily_usd("agent", "dev-01") == 2.5
+
+
+@pytest.mark.parametrize("rules, named", [
+    ("[windows]\nsize_secs = 30\n", "size_secs"),
+    ("[silence]\nx = 1\n", "silence"),
+    ("[error_rate]\nfire_rate = 0.1\nresolve_rate = 0.3\n", "resolve_rate"),
+    ("[error_rate]\nmin_calls = 2.5\n", "error_rate.min_calls"),
+    ("[silent_agent]\nsilent_after_seconds = \"soon\"\n", "silent_agent.silent_after_seconds"),
+    ("[stuck_task]\nsla = 3\n", "sla"),
+    ("not toml at all [", "rules.toml"),
+])
+def test_a_bad_file_fails_at_start_naming_what_is_wrong(tmp_path, rules, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(settings_with(tmp_path, rules=rules))
+
+
+def call(at: datetime, cost: float, status: str = "ok") -> LlmCall:
+    return LlmCall(event_time=at, agent_id="dev-01", agent_type="development", tenant_id="acme", trace_id="t",
+                   call_id="c", provider="openai", model="gpt-4o", api_key_alias="openai-01", input_tokens=10,
+                   output_tokens=5, cost_usd=cost, price_version="2026-11-01", latency_ms=120.0, status=status,
+                   cache_hit=False)
+
+
+def test_checkpointed_state_round_trips_through_json_without_repeating_alerts(tmp_path):
+    config = load_config(settings_with(tmp_path, budgets="[agent]\ndaily_usd = 1.0\n"))
+    rules = Rules(config)
+    now_ms = int(T0.timestamp() * 1000)
+    fired = rules.observe(call(T0, 0.85), now_ms)
+    assert [a.threshold for a in fired] == [0.8]
+    restored = Rules(config, json.loads(json.dumps(rules.to_dict())))
+    # The same spend again would cross 80 % again: the restored rule knows it already fired.
+    assert restored.observe(call(T0 + timedelta(seconds=1), 0.0), now_ms) == []
+    assert [a.threshold for a in restored.observe(call(T0 + timedelta(seconds=2), 0.1), now_ms)] == [0.9]
+    (closed,) = restored.windows.close_due(now_ms + 120_000)
+    assert (closed.calls, round(closed.cost_usd, 6)) == (3, 0.95)
+
+
+def test_window_ids_are_stable_and_distinct():
+    rules = Rules(IntelligenceConfig())
+    rules.observe(call(T0, 0.1), 0)
+    rules.observe(call(T0 + timedelta(minutes=1), 0.1), 0)
+    first, second = rules.windows.close_due(int((T0 + timedelta(minutes=5)).timestamp() * 1000))
+    assert window_event(first, "watermark").event_id == window_event(first, "idle").event_id
+    assert window_event(first, "watermark").event_id != window_event(second, "watermark").event_id
+    assert window_event(first, "watermark").window_start == T0
