@@ -184,6 +184,31 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Alerts role: seconds between checkpoints of window and rule state."
     )
 
+    # Inference: `ezstream inference-worker`, a consumer group on inference.requests.
+    inference_model: str = Field(
+        default="all-MiniLM-L6-v2", description="Inference worker: the local model it serves, by name."
+    )
+    inference_device: str | None = Field(
+        default=None, description="Inference worker: torch device (`cuda`, `cpu`); unset: CUDA (fp16) when "
+        "present, else CPU.",
+    )
+    inference_max_batch: int = Field(
+        default=256, ge=1, description="Inference worker: most texts per forward pass (dynamic batching)."
+    )
+    inference_max_wait_ms: float = Field(
+        default=5.0, ge=0, description="Inference worker: longest wait for more requests before a partial batch runs."
+    )
+    inference_max_queue: int = Field(
+        default=4096, ge=1, description="Inference worker: texts read but not yet computed; above it partitions "
+        "pause (backpressure).",
+    )
+    inference_max_inputs: int = Field(
+        default=256, ge=1, description="Inference worker: most texts in one request; more gets an error result."
+    )
+    inference_max_chars: int = Field(
+        default=8192, ge=1, description="Inference worker: longest text in characters; longer gets an error result."
+    )
+
     # Sinks: one batching loop per sink; a batch is written when any limit is reached.
     lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")
     lake_flush_mb: float = Field(default=128.0, gt=0, description="Lake sink: encoded MiB buffered per batch.")
