@@ -181,7 +181,9 @@ class Settings(BaseSettings):
         "holds the token).",
     )
     alerts_checkpoint_seconds: float = Field(
-        default=1.0, gt=0, description="Alerts role: seconds between checkpoints of window and rule state."
+        default=5.0, gt=0,
+        description="Alerts role: seconds between checkpoints of window and rule state (a restart replays "
+        "at most this much).",
     )
 
     # Inference: `ezstream inference-worker`, a consumer group on inference.requests.
