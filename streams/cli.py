@@ -227,6 +227,19 @@ def worker(only: str | None, detach: bool, home: str | None, loglevel: str) -> N
     run_worker(settings, roles, loglevel=loglevel)
 
 
+@cli.command("inference-worker")
+@click.option("--instance", help="Stable name of this worker (e.g. the pod name): a restart under the same "
+              "name aborts its predecessor's open transaction at once. Default: a random name.")
+@click.option("--home", type=click.Path(file_okay=False), help="EZ_HOME for this worker (overrides the env).")
+@click.option("--loglevel", "-l", default="info", type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+def inference_worker(instance: str | None, home: str | None, loglevel: str) -> None:
+    """Serve local models: consume inference.requests, batch, compute, answer on inference.results."""
+    from streams.inference.service import run_inference_worker
+
+    settings = load_settings(home=home) if home else _settings()
+    run_inference_worker(settings, instance=instance, loglevel=loglevel)
+
+
 _FORMATS = click.Choice(["table", "csv", "json"])
 
 

@@ -1,0 +1,334 @@
+"""The inference worker: a consumer group on ``inference.requests`` that answers every request once.
+
+Two threads. The Kafka thread consumes, decodes and checks requests, queues them in the
+:class:`~streams.inference.batcher.DynamicBatcher` and answers what the compute thread finished;
+the compute thread takes batches, tokenizes and runs the model (torch releases the GIL, so Kafka
+work overlaps the forward pass). Above ``EZ_INFERENCE_MAX_QUEUE`` queued texts the Kafka thread
+pauses its partitions, so memory stays bounded however fast requests come.
+
+Exactly one result per request: results are produced in a Kafka transaction together with the
+consumed offsets (``send_offsets_to_transaction``). A worker killed mid-batch leaves an open
+transaction that the broker aborts (at once when a worker with the same ``--instance`` starts,
+else after ``transaction.timeout.ms``); its results are never visible to ``read_committed``
+readers (the client's default), and the next owner of the partitions answers those requests
+again from the committed offsets. Requests that cannot be answered (too long, empty, unknown
+model or task, past their deadline) get a result with ``error`` set and a dead letter in
+``inference.requests.dlq``; messages that are not requests at all only get the dead letter.
+Dead letters are flushed before the transaction commits (at least once: a crash may repeat one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from connectors.errors import EzStreamError, TransientError
+from connectors.failpoints import failpoint
+from connectors.inference import CORRELATION_HEADER
+from connectors.kafka.codec import CodecError, Codec, default_codec
+from connectors.kafka.config import client_config
+from connectors.kafka.dlq import DeadLetters
+from connectors.kafka.events import InferenceRequest, InferenceResult
+from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.settings import Settings
+from streams.inference.batcher import DynamicBatcher, Work
+from streams.inference.models import Model, known_models, load_model
+
+log = logging.getLogger(__name__)
+
+#: Transactions of a worker that died are aborted by the broker after this long.
+TRANSACTION_TIMEOUT_MS = 10_000
+
+
+def group_id(settings: Settings) -> str:
+    """The consumer group of the inference workers."""
+    return f"{settings.topic_prefix}ezstream.inference"
+
+
+class RequestError(EzStreamError):
+    """A request the worker answers with an error result (and a dead letter)."""
+
+
+def check_request(request: InferenceRequest, model: Model, settings: Settings, now_ms: int) -> None:
+    """Raise :class:`RequestError` saying why ``request`` cannot be computed; None when it can."""
+    if request.model != model.name:
+        raise RequestError(f"unknown model {request.model!r}: this worker serves {model.name!r} "
+                           f"(known models: {', '.join(known_models())})")
+    if request.task not in model.tasks:
+        raise RequestError(f"model {model.name!r} does not do task {request.task!r} ({', '.join(sorted(model.tasks))})")
+    if not request.inputs:
+        raise RequestError("no inputs")
+    if len(request.inputs) > settings.inference_max_inputs:
+        raise RequestError(f"{len(request.inputs)} inputs, more than EZ_INFERENCE_MAX_INPUTS={settings.inference_max_inputs}")
+    for i, text in enumerate(request.inputs):
+        if not text.strip():
+            raise RequestError(f"input {i} is empty")
+        if len(text) > settings.inference_max_chars:
+            raise RequestError(f"input {i} has {len(text)} characters, more than "
+                               f"EZ_INFERENCE_MAX_CHARS={settings.inference_max_chars}")
+    if request.deadline_ms is not None:
+        sent_ms = int(request.event_time.timestamp() * 1000)
+        if now_ms > sent_ms + request.deadline_ms:
+            raise RequestError(f"deadline passed: sent {now_ms - sent_ms} ms ago, deadline {request.deadline_ms} ms")
+
+
+def compute(model: Model, batch: list[Work], max_batch: int) -> None:
+    """Run ``model`` on the texts of ``batch``, ``max_batch`` at a time, and attach the vectors."""
+    texts = [t for w in batch for t in w.texts]
+    if not texts:
+        return
+    start = time.monotonic()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
+    vectors = [None] * len(texts)
+    for lo in range(0, len(order), max_batch):
+        idx = order[lo:lo + max_batch]
+        out = model.run(model.prepare([texts[i] for i in idx]))
+        for row, i in enumerate(idx):
+            vectors[i] = out[row]
+    elapsed_ms = (time.monotonic() - start) * 1000
+    at = 0
+    for w in batch:
+        w.queue_ms = (start - w.received) * 1000
+        w.compute_ms = elapsed_ms
+        w.vectors = vectors[at:at + len(w.texts)]
+        at += len(w.texts)
+
+
+class InferenceWorker:
+    """``run()`` blocks until :meth:`stop`: consume, batch, compute, answer in transactions.
+
+    :param instance: stable name of this worker (e.g. a pod name); its transactional id. A worker
+        restarted under the same name fences its predecessor and aborts its open transaction at
+        once. Default: a random name (an abandoned transaction then ends after 10 s).
+    """
+
+    def __init__(self, settings: Settings, *, instance: str | None = None, model: Model | None = None,
+                 codec: Codec | None = None) -> None:
+        self.settings = settings
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self.codec = codec or default_codec()
+        self.model = model
+        self.ready = threading.Event()
+        self.stats: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._source = topic_name(settings, InferenceRequest.TOPIC)
+        self._results = topic_name(settings, InferenceResult.TOPIC)
+        self._batcher = DynamicBatcher(settings.inference_max_batch, settings.inference_max_wait_ms / 1000)
+        self._done: list[Work] = []
+        self._done_lock = threading.Lock()
+        self._in_flight = 0  # taken by the compute thread, not yet in _done
+        self._compute_error: BaseException | None = None
+        self._paused = False
+        self._assigned: set[int] = set()
+        self._outstanding = 0  # consumed, not yet answered
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._dlq: DeadLetters | None = None
+        self._known_topics: set[str] = set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        ensure_topics(self.settings, catalogue(self.settings))
+        if self.model is None:
+            self.model = load_model(self.settings.inference_model, self.settings.inference_device)
+        log.info("inference worker %s: model %s %s on %s, max batch %d, max wait %.1f ms", self.instance,
+                 self.model.name, self.model.version, self.model.device, self.settings.inference_max_batch,
+                 self.settings.inference_max_wait_ms)
+        self._producer = Producer(client_config(self.settings, **{
+            "transactional.id": f"{group_id(self.settings)}.{self.instance}",
+            "enable.idempotence": True, "acks": "all", "linger.ms": 2, "compression.type": "lz4",
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            # Transaction round trips retry after this back-off; the default (100 ms) would add
+            # a tenth of a second to every commit.
+            "retry.backoff.ms": 10,
+        }))
+        self._producer.init_transactions(30)
+        self._dlq = DeadLetters(self.settings, "inference")
+        self._consumer = Consumer(client_config(self.settings, **{
+            "group.id": group_id(self.settings), "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+        }))
+        self._consumer.subscribe([self._source], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._setup()
+        compute_thread = threading.Thread(target=self._compute_loop, name="inference-compute", daemon=True)
+        compute_thread.start()
+        self.ready.set()
+        try:
+            while not self._stopping.is_set():
+                self._check_compute()
+                busy = self._outstanding > 0
+                messages = self._consumer.consume(1000, timeout=0.002 if busy else 0.1)
+                now_ms = int(time.time() * 1000)
+                for msg in messages:
+                    if msg.error() is not None:
+                        log.warning("inference consumer: %s", msg.error().str())
+                        continue
+                    self._accept(msg, now_ms)
+                self._answer()
+                self._backpressure()
+            self._drain()
+        finally:
+            self._batcher.close()
+            compute_thread.join(10)
+            self._consumer.close()
+            self._producer.flush(10)
+
+    def _accept(self, msg: Any, now_ms: int) -> None:
+        """Decode and check one message and queue its work."""
+        work = Work(partition=msg.partition(), offset=msg.offset(), request=None)
+        try:
+            _, record = self.codec.decode(msg.value(), InferenceRequest.EVENT)
+            request = InferenceRequest(**record)
+        except CodecError as exc:
+            self._dlq.send(msg, type(exc).__name__, str(exc))
+            self.stats["dead_letters"] += 1
+        else:
+            work.request = request
+            try:
+                check_request(request, self.model, self.settings, now_ms)
+                self._check_reply_topic(request)
+                work.texts = list(request.inputs)
+            except RequestError as exc:
+                work.error = str(exc)
+                self._dlq.send(msg, type(exc).__name__, str(exc))
+                self.stats["dead_letters"] += 1
+        self._outstanding += 1
+        self._batcher.put(work)
+
+    def _check_reply_topic(self, request: InferenceRequest) -> None:
+        topic = request.reply_topic
+        if topic is None or topic in self._known_topics:
+            return
+        self._known_topics = set(self._consumer.list_topics(timeout=10).topics)
+        if topic not in self._known_topics:
+            raise RequestError(f"reply topic {topic!r} does not exist")
+
+    def _compute_loop(self) -> None:
+        try:
+            while True:
+                batch = self._batcher.take(0.1)
+                if not batch:
+                    if self._stopping.is_set() and not len(self._batcher):
+                        return
+                    continue
+                with self._done_lock:
+                    self._in_flight += len(batch)
+                compute(self.model, batch, self.settings.inference_max_batch)
+                with self._done_lock:
+                    self._done.extend(batch)
+                    self._in_flight -= len(batch)
+        except BaseException as exc:  # surfaced on the Kafka thread, which stops the worker
+            self._compute_error = exc
+
+    def _check_compute(self) -> None:
+        if self._compute_error is not None:
+            raise self._compute_error
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def _answer(self) -> None:
+        """Produce the results of finished work and commit its offsets, in one transaction."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        with self._done_lock:
+            done, self._done = self._done, []
+        done = [w for w in done if w.partition in self._assigned]
+        if not done:
+            return
+        self._dlq.flush()
+        offsets: dict[int, int] = {}
+        producer = self._producer
+        try:
+            producer.begin_transaction()
+            for w in done:
+                offsets[w.partition] = w.offset + 1
+                if w.request is None:
+                    continue
+                result = self._result(w)
+                value = self.codec.encode(InferenceResult.EVENT, result.to_record())
+                while True:
+                    try:
+                        producer.produce(w.request.reply_topic or self._results, value=value,
+                                         key=w.request.agent_id.encode(),
+                                         headers=[(CORRELATION_HEADER, w.request.correlation_id.encode())])
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            failpoint("inference.before_commit")
+            producer.send_offsets_to_transaction(
+                [TopicPartition(self._source, p, o) for p, o in offsets.items()],
+                self._consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                # Stop rather than untangle queued work: a restarted worker reads again from
+                # the committed offsets, and the aborted results were never visible.
+                producer.abort_transaction(30)
+                raise TransientError(f"inference results transaction aborted: {error.str()}") from None
+            raise
+        self._outstanding -= len(done)
+        self.stats["answered"] += sum(1 for w in done if w.request is not None)
+        self.stats["errors"] += sum(1 for w in done if w.error)
+
+    def _result(self, w: Work) -> InferenceResult:
+        r = w.request
+        return InferenceResult(
+            event_time=datetime.now(timezone.utc), agent_id=r.agent_id, agent_type=r.agent_type,
+            tenant_id=r.tenant_id, trace_id=r.trace_id, correlation_id=r.correlation_id, model=r.model,
+            model_version=self.model.version,
+            embeddings=[] if w.error else [v.tolist() for v in w.vectors],
+            queue_ms=w.queue_ms, compute_ms=w.compute_ms, error=w.error,
+        )
+
+    # -- flow control and rebalancing -------------------------------------------------------------
+
+    def _backpressure(self) -> None:
+        pending = self._batcher.pending_texts
+        if not self._paused and pending >= self.settings.inference_max_queue:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+            self.stats["pauses"] += 1
+        elif self._paused and pending < self.settings.inference_max_queue // 2:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+
+    def _drain(self, timeout_s: float = 120.0) -> None:
+        """Answer everything consumed so far (before a revoke or a stop)."""
+        deadline = time.monotonic() + timeout_s
+        while self._outstanding > 0 and time.monotonic() < deadline:
+            self._check_compute()
+            self._answer()
+            if self._outstanding > 0:
+                time.sleep(0.005)
+
+    def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self._assigned |= {tp.partition for tp in partitions}
+        self._paused = False
+        log.info("inference worker %s: assigned %s", self.instance, sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        # Answer what was consumed before the partitions go: the next owner starts at our commits.
+        self._drain()
+        self._assigned -= {tp.partition for tp in partitions}
+
+    def _on_lost(self, consumer: Any, partitions: list) -> None:
+        # Another worker owns them already: whatever we computed must not be committed.
+        self._assigned -= {tp.partition for tp in partitions}
