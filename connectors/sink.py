@@ -26,6 +26,7 @@ TABLES: dict[str, str] = {
     "agent.telemetry": "telemetry",
     "agent.alerts": "alerts",
     "agent.llm_windows": "llm_windows",
+    "inference.results": "inference_results",
 }
 
 #: Columns the loop adds to every decoded row: where in Kafka it came from.

@@ -240,6 +240,21 @@ def inference_worker(instance: str | None, home: str | None, loglevel: str) -> N
     run_inference_worker(settings, instance=instance, loglevel=loglevel)
 
 
+@cli.command()
+@click.argument("text")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="How many items to return.")
+@click.option("--tenant", help="Only items of this tenant.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def search(text: str, k: int, tenant: str | None, fmt: str) -> None:
+    """Embed TEXT and list the K stored items nearest to it (cosine distance), from inference_vectors."""
+    from connectors.clickhouse.query import format_result
+    from streams.inference.search import search as nearest
+
+    hits = nearest(_settings(), text, k, tenant_id=tenant)
+    columns = ["correlation_id", "input_index", "agent_id", "tenant_id", "event_time", "distance"]
+    click.echo(format_result(columns, [[getattr(h, c) for c in columns] for h in hits], fmt))
+
+
 _FORMATS = click.Choice(["table", "csv", "json"])
 
 
