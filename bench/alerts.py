@@ -87,9 +87,15 @@ class Timer:
 
 
 def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, ready: threading.Event) -> None:
+    from confluent_kafka import TopicPartition
+
     consumer = Consumer(client_config(settings, **{"group.id": "bench-" + uuid.uuid4().hex,
-                                                   "auto.offset.reset": "latest", "fetch.wait.max.ms": 100}))
-    consumer.subscribe([topic], on_assign=lambda c, p: ready.set())
+                                                   "fetch.wait.max.ms": 100}))
+    # From the current end of every partition, fixed before anything is sent: nothing is missed.
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                     for p in partitions])
+    ready.set()
     try:
         while not stop.is_set():
             first = consumer.poll(0.05)

@@ -243,6 +243,8 @@ class BudgetRule:
         self.clock_ms = 0
         # "scope|subject|day_ms" -> spend of that day so far, in USD.
         self._spend: dict[str, float] = {}
+        # day_ms -> the "scope|subject|day_ms" keys of that day in _spend.
+        self._days: dict[int, set[str]] = {}
         # "scope|subject|day_ms|percent" -> the firing condition.
         self._firing: dict[str, _Condition] = {}
 
@@ -266,7 +268,11 @@ class BudgetRule:
         """Move the clock to ``now_ms``; resolves the alerts of days that are over."""
         self.clock_ms = max(self.clock_ms, now_ms)
         day_over_before = self.clock_ms - self.config.grace_ms - DAY_MS
-        over = {key for key in self._spend if _day_of(key) <= day_over_before}
+        # Called on every call: the work is per day that ended, not per tenant and agent.
+        over_days = [day for day in self._days if day <= day_over_before]
+        if not over_days:
+            return []
+        over = set().union(*(self._days.pop(day) for day in over_days))
         alerts: list[Alert] = []
         ended = [key.rsplit("|", 1) for key in self._firing if key.rsplit("|", 1)[0] in over]
         for day_key, percent in sorted(ended, key=lambda parts: (parts[0], int(parts[1]))):
@@ -298,6 +304,8 @@ class BudgetRule:
         if budget is None:
             return []
         day_key = f"{scope}|{subject}|{day}"
+        if day_key not in self._spend:
+            self._days.setdefault(day, set()).add(day_key)
         spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
         alerts: list[Alert] = []
         for percent, severity in BUDGET_THRESHOLDS:
@@ -356,6 +364,8 @@ class BudgetRule:
         rule.clock_ms = data["clock_ms"]
         rule.late_events = data["late_events"]
         rule._spend = dict(data["spend"])
+        for key in rule._spend:
+            rule._days.setdefault(_day_of(key), set()).add(key)
         rule._firing = _conditions_from_dict(data["firing"])
         return rule
 

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +75,8 @@ CHUNK_BYTES = 512 * 1024
 TAIL_MARGIN_MS = 30_000
 #: Seconds between wall-clock ticks of the rules.
 TICK_SECONDS = 1.0
+#: Closed windows produced per turn of the loop (the rest wait for the next turns).
+WINDOWS_PER_TURN = 20
 
 _EVENT_CLASSES = {"task_event": TaskEvent, "llm_call": LlmCall, "telemetry": Telemetry}
 _WINDOW_NAMESPACE = uuid.uuid5(ALERT_NAMESPACE, "llm-window")
@@ -239,6 +241,7 @@ class IntelligenceProcessor:
         self._catch_up_to: dict[tuple[str, int], int] = {}
         self._caught_up = False
         self._suppress: set[str] = set()
+        self._closed_windows: deque[tuple[ClosedWindow, str]] = deque()
         self._snapshot = 0
         self._dirty = False
         self._last_tick = 0.0
@@ -433,6 +436,8 @@ class IntelligenceProcessor:
     def _deactivate(self, checkpoint: bool) -> None:
         try:
             if checkpoint and self._dirty:
+                while self._closed_windows:
+                    self._emit_window(*self._closed_windows.popleft())
                 self._checkpoint(wait=True)
         except Exception:  # noqa: BLE001  fenced or broker gone: the next holder replays
             log.exception("alerts: final checkpoint failed; the next active processor replays from the last one")
@@ -458,8 +463,10 @@ class IntelligenceProcessor:
             now_ms = int(time.time() * 1000)
             for msg in [first, *self._source.consume(1000, 0)]:
                 self._process(msg, now_ms)
-            for closed in self.rules.windows.close_due():
-                self._emit_window(closed, "watermark")
+            self._closed_windows.extend((closed, "watermark") for closed in self.rules.windows.close_due())
+        # A minute's end closes hundreds of windows at once: a few per turn keeps the alerts quick.
+        for _ in range(min(WINDOWS_PER_TURN, len(self._closed_windows))):
+            self._emit_window(*self._closed_windows.popleft())
         self._producer.poll(0)
         if not self._caught_up and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items()):
             self._caught_up = True
@@ -473,12 +480,13 @@ class IntelligenceProcessor:
                 self._emit_alert(alert)
                 self._dirty = True
             for closed in self.rules.windows.close_idle(now_ms, self.config.windows.idle_ms):
-                self._emit_window(closed, "idle")
+                self._closed_windows.append((closed, "idle"))
                 self._dirty = True
         if self._checkpoint_error is not None:
             self._check_checkpoint_error()
-        if self._dirty and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds:
-            self._checkpoint()
+        if (self._dirty and not self._closed_windows
+                and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds):
+            self._checkpoint()  # never with windows closed in the state but not yet produced
 
     def _process(self, msg: Any, now_ms: int) -> None:
         if msg.error() is not None:
