@@ -174,7 +174,7 @@ class InferenceWorker:
             while not self._stopping.is_set():
                 self._check_compute()
                 busy = self._outstanding > 0
-                messages = self._consumer.consume(1000, timeout=0.002 if busy else 0.1)
+                messages = self._consumer.consume(1000, timeout=0.005 if busy else 0.1)
                 now_ms = int(time.time() * 1000)
                 for msg in messages:
                     if msg.error() is not None:
@@ -248,8 +248,10 @@ class InferenceWorker:
         from confluent_kafka import KafkaException, TopicPartition
 
         with self._done_lock:
-            done, self._done = self._done, []
-        done = [w for w in done if w.partition in self._assigned]
+            finished, self._done = self._done, []
+        # Work of partitions lost meanwhile belongs to their new owner, who answers it again.
+        done = [w for w in finished if w.partition in self._assigned]
+        self._outstanding -= len(finished) - len(done)
         if not done:
             return
         self._dlq.flush()

@@ -273,3 +273,14 @@ def test_two_workers_share_the_load(inf, workers):
 def _owned(worker: InferenceWorkerProcess) -> bool:
     assigned = re.findall(r"assigned \[([0-9, ]*)\]", worker.tail(200))
     return bool(assigned and assigned[-1].strip())
+
+
+def test_a_full_queue_pauses_the_partitions(inf, workers):
+    worker = workers("w1", EZ_INFERENCE_MAX_BATCH="4", EZ_INFERENCE_MAX_QUEUE="8").start()
+    with InferenceClient(inf) as client:
+        futures = [client.submit([f"backpressure {i}"]) for i in range(150)]
+        client.flush()
+        for f in futures:
+            assert len(client.wait(f, timeout=120)) == 1
+    stats = worker.stop()
+    assert stats["answered"] == 150 and stats["pauses"] > 0, stats
