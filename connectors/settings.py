@@ -211,6 +211,14 @@ class Settings(BaseSettings):
         default=8192, ge=1, description="Inference worker: longest text in characters; longer gets an error result."
     )
 
+    # Operations
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of a worker's Prometheus endpoint (/metrics); unset: no endpoint. One port per "
+        "worker process.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics endpoint listens on.")
+
     # Sinks: one batching loop per sink; a batch is written when any limit is reached.
     lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")
     lake_flush_mb: float = Field(default=128.0, gt=0, description="Lake sink: encoded MiB buffered per batch.")

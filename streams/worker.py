@@ -115,6 +115,10 @@ def run_worker(settings: Settings, roles: list[str], loglevel: str = "info") -> 
     ``$EZ_HOME/run/worker-<roles>.ready`` exists while every sink loop of the worker runs.
     """
     app, runners = build_app(settings, roles)
+    if settings.metrics_port is not None:
+        from streams.metrics import serve
+
+        serve(settings.metrics_host, settings.metrics_port)
     ready = settings.run_dir / f"worker-{'-'.join(roles)}.ready"
     ready.unlink(missing_ok=True)
 

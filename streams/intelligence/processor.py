@@ -52,6 +52,7 @@ from connectors.kafka.events import Alert, LlmCall, LlmWindow, TaskEvent, Teleme
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
 from connectors.settings import Settings
+from streams import metrics
 from streams.intelligence._time import utc
 from streams.intelligence.alerts import (
     ALERT_NAMESPACE,
@@ -325,6 +326,8 @@ class IntelligenceProcessor:
             "enable.auto.offset.store": False,
             "fetch.wait.max.ms": 100,
             "isolation.level": "read_committed",
+            "statistics.interval.ms": 5_000,
+            "stats_cb": metrics.lag_from_statistics(f"{group_id(self.settings)}.positions"),
         })
         metadata = self._source.list_topics(timeout=30)
         assignment = []
@@ -504,6 +507,7 @@ class IntelligenceProcessor:
             self.stats["undecodable"] += 1
             return
         self.stats["events"] += 1
+        metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc()
         for alert in self.rules.observe(event, now_ms):
             self._emit_alert(alert)
 
@@ -512,6 +516,7 @@ class IntelligenceProcessor:
             self.stats["suppressed"] += 1
             return
         self.stats[f"alerts.{alert.kind}.{alert.state}"] += 1
+        metrics.ALERTS.labels(alert.kind, alert.state).inc()
         self._producer.produce(self._alerts_topic, key=alert.agent_id.encode(),
                                value=self.codec.encode("alert", alert.to_record()),
                                on_delivery=self._delivered(alert))
@@ -531,6 +536,7 @@ class IntelligenceProcessor:
             self.stats["suppressed"] += 1
             return
         self.stats[f"windows.{closed_by}"] += 1
+        metrics.WINDOWS_CLOSED.labels(closed_by).inc()
         self._producer.produce(self._windows_topic, key=event.agent_id.encode(),
                                value=self.codec.encode("llm_window", event.to_record()))
 
@@ -558,6 +564,8 @@ class IntelligenceProcessor:
             "stats": dict(self.stats),
             "caught_up": self._caught_up,
         }
+        for rule, late in state["late_events"].items():
+            metrics.LATE_EVENTS.labels(rule).set(late)
         self._dirty = False
         self._last_checkpoint = time.monotonic()
         self._checkpoint_idle.clear()

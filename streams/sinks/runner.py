@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from connectors.errors import TerminalError, TransientError
 from connectors.failpoints import failpoint
+from streams import metrics
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.config import client_config
 from connectors.kafka.dlq import DeadLetters
@@ -150,6 +151,9 @@ class SinkRunner:
             # A worker killed with -9 gives up its partitions after this, not after 45 s.
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 2_000,
+            # Per-partition lag for the metrics.
+            "statistics.interval.ms": 5_000,
+            "stats_cb": metrics.lag_from_statistics(self.group),
         }))
         self._consumer.subscribe(list(self._catalogue), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -178,6 +182,7 @@ class SinkRunner:
         started = time.monotonic()
         messages = self._consumer.consume(self.fetch_messages, timeout=timeout_s)
         now = time.monotonic()
+        per_topic: dict[str, int] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -187,7 +192,9 @@ class SinkRunner:
                     raise KafkaException(err)
                 log.warning("%s: consumer error: %s", self.sink.name, err.str())
                 continue
-            buffer = self._buffers.get((msg.topic(), msg.partition()))
+            topic = msg.topic()
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+            buffer = self._buffers.get((topic, msg.partition()))
             if buffer is None:
                 continue  # revoked in this very call: its new owner reads it again
             if not buffer.messages:
@@ -195,6 +202,8 @@ class SinkRunner:
             buffer.messages.append(msg)
             buffer.nbytes += len(msg.value() or b"")
         self.stats.consumed += len(messages)
+        for topic, count in per_topic.items():
+            metrics.EVENTS_IN.labels(self.sink.name, self._catalogue.get(topic, topic)).inc(count)
         if messages:
             self.stats.poll_s += time.monotonic() - started
 
@@ -218,6 +227,8 @@ class SinkRunner:
 
     def _flush(self, final: bool = False) -> None:
         """Decode, dead-letter and write everything buffered; returns when it is durable."""
+        flush_started = time.monotonic()
+        batch_bytes = 0
         batches: dict[str, list[tuple[OffsetRange, list[Any]]]] = {}
         for (topic, partition), buffer in self._buffers.items():
             if not buffer.messages:
@@ -234,7 +245,9 @@ class SinkRunner:
             else:
                 taken, buffer.messages = buffer.messages, []
                 last = taken[-1].offset()
-            buffer.nbytes = sum(len(m.value() or b"") for m in buffer.messages)
+            remaining = sum(len(m.value() or b"") for m in buffer.messages)
+            batch_bytes += buffer.nbytes - remaining
+            buffer.nbytes = remaining
             buffer.since = time.monotonic()
             rng = OffsetRange(topic, partition, buffer.next_offset, last)
             buffer.next_offset = last + 1
@@ -263,6 +276,9 @@ class SinkRunner:
             self._write(batch, sources)
         failpoint(f"{self.sink.name}.after_write")
         self._commit(batches)
+        metrics.BATCH_ROWS.labels(self.sink.name).observe(sum(len(m) for parts in batches.values() for _, m in parts))
+        metrics.BATCH_BYTES.labels(self.sink.name).observe(batch_bytes)
+        metrics.FLUSH_SECONDS.labels(self.sink.name).observe(time.monotonic() - flush_started)
 
     def _decode(self, event: str, messages: list[Any]) -> pa.Table:
         result = self.codec.decode_batch_arrow([m.value() for m in messages], event)
@@ -272,6 +288,8 @@ class SinkRunner:
             for failure in result.failures:
                 if self._dlq is not None:
                     self._dlq.send(messages[failure.index], failure.error_class, failure.message)
+                    metrics.DEAD_LETTERS.labels(self.sink.name, self._catalogue.get(messages[failure.index].topic(), ""),
+                                                failure.error_class).inc()
             self.stats.dead_letters += len(result.failures)
             good = [m for i, m in enumerate(messages) if i not in failed]
         table = result.table
@@ -308,6 +326,7 @@ class SinkRunner:
         self.stats.write_s += time.monotonic() - started
         self.stats.batches += 1
         self.stats.written_rows += batch.rows.num_rows
+        metrics.ROWS_WRITTEN.labels(self.sink.name, batch.table).inc(batch.rows.num_rows)
         self.stats.last_write_at = time.time()
 
     def _dead_letter_rows(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]],
@@ -320,6 +339,8 @@ class SinkRunner:
             for msg in sources[(rng.topic, rng.partition)]:
                 if (msg.partition(), msg.offset()) in wanted:
                     self._dlq.send(msg, type(error).__name__, str(error))
+                    metrics.DEAD_LETTERS.labels(self.sink.name, self._catalogue.get(msg.topic(), ""),
+                                                type(error).__name__).inc()
 
     def _owned(self, batch: SinkBatch) -> SinkBatch:
         """``batch`` without the partitions revoked since it was built (their new owner has them)."""
@@ -355,6 +376,7 @@ class SinkRunner:
                     # Nothing of this batch is recorded, so a restart reads it again.
                     raise _Abandoned(f"{what}: {exc}") from None
                 self.stats.retries += 1
+                metrics.RETRIES.labels(self.sink.name).inc()
                 log.warning("%s: %s failed (%s); retrying in %.1f s", self.sink.name, what, exc, delay)
                 self._pause(True)
                 end = time.monotonic() + delay
@@ -379,6 +401,7 @@ class SinkRunner:
         if assignment:
             (self._consumer.pause if paused else self._consumer.resume)(assignment)
         self.stats.paused = paused
+        metrics.PAUSED_PARTITIONS.labels(self.sink.name).set(len(assignment) if paused else 0)
 
     # -- rebalancing ---------------------------------------------------------------------------
 

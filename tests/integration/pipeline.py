@@ -45,6 +45,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.alerts_webhook_url is not None:
         env["EZ_ALERTS_WEBHOOK_URL"] = settings.alerts_webhook_url.get_secret_value()
     env["EZ_ALERTS_CHECKPOINT_SECONDS"] = str(settings.alerts_checkpoint_seconds)
+    if settings.metrics_port is not None:
+        env["EZ_METRICS_PORT"] = str(settings.metrics_port)
     if settings.s3_endpoint:
         env["EZ_S3_ENDPOINT"] = settings.s3_endpoint
     if settings.s3_access_key_id:

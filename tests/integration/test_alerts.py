@@ -26,7 +26,9 @@ from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import load_settings
 from streams.query_server import query
 from tests.conftest import wait_for
+from infra.local.net import free_port
 from tests.integration.pipeline import Worker
+from tests.integration.test_metrics import scrape, total
 
 RULES = """
 [windows]
@@ -197,6 +199,7 @@ def summary(alerts: list[dict]) -> list[tuple]:
 
 
 def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
+    intel = intel.model_copy(update={"metrics_port": free_port()})
     worker = start(intel)
     send = Sent(intel)
     send(call("dev-01", cost=0.5), call("dev-01", cost=0.35))  # 85 % of dev-01's $1
@@ -218,6 +221,10 @@ def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
     assert [(round(a["value"], 4), round(a["threshold"], 4)) for a in tenant] == [(9.25, 8.0), (9.25, 9.0)]
     assert all(a["tenant_id"] == "acme" and a["agent_id"] == "ezstream-intelligence" for a in tenant)
     assert len({a["alert_id"] for a in budget}) == 5
+    # The worker's metrics say the same.
+    samples = scrape(intel.metrics_port)
+    assert total(samples, "ezstream_alerts_total", kind="budget", state="firing") == 5
+    assert total(samples, "ezstream_events_in_total", role="alerts", topic="agent.llm_calls") == send.count
 
 
 def test_error_rate_spike_fires_with_enough_volume_then_resolves(intel, start):

@@ -1,0 +1,68 @@
+"""Prometheus metrics of a worker, served on ``EZ_METRICS_PORT`` (off when unset).
+
+One registry per process; every role of the worker records into it. Names follow Prometheus
+conventions (``_total`` counters, base units: seconds, bytes). Labels stay bounded: topics,
+tables, roles, error classes, alert kinds, partitions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry()
+
+EVENTS_IN = Counter("ezstream_events_in", "Messages read from Kafka, per role and topic.",
+                    ["role", "topic"], registry=REGISTRY)
+ROWS_WRITTEN = Counter("ezstream_rows_written", "Rows written durably by a sink, per table.",
+                       ["sink", "table"], registry=REGISTRY)
+DEAD_LETTERS = Counter("ezstream_dead_letters", "Messages sent to a DLQ, per source topic and error class.",
+                       ["role", "topic", "error_class"], registry=REGISTRY)
+BATCH_ROWS = Histogram("ezstream_batch_rows", "Messages per sink batch (all partitions of one flush).", ["sink"],
+                       buckets=(10, 100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000),
+                       registry=REGISTRY)
+BATCH_BYTES = Histogram("ezstream_batch_bytes", "Encoded bytes per sink batch.", ["sink"],
+                        buckets=tuple(2 ** n for n in range(10, 30, 2)), registry=REGISTRY)
+FLUSH_SECONDS = Histogram("ezstream_flush_seconds", "Seconds from a flush's start to its data being durable.",
+                          ["sink"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                          registry=REGISTRY)
+RETRIES = Counter("ezstream_sink_retries", "Failed sink operations retried (the store was down or slow).",
+                  ["sink"], registry=REGISTRY)
+PAUSED_PARTITIONS = Gauge("ezstream_paused_partitions", "Partitions paused while a sink retries.", ["role"],
+                          registry=REGISTRY)
+CONSUMER_LAG = Gauge("ezstream_consumer_lag", "Messages behind the partition's end, per consumer group.",
+                     ["group", "topic", "partition"], registry=REGISTRY)
+ALERTS = Counter("ezstream_alerts", "Alerts produced to agent.alerts, per kind and state.", ["kind", "state"],
+                 registry=REGISTRY)
+WINDOWS_CLOSED = Counter("ezstream_windows_closed", "Closed LLM-call windows produced, per cause.", ["closed_by"],
+                         registry=REGISTRY)
+LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rule (still in lake and ClickHouse).",
+                    ["rule"], registry=REGISTRY)
+
+
+def serve(host: str, port: int) -> None:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread."""
+    start_http_server(port, addr=host, registry=REGISTRY)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+def lag_from_statistics(group: str):
+    """A librdkafka ``stats_cb`` that keeps :data:`CONSUMER_LAG` per partition of ``group``."""
+
+    def record(stats_json: str) -> None:
+        try:
+            stats: dict[str, Any] = json.loads(stats_json)
+        except ValueError:
+            return
+        for topic, info in stats.get("topics", {}).items():
+            for partition, p in info.get("partitions", {}).items():
+                lag = p.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    CONSUMER_LAG.labels(group, topic, partition).set(lag)
+
+    return record
