@@ -1,0 +1,296 @@
+"""The deployment manifests (infra/k8s, infra/docker-compose.yml) agree with the code.
+
+No Kubernetes cluster is needed: the files are parsed and checked against the topic catalogue,
+the worker roles and the settings; core kinds are checked against the Kubernetes JSON schemas
+when ``kubernetes-validate`` is installed, and the kustomization is built when ``kubectl`` is.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from connectors.kafka.topics import catalogue
+from connectors.settings import Settings
+from connectors.sink import TABLES
+from streams.intelligence.processor import CHUNK_BYTES, state_topic
+from streams.worker import ROLES, parse_roles
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "infra" / "k8s"
+COMPOSE = ROOT / "infra" / "docker-compose.yml"
+#: Files under infra/k8s that are YAML but not manifests applied by the kustomization.
+HELM_VALUES = "airflow-values.yaml"
+PLACEHOLDER_SECRETS = "secrets.example.yaml"
+KUSTOMIZATION = "kustomization.yaml"
+IMAGE = "ezaigent/streams:latest"
+#: Kubernetes object names (DNS-1123 subdomain).
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _load(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name not in (HELM_VALUES, KUSTOMIZATION))
+
+
+def _documents() -> list[tuple[Path, dict]]:
+    return [(path, doc) for path in _manifest_files() for doc in _load(path)]
+
+
+def _of_kind(kind: str) -> list[dict]:
+    return [doc for _, doc in _documents() if doc["kind"] == kind]
+
+
+def _default_settings() -> Settings:
+    """The settings' declared defaults for the topic catalogue, whatever the environment says."""
+    fields = ("topic_prefix", "topic_partitions", "topic_replication", "topic_retention_ms", "dlq_retention_ms")
+    return Settings(**{f: Settings.model_fields[f].default for f in fields})
+
+
+def _secret_env_names() -> set[str]:
+    """``EZ_…`` names of every secret setting (typed SecretStr), plus the AWS alias of the S3 key."""
+    names = {"AWS_SECRET_ACCESS_KEY"}
+    for name, field in Settings.model_fields.items():
+        if SecretStr in (field.annotation, *typing.get_args(field.annotation)):
+            names.add(f"EZ_{name.upper()}")
+    return names
+
+
+def _walk(node, path=()):
+    """Every (key path, scalar value) of a parsed YAML tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, (*path, str(index)))
+    else:
+        yield path, node
+
+
+def test_every_yaml_file_parses():
+    files = sorted(K8S.rglob("*.yaml")) + sorted(K8S.rglob("*.yml"))
+    assert {p.name for p in files} >= {KUSTOMIZATION, HELM_VALUES, PLACEHOLDER_SECRETS}
+    for path in files:
+        assert _load(path), f"{path} holds no YAML document"
+
+
+def test_every_document_names_its_api_kind_and_name():
+    for path, doc in _documents():
+        where = f"{path.name}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        assert doc.get("apiVersion") and doc.get("kind"), where
+        assert K8S_NAME.match(doc.get("metadata", {}).get("name") or ""), where
+
+
+def test_kustomization_applies_every_manifest_but_the_placeholder_secrets():
+    kustomization = _load(K8S / KUSTOMIZATION)[0]
+    assert kustomization["kind"] == "Kustomization"
+    expected = {p.name for p in _manifest_files()} - {PLACEHOLDER_SECRETS}
+    assert set(kustomization["resources"]) == expected
+    assert not [doc for doc in _load(K8S / KUSTOMIZATION) if doc.get("secretGenerator")]
+
+
+def test_topics_are_the_catalogue_and_the_alerts_state_topic():
+    settings = _default_settings()
+    topics = {}
+    for doc in _of_kind("KafkaTopic"):
+        name = doc["spec"].get("topicName", doc["metadata"]["name"])
+        assert doc["metadata"]["name"] == name.replace("_", "-")
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"] == "ezstream-kafka"
+        assert name not in topics, f"topic {name} declared twice"
+        topics[name] = doc["spec"]
+    expected = {spec.name.removeprefix(settings.topic_prefix): spec for spec in catalogue(settings)}
+    state = state_topic(settings).removeprefix(settings.topic_prefix)
+    assert set(topics) == set(expected) | {state}
+    for name, spec in expected.items():
+        assert topics[name]["partitions"] == spec.partitions, name
+        assert {k: str(v) for k, v in topics[name]["config"].items()} == spec.config, name
+    assert topics[state]["partitions"] == 1
+    assert topics[state]["config"]["cleanup.policy"] == "compact"
+    assert int(topics[state]["config"]["max.message.bytes"]) >= 2 * CHUNK_BYTES
+
+
+def test_kafka_is_kraft_with_a_scram_user():
+    (kafka,) = _of_kind("Kafka")
+    assert kafka["apiVersion"] == "kafka.strimzi.io/v1beta2"
+    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
+    assert kafka["metadata"]["annotations"]["strimzi.io/node-pools"] == "enabled"
+    pools = _of_kind("KafkaNodePool")
+    assert pools and all(p["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"] for p in pools)
+    assert {"controller", "broker"} <= {role for p in pools for role in p["spec"]["roles"]}
+    listeners = {entry["port"]: entry for entry in kafka["spec"]["kafka"]["listeners"]}
+    (user,) = _of_kind("KafkaUser")
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    (config,) = _of_kind("ConfigMap")
+    port = int(config["data"]["EZ_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1])
+    assert listeners[port]["authentication"]["type"] == "scram-sha-512" and listeners[port]["tls"]
+    assert config["data"]["EZ_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["data"]["EZ_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["data"]["EZ_KAFKA_SASL_USERNAME"] == user["metadata"]["name"]
+
+
+def test_clickhouse_is_a_replicated_cluster_with_keeper():
+    (chi,) = _of_kind("ClickHouseInstallation")
+    (chk,) = _of_kind("ClickHouseKeeperInstallation")
+    (cluster,) = chi["spec"]["configuration"]["clusters"]
+    assert cluster["layout"]["replicasCount"] >= 2
+    keeper_hosts = {node["host"] for node in chi["spec"]["configuration"]["zookeeper"]["nodes"]}
+    assert keeper_hosts == {f"keeper-{chk['metadata']['name']}"}
+
+
+def _worker_role(deployment: dict) -> str:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["ezstream", "worker", "--only"] and len(command) == 4, command
+    roles = parse_roles(command[3])
+    assert len(roles) == 1, f"{deployment['metadata']['name']}: one role per Deployment, not {roles}"
+    return roles[0]
+
+
+def test_one_deployment_per_worker_role():
+    (config,) = _of_kind("ConfigMap")
+    home = config["data"]["EZ_HOME"]
+    roles = {}
+    for deployment in _of_kind("Deployment"):
+        role = _worker_role(deployment)
+        assert role not in roles, f"two Deployments run {role}"
+        roles[role] = deployment
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == IMAGE
+        ready = f"{home}/run/worker-{role}.ready"
+        assert container["livenessProbe"]["exec"]["command"] == ["test", "-f", ready]
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        sources = {next(iter(src.values()))["name"] for src in container["envFrom"]}
+        assert sources == {config["metadata"]["name"], "ezstream-secrets"}
+    assert set(roles) == set(ROLES)
+    assert roles["alerts"]["spec"]["replicas"] == 2, "alerts: one active processor and one standby"
+
+
+def test_scaled_objects_autoscale_the_sinks_within_the_partitions():
+    deployments = {d["metadata"]["name"]: d for d in _of_kind("Deployment")}
+    partitions = {doc["spec"]["topicName"]: doc["spec"]["partitions"] for doc in _of_kind("KafkaTopic")}
+    auths = {doc["metadata"]["name"] for doc in _of_kind("TriggerAuthentication")}
+    scaled = {}
+    for obj in _of_kind("ScaledObject"):
+        target = obj["spec"]["scaleTargetRef"]["name"]
+        assert target in deployments, f"{obj['metadata']['name']} scales a Deployment that does not exist"
+        role = _worker_role(deployments[target])
+        scaled[role] = obj
+        triggers = obj["spec"]["triggers"]
+        assert {t["type"] for t in triggers} == {"kafka"}
+        assert {t["metadata"]["consumerGroup"] for t in triggers} == {f"ezstream.{role}"}
+        topics = {t["metadata"]["topic"] for t in triggers}
+        assert topics == set(TABLES), f"{role}: the triggers must watch every topic the sink reads"
+        assert 1 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+        assert obj["spec"]["maxReplicaCount"] <= min(partitions[t] for t in topics)
+        assert {t["authenticationRef"]["name"] for t in triggers} <= auths
+    assert set(scaled) == {"lake", "clickhouse"}, "the alerts role is not autoscaled"
+
+
+def test_no_literal_secrets_outside_the_placeholder():
+    secret_envs = _secret_env_names()
+    files = [*_manifest_files(), K8S / HELM_VALUES]
+    for path in files:
+        text = path.read_text()
+        # A URL with a password in it (scheme://user:password@host).
+        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text) or path.name == PLACEHOLDER_SECRETS, path.name
+        for doc in _load(path):
+            if doc.get("kind") == "Secret":
+                assert path.name == PLACEHOLDER_SECRETS, f"{path.name}: Secrets belong in {PLACEHOLDER_SECRETS}"
+                continue
+            for keys, value in _walk(doc):
+                if keys and keys[-1] in secret_envs:
+                    pytest.fail(f"{path.name}: {'.'.join(keys)} holds a secret setting's value")
+                if keys and keys[-1] == "name" and value in secret_envs:
+                    entry = _lookup(doc, keys[:-1])
+                    assert "value" not in entry, f"{path.name}: {value} is set literally, not from a Secret"
+                if keys and "password" in keys[-1].lower() and isinstance(value, str):
+                    # Only references to a Secret: `<secret>/<key>` (clickhouse-operator).
+                    assert re.fullmatch(r"[a-z0-9.-]+/[a-z0-9.-]+", value), f"{path.name}: {'.'.join(keys)}"
+
+
+def test_placeholder_secrets_say_so():
+    path = K8S / PLACEHOLDER_SECRETS
+    assert "PLACEHOLDER" in path.read_text().split("\n", 1)[0]
+    docs = _load(path)
+    assert docs and {doc["kind"] for doc in docs} == {"Secret"}
+    for doc in docs:
+        assert doc["metadata"]["annotations"]["ezstream/placeholder"].startswith("true")
+        assert "data" not in doc, "placeholders are readable stringData"
+        for key, value in doc["stringData"].items():
+            assert "CHANGE-ME" in value, f"{doc['metadata']['name']}.{key} is not an obvious placeholder"
+    referenced = set()
+    for _, doc in _documents():
+        for keys, value in _walk(doc):
+            if keys[-1] == "name" and len(keys) >= 2 and keys[-2] in ("secretRef", "secretKeyRef"):
+                referenced.add(value)
+    generated = {"ezstream-worker"}  # Strimzi's user operator writes the KafkaUser's password
+    assert referenced - generated <= {doc["metadata"]["name"] for doc in docs}
+
+
+def _lookup(node, keys):
+    for key in keys:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
+def test_airflow_values_take_settings_from_the_config_and_secrets():
+    values = _load(K8S / HELM_VALUES)[0]
+    assert values["executor"] in ("KubernetesExecutor", "CeleryExecutor", "CeleryKubernetesExecutor")
+    assert values["data"]["metadataSecretName"]
+    assert values["config"]["core"]["dags_folder"].endswith("/airflow_dags")
+    env_from = yaml.safe_load(values["extraEnvFrom"])
+    assert {next(iter(src.values()))["name"] for src in env_from} == {"ezstream-config", "ezstream-secrets"}
+
+
+def test_worker_image_installs_the_stream_extra():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
+    assert "'.[stream]'" in instructions
+    assert not re.search(r"jdk|jre|java", instructions, re.I), "the worker image needs no JVM"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_builds():
+    built = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    applied = [doc for path, doc in _documents() if path.name != PLACEHOLDER_SECRETS]
+    assert len(docs) == len(applied)
+    assert {doc["metadata"].get("namespace") for doc in docs if doc["kind"] != "Namespace"} == {"ezstream"}
+
+
+def test_core_kinds_match_the_kubernetes_schemas():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version()
+    core = ("Namespace", "ConfigMap", "Secret", "Deployment")
+    checked = 0
+    for path, doc in _documents():
+        if doc["kind"] in core:
+            kubernetes_validate.validate(doc, version, strict=True)
+            checked += 1
+    assert checked >= 5
+
+
+def test_compose_runs_a_worker_per_role():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    for role in ROLES:
+        service = services.get(f"worker-{role}")
+        assert service, f"docker-compose.yml has no worker-{role} service"
+        assert service["command"] == ["ezstream", "worker", "--only", role]
+        assert service["image"] == IMAGE
+        assert service["healthcheck"]["test"][-1] == f"/var/lib/ezstream/run/worker-{role}.ready"
+    built = [s for s in services.values() if s.get("build")]
+    assert built and all(s["image"] == IMAGE for s in built)
