@@ -4,8 +4,8 @@ Prints, on one device, at one batch size and one sequence length (asserts nothin
 
 (a) the model's forward pass alone on pre-tokenized batches: the device's limit;
 (b) sentence-transformers' plain ``encode()`` from strings (tokenizing included);
-(d) the worker's batching and compute path fed from memory (DynamicBatcher + compute thread,
-    no Kafka): what the worker can do at best on this device;
+(d) the worker's batching and compute path fed from memory (DynamicBatcher + ComputePipeline:
+    tokenizing overlapped with the forward pass, no Kafka): what the worker can do at best on this device;
 (c) end to end through Kafka: ``InferenceClient.submit`` of one-text requests -> an
     ``ezstream inference-worker`` subprocess -> every result consumed; sentences/s from the first
     produce to the last result, and the per-request latency.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from streams.inference.batcher import DynamicBatcher, Work  # noqa: E402
 from streams.inference.models import MiniLM, load_model, offline, pick_device  # noqa: E402
-from streams.inference.worker import compute  # noqa: E402
+from streams.inference.pipeline import ComputePipeline  # noqa: E402
 
 WORDS = ("the agent reads a task from the queue and calls a model to answer the question of "
          "its tenant about cost latency budget errors windows alerts tokens providers lake "
@@ -94,26 +94,27 @@ def bench_encode(model, texts: list[str], batch: int, seq: int) -> float:
 
 
 def bench_batcher(model, texts: list[str], batch: int) -> float:
-    """The worker's own path without Kafka: one-text requests through the batcher to the model."""
+    """The worker's own path without Kafka: one-text requests through the batcher and the
+    compute pipeline (tokenizing overlapped with the forward pass)."""
     batcher = DynamicBatcher(batch, max_wait_s=0.005)
-    finished = threading.Semaphore(0)
+    finished = threading.Event()
     done = [0]
 
-    def compute_loop() -> None:
-        while done[0] < len(texts):
-            work = batcher.take(0.1)
-            if work:
-                compute(model, work, batch)
-                done[0] += len(work)
-        finished.release()
+    def on_done(work: list[Work]) -> None:
+        done[0] += len(work)
+        if done[0] == len(texts):
+            finished.set()
 
-    thread = threading.Thread(target=compute_loop, daemon=True)
+    pipeline = ComputePipeline(model, batcher, batch, on_done)
     start = time.perf_counter()
-    thread.start()
+    pipeline.start()
     for i, text in enumerate(texts):
         batcher.put(Work(partition=0, offset=i, request=None, texts=[text]))
-    finished.acquire()
-    return time.perf_counter() - start
+    finished.wait()
+    elapsed = time.perf_counter() - start
+    batcher.close()
+    pipeline.join()
+    return elapsed
 
 
 def bench_kafka(texts: list[str], batch: int, device: str) -> tuple[float, list[float]]:

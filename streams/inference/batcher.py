@@ -57,6 +57,11 @@ class DynamicBatcher:
         """Texts waiting for the device."""
         return self._texts
 
+    @property
+    def closed(self) -> bool:
+        """Closed and empty: no batch will come any more."""
+        return self._closed and not self._items
+
     def __len__(self) -> int:
         return len(self._items)
 

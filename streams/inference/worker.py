@@ -1,9 +1,10 @@
 """The inference worker: a consumer group on ``inference.requests`` that answers every request once.
 
-Two threads. The Kafka thread consumes, decodes and checks requests, queues them in the
-:class:`~streams.inference.batcher.DynamicBatcher` and answers what the compute thread finished;
-the compute thread takes batches, tokenizes and runs the model (torch releases the GIL, so Kafka
-work overlaps the forward pass). Above ``EZ_INFERENCE_MAX_QUEUE`` queued texts the Kafka thread
+Three threads. The Kafka thread consumes, decodes and checks requests, queues them in the
+:class:`~streams.inference.batcher.DynamicBatcher` and answers what the
+:class:`~streams.inference.pipeline.ComputePipeline` finished: its tokenizer thread prepares the
+next batch while its device thread runs the model on the previous one (torch and the tokenizer
+release the GIL, so Kafka work, tokenizing and the forward pass overlap). Above ``EZ_INFERENCE_MAX_QUEUE`` queued texts the Kafka thread
 pauses its partitions, so memory stays bounded however fast requests come.
 
 Exactly one result per request: results are produced in a Kafka transaction together with the
@@ -38,6 +39,7 @@ from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import Settings
 from streams.inference.batcher import DynamicBatcher, Work
 from streams.inference.models import Model, known_models, load_model
+from streams.inference.pipeline import ComputePipeline
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +79,6 @@ def check_request(request: InferenceRequest, model: Model, settings: Settings, n
             raise RequestError(f"deadline passed: sent {now_ms - sent_ms} ms ago, deadline {request.deadline_ms} ms")
 
 
-def compute(model: Model, batch: list[Work], max_batch: int) -> None:
-    """Run ``model`` on the texts of ``batch``, ``max_batch`` at a time, and attach the vectors."""
-    texts = [t for w in batch for t in w.texts]
-    if not texts:
-        return
-    start = time.monotonic()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
-    vectors = [None] * len(texts)
-    for lo in range(0, len(order), max_batch):
-        idx = order[lo:lo + max_batch]
-        out = model.run(model.prepare([texts[i] for i in idx]))
-        for row, i in enumerate(idx):
-            vectors[i] = out[row]
-    elapsed_ms = (time.monotonic() - start) * 1000
-    at = 0
-    for w in batch:
-        w.queue_ms = (start - w.received) * 1000
-        w.compute_ms = elapsed_ms
-        w.vectors = vectors[at:at + len(w.texts)]
-        at += len(w.texts)
-
-
 class InferenceWorker:
     """``run()`` blocks until :meth:`stop`: consume, batch, compute, answer in transactions.
 
@@ -121,8 +101,7 @@ class InferenceWorker:
         self._batcher = DynamicBatcher(settings.inference_max_batch, settings.inference_max_wait_ms / 1000)
         self._done: list[Work] = []
         self._done_lock = threading.Lock()
-        self._in_flight = 0  # taken by the compute thread, not yet in _done
-        self._compute_error: BaseException | None = None
+        self._pipeline: ComputePipeline | None = None
         self._paused = False
         self._assigned: set[int] = set()
         self._outstanding = 0  # consumed, not yet answered
@@ -167,8 +146,8 @@ class InferenceWorker:
 
     def run(self) -> None:
         self._setup()
-        compute_thread = threading.Thread(target=self._compute_loop, name="inference-compute", daemon=True)
-        compute_thread.start()
+        self._pipeline = ComputePipeline(self.model, self._batcher, self.settings.inference_max_batch,
+                                         self._finished).start()
         self.ready.set()
         try:
             while not self._stopping.is_set():
@@ -186,7 +165,7 @@ class InferenceWorker:
             self._drain()
         finally:
             self._batcher.close()
-            compute_thread.join(10)
+            self._pipeline.join(10)
             self._consumer.close()
             self._producer.flush(10)
 
@@ -220,26 +199,13 @@ class InferenceWorker:
         if topic not in self._known_topics:
             raise RequestError(f"reply topic {topic!r} does not exist")
 
-    def _compute_loop(self) -> None:
-        try:
-            while True:
-                batch = self._batcher.take(0.1)
-                if not batch:
-                    if self._stopping.is_set() and not len(self._batcher):
-                        return
-                    continue
-                with self._done_lock:
-                    self._in_flight += len(batch)
-                compute(self.model, batch, self.settings.inference_max_batch)
-                with self._done_lock:
-                    self._done.extend(batch)
-                    self._in_flight -= len(batch)
-        except BaseException as exc:  # surfaced on the Kafka thread, which stops the worker
-            self._compute_error = exc
+    def _finished(self, batch: list[Work]) -> None:
+        with self._done_lock:
+            self._done.extend(batch)
 
     def _check_compute(self) -> None:
-        if self._compute_error is not None:
-            raise self._compute_error
+        if self._pipeline is not None and self._pipeline.error is not None:
+            raise self._pipeline.error
 
     # -- answering -------------------------------------------------------------------------------
 

