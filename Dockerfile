@@ -21,7 +21,7 @@ COPY connectors ./connectors
 COPY streams ./streams
 COPY infra ./infra
 RUN pip install --no-deps -e '.[stream]' \
-    && useradd --uid 10001 --user-group --no-create-home ezstream \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir "$EZ_HOME" ezstream \
     && mkdir -p "$EZ_HOME" && chown ezstream:ezstream "$EZ_HOME"
 USER 10001
 ENTRYPOINT []
