@@ -292,5 +292,7 @@ def test_compose_runs_a_worker_per_role():
         assert service["command"] == ["ezstream", "worker", "--only", role]
         assert service["image"] == IMAGE
         assert service["healthcheck"]["test"][-1] == f"/var/lib/ezstream/run/worker-{role}.ready"
+        # Opt-in, so `up -d` still starts the services alone, as the README describes.
+        assert service["profiles"] == ["workers"]
     built = [s for s in services.values() if s.get("build")]
     assert built and all(s["image"] == IMAGE for s in built)
