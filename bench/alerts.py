@@ -92,7 +92,11 @@ def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, rea
     consumer = Consumer(client_config(settings, **{"group.id": "bench-" + uuid.uuid4().hex,
                                                    "fetch.wait.max.ms": 100}))
     # From the current end of every partition, fixed before anything is sent: nothing is missed.
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    deadline = time.monotonic() + 30
+    while not (partitions := consumer.list_topics(topic, timeout=10).topics[topic].partitions):
+        if time.monotonic() > deadline:  # a topic just created may not have its metadata yet
+            raise SystemExit(f"no partitions for {topic}")
+        time.sleep(0.2)
     consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
                      for p in partitions])
     ready.set()
