@@ -109,6 +109,8 @@ class InferenceWorker:
         self._producer: Any = None
         self._dlq: DeadLetters | None = None
         self._known_topics: set[str] = set()
+        #: Catalogue topics no result may be sent to: the other event topics and every DLQ.
+        self._foreign_topics = {spec.name for spec in catalogue(settings)} - {self._results}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -193,10 +195,17 @@ class InferenceWorker:
 
     def _check_reply_topic(self, request: InferenceRequest) -> None:
         topic = request.reply_topic
-        if topic is None or topic in self._known_topics:
+        if topic is None:
+            return
+        if topic in self._foreign_topics:
+            request.reply_topic = None  # the refusal itself goes to inference.results
+            raise RequestError(f"reply topic {topic!r} carries other events; results go to "
+                               f"{self._results} or a topic of the requester's own")
+        if topic in self._known_topics:
             return
         self._known_topics = set(self._consumer.list_topics(timeout=10).topics)
         if topic not in self._known_topics:
+            request.reply_topic = None
             raise RequestError(f"reply topic {topic!r} does not exist")
 
     def _finished(self, batch: list[Work]) -> None:

@@ -23,7 +23,7 @@ from connectors.kafka.config import client_config
 from connectors.kafka.dlq import ERROR_CLASS, read_dead_letters
 from connectors.kafka.events import InferenceRequest, InferenceResult
 from connectors.kafka.producer import EventProducer
-from connectors.kafka.topics import catalogue, dlq_topic, ensure_topics, topic_name
+from connectors.kafka.topics import TopicSpec, catalogue, dlq_topic, ensure_topics, topic_name
 from connectors.settings import Settings
 from streams.inference.service import ready_file
 from tests.conftest import wait_for
@@ -218,10 +218,21 @@ def test_meaning_and_poison_requests(inf, workers):
         assert "empty" in reasons["empty"] and "no inputs" in reasons["none"]
         assert "501 characters" in reasons["too long"] and "task 'generate'" in reasons["model"]
 
+    own = topic_name(inf, "replies.agent-7")
+    ensure_topics(inf, [TopicSpec(own, 1, 1, {})])
+    with InferenceClient(inf, reply_topic=own) as client:
+        assert len(client.embed(["to a topic of my own"], timeout=60)) == 1
+    with InferenceClient(inf, reply_topic=topic_name(inf, "agent.tasks")) as client:
+        future = client.submit(["into the task events?"])
+        client.flush()
+    refused = wait_for(lambda: [r for r, _ in read_results(inf) if r.correlation_id == future.correlation_id],
+                       60, "the refusal on inference.results")
+    assert "carries other events" in refused[0].error
+
     letters = wait_for(lambda: (d := read_dead_letters(inf, dlq_topic(topic_name(inf, InferenceRequest.TOPIC))))
-                       and len(d) >= 5 and d, 30, "5 dead letters")
+                       and len(d) >= 6 and d, 30, "6 dead letters")
     classes = Counter(d.headers[ERROR_CLASS] for d in letters)
-    assert classes == Counter({"RequestError": 4, "BadMarker": 1}), classes
+    assert classes == Counter({"RequestError": 5, "BadMarker": 1}), classes
 
 
 def test_timeout_names_the_request(inf):
