@@ -149,3 +149,12 @@ def test_pipeline_answers_every_batch_in_order_and_stops_when_closed():
     assert [w.offset for w in done] == list(range(20))
     assert all(len(w.vectors or []) == len(w.texts) for w in done)
     assert not any(t.is_alive() for t in pipeline._threads)
+
+
+def test_cuda_is_picked_when_torch_sees_a_gpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == "cpu"
+    assert pick_device("cuda:1") == "cuda:1"  # EZ_INFERENCE_DEVICE wins
