@@ -59,7 +59,7 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
     from infra.local import Stack
     from streams.query_server import query
     from streams.simulate import format_report, run_simulation
-    from streams.worker import ROLES, start_detached
+    from streams.worker import ROLES, start_detached, stop_detached
 
     for name, value in DEMO_FLUSH.items():
         os.environ.setdefault(name, value)
@@ -72,6 +72,9 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
         if outcome == "created":
             echo(f"topic {name} created")
     echo("\n== Workers: one process per role (lake, ClickHouse, alerts), so each has a core of its own")
+    # Workers left by an earlier run may predate this checkout's code and migrations: start afresh.
+    for name in stop_detached(settings):
+        echo(f"{name} (from an earlier run) stopped")
     for role in ROLES:
         echo(f"worker ({role}) {start_detached(settings, [role])}; log: {settings.logs_dir}/worker-{role}.log")
 
@@ -163,7 +166,7 @@ def _print_totals(settings: Settings, marks: dict[tuple[str, int], int], echo: C
 
     db = settings.clickhouse_database
     in_lake = set(list_tables(settings))
-    echo(f"{'table':<12} {'ClickHouse rows':>16} {'lake rows':>12} {'ClickHouse cost':>16} {'lake cost':>12}")
+    echo(f"{'table':<18} {'ClickHouse rows':>16} {'lake rows':>12} {'ClickHouse cost':>16} {'lake cost':>12}")
     echo("(up to the Kafka offsets of the moment the traffic ended)")
     agree = True
     for table in TABLES.values():
@@ -176,6 +179,6 @@ def _print_totals(settings: Settings, marks: dict[tuple[str, int], int], echo: C
         (ch_rows, ch_cost), (lake_rows, lake_cost) = ch[0], lake[0]
         same = ch_rows == lake_rows and abs(float(ch_cost) - float(lake_cost)) < 1e-6
         agree &= same
-        echo(f"{table:<12} {ch_rows:>16,} {lake_rows:>12,} {float(ch_cost):>16.4f} {float(lake_cost):>12.4f}  "
+        echo(f"{table:<18} {ch_rows:>16,} {lake_rows:>12,} {float(ch_cost):>16.4f} {float(lake_cost):>12.4f}  "
              f"{'match' if same else 'DIFFER'}")
     return agree

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-
 from connectors.inference import InferenceClient
 from connectors.lake import storage_options, table_uri
 from streams.inference.search import search
