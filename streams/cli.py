@@ -47,17 +47,13 @@ def down() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def status(as_json: bool) -> None:
-    """Print each service with its address and health; exit 1 if one is down."""
-    from infra.local import Stack
+    """Services, workers, consumer lag per group and topic, last writes, DLQ sizes, the alerts
+    role; exit 1 if a service is down."""
+    from streams.operator_status import format_view, operator_view
 
-    rows = Stack(_settings()).status()
-    if as_json:
-        click.echo(json.dumps({"services": [row.__dict__ for row in rows]}, indent=2))
-    else:
-        click.echo(f"{'SERVICE':<11} {'ADDRESS':<40} {'STATE':<9} HEALTH")
-        for row in rows:
-            click.echo(f"{row.name:<11} {row.address:<40} {row.state:<9} {'ok' if row.healthy else 'DOWN'}")
-    if not all(row.healthy for row in rows):
+    view = operator_view(_settings())
+    click.echo(json.dumps(view, indent=2) if as_json else format_view(view))
+    if not all(service["healthy"] for service in view["services"]):
         sys.exit(1)
 
 
