@@ -18,7 +18,7 @@ from connectors.clickhouse import get_client
 from connectors.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations
 from connectors.clickhouse.sink import ClickHouseSink
 from connectors.errors import ConfigError, TerminalError, TransientError
-from connectors.kafka.events import Alert, LlmCall, LlmWindow, TaskEvent, Telemetry
+from connectors.kafka.events import Alert, InferenceResult, LlmCall, LlmWindow, TaskEvent, Telemetry
 from connectors.settings import Settings, load_settings
 from connectors.sink import TABLES, OffsetRange, ResumePoint, SinkBatch
 from infra.local.net import free_port
@@ -114,6 +114,17 @@ def windows(n: int) -> list[LlmWindow]:
             calls=10 + i, errors=i, rate_limited=0, input_tokens=1000, output_tokens=200, cost_usd=0.25 * i,
             latency_p50_ms=400.0, latency_p95_ms=900.0, latency_p99_ms=1200.0 + i,
             latency_sketch='{"relative_accuracy":0.01,"zero_count":0.0,"bins":[[300,10.0]]}', closed_by="watermark",
+        )
+        for i in range(n)
+    ]
+
+
+def results(n: int) -> list[InferenceResult]:
+    return [
+        InferenceResult(
+            event_time=NOW, agent_id=f"dev-{i}", agent_type="development", tenant_id="tenant-1", trace_id="t",
+            correlation_id=f"corr-{i}", model="all-MiniLM-L6-v2", model_version="0.1.0+abc",
+            embeddings=[[0.25, -0.5, 1.0], [0.125 * i, 0.0, -1.0]], queue_ms=1.5, compute_ms=12.0, error=None,
         )
         for i in range(n)
     ]
@@ -300,13 +311,20 @@ def test_rows_that_cannot_be_stored_are_a_terminal_error(sink, ch_settings):
 
 def test_every_event_type_reads_back_exactly(sink, ch_settings):
     tasks, calls, health, raised, closed = task_events(40), llm_calls(60), telemetry(25), alerts(3), windows(2)
-    for offset, events in enumerate((tasks, calls, health, raised, closed)):
+    answered = results(2)
+    for offset, events in enumerate((tasks, calls, health, raised, closed, answered)):
         sink.write(make_batch(events, partition=offset, first=100 * offset))
 
     client = get_client(ch_settings)
     db = ch_settings.clickhouse_database
     counts = {table: scalar(ch_settings, f"SELECT count() FROM {{db}}.{table}") for table in TABLES.values()}
-    assert counts == {"task_events": 40, "llm_calls": 60, "telemetry": 25, "alerts": 3, "llm_windows": 2}
+    assert counts == {"task_events": 40, "llm_calls": 60, "telemetry": 25, "alerts": 3, "llm_windows": 2,
+                      "inference_results": 2}
+    # One vector per input, as Float32, for the knowledge store.
+    assert client.query(f"SELECT correlation_id, input_index, embedding FROM {db}.inference_vectors "
+                        "ORDER BY correlation_id, input_index").result_rows == [
+        ("corr-0", 0, [0.25, -0.5, 1.0]), ("corr-0", 1, [0.0, 0.0, -1.0]),
+        ("corr-1", 0, [0.25, -0.5, 1.0]), ("corr-1", 1, [0.125, 0.0, -1.0])]
     assert client.query(f"SELECT agent_id, calls, cost_usd, latency_p99_ms, closed_by FROM {db}.llm_windows "
                         "ORDER BY agent_id").result_rows == [
         (w.agent_id, w.calls, w.cost_usd, w.latency_p99_ms, w.closed_by) for w in closed]

@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+
+from pydantic import SecretStr
 
 from connectors.inference import InferenceClient
 from connectors.lake import storage_options, table_uri
@@ -24,7 +27,13 @@ DOCS = [
 
 
 def test_results_land_in_lake_and_clickhouse_and_search_finds_the_nearest(settings, unique, tmp_path):
-    inf = settings.model_copy(update={"topic_prefix": f"s.{unique}.", "topic_partitions": 3})
+    # A chDB folder of its own: the engine of the session's folder may be open in this process.
+    inf = settings.model_copy(update={
+        "topic_prefix": f"s.{unique}.", "topic_partitions": 3,
+        "lake_uri": f"file://{tmp_path}/lake",
+        "clickhouse_dsn": SecretStr(f"chdb://{tmp_path}/clickhouse"),
+        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
+    })
     sinks = Worker(inf, "lake,clickhouse", tmp_path / "sinks").start()
     model_worker = InferenceWorkerProcess(inf, tmp_path / "inference", "w1", {})
     try:
