@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     clickhouse_ttl_days: int = Field(
         default=365, ge=1, description="Days ClickHouse keeps event rows (table TTL on event_time)."
     )
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="ClickHouse cluster name (remote_servers): migrations then create ReplicatedMergeTree "
+        "tables ON CLUSTER with a Distributed table over them; unset: one server or the embedded engine.",
+    )
 
     # Batch jobs (Airflow DAGs)
     lake_retention_days: int = Field(
@@ -209,6 +215,18 @@ class Settings(BaseSettings):
     )
     inference_max_chars: int = Field(
         default=8192, ge=1, description="Inference worker: longest text in characters; longer gets an error result."
+    )
+
+    # Free text in events (prompt/output snippets may hold personal data)
+    capture_snippets: bool = Field(
+        default=False,
+        description="Keep the prompt/output snippets of LLM calls (producer SDK and sinks); off: they are "
+        "dropped (null) before they leave the producer or reach the lake and ClickHouse.",
+    )
+    snippet_max_chars: int = Field(
+        default=256, ge=1, le=65536,
+        description="Longest prompt/output snippet kept, in characters, when EZ_CAPTURE_SNIPPETS is on; "
+        "longer ones are cut.",
     )
 
     # Operations
