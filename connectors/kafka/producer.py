@@ -2,7 +2,9 @@
 
 Idempotent (``enable.idempotence``, ``acks=all``), batched by librdkafka (``linger.ms``), with a
 delivery callback per message. An invalid event raises :class:`~connectors.kafka.codec.InvalidEvent`
-before anything is sent; a message the broker did not take is counted and reported at
+before anything is sent. Free-text fields (the prompt/output snippets of LLM calls) are dropped
+unless ``EZ_CAPTURE_SNIPPETS`` is on, and then cut to ``EZ_SNIPPET_MAX_CHARS``, before encoding
+(:mod:`connectors.kafka.freetext`). A message the broker did not take is counted and reported at
 :meth:`EventProducer.flush` / :meth:`EventProducer.close` as a :class:`DeliveryError`.
 """
 
@@ -17,6 +19,7 @@ from connectors.errors import TransientError
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.config import client_config
 from connectors.kafka.events import Event
+from connectors.kafka.freetext import FreeTextPolicy
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
@@ -67,6 +70,7 @@ class EventProducer:
 
         self.settings = settings
         self.codec = codec or default_codec()
+        self.free_text = FreeTextPolicy.from_settings(settings)
         self._on_delivery = on_delivery
         self._producer = Producer(client_config(settings, **{**PRODUCER_DEFAULTS, **overrides}))
         self._topics = {event: topic_name(settings, topic) for topic, event in TOPIC_EVENTS.items()}
@@ -83,15 +87,18 @@ class EventProducer:
         self.send_record(event.EVENT, event.to_record(), topic=topic)
 
     def send_record(self, event: str, record: Mapping[str, Any], *, topic: str | None = None) -> None:
-        """Validate, encode and queue one record of ``event`` (e.g. ``llm_call``).
+        """Validate, encode and queue one record of ``event`` (e.g. ``llm_call``), its free-text
+        fields dropped or cut first (see :attr:`free_text`).
 
         :raises InvalidEvent: the record does not match the schema; nothing was sent.
         """
+        record = self.free_text.record(event, record)
         value = self.codec.encode(event, record)
         self.send_encoded(topic or self.topic_for(event), record["agent_id"], value)
 
     def send_encoded(self, topic: str, key: str | bytes | None, value: bytes) -> None:
-        """Queue an already encoded message; waits for room when the local queue is full."""
+        """Queue an already encoded message as it is (no free-text policy: the sinks still apply
+        it); waits for room when the local queue is full."""
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)

@@ -30,6 +30,7 @@ from streams import metrics
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.config import client_config
 from connectors.kafka.dlq import DeadLetters
+from connectors.kafka.freetext import FreeTextPolicy
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
@@ -114,6 +115,8 @@ class SinkRunner:
         self.name = sink.name
         self.policy = policy or FlushPolicy.for_sink(settings, sink.name)
         self.codec = codec or default_codec()
+        # Other producers than the SDK exist: free text is dropped or cut again before any write.
+        self.free_text = FreeTextPolicy.from_settings(settings)
         self.fetch_messages = fetch_messages
         self.group = f"{settings.topic_prefix}ezstream.{sink.name}"
         self._catalogue = {topic_name(settings, t): t for t in (topics or list(TABLES))}
@@ -292,7 +295,7 @@ class SinkRunner:
                                                 failure.error_class).inc()
             self.stats.dead_letters += len(result.failures)
             good = [m for i, m in enumerate(messages) if i not in failed]
-        table = result.table
+        table = self.free_text.table(event, result.table)
         table = table.append_column(PARTITION_COLUMN, pa.array([m.partition() for m in good], pa.int32()))
         return table.append_column(OFFSET_COLUMN, pa.array([m.offset() for m in good], pa.int64()))
 
