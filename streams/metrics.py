@@ -44,6 +44,21 @@ WINDOWS_CLOSED = Counter("ezstream_windows_closed", "Closed LLM-call windows pro
 LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rule (still in lake and ClickHouse).",
                     ["rule"], registry=REGISTRY)
 
+INFERENCE_REQUESTS = Counter("ezstream_inference_requests", "Inference requests read (decoded), answerable or not.",
+                             registry=REGISTRY)
+INFERENCE_RESULTS = Counter("ezstream_inference_results", "Inference results committed, error results included.",
+                            registry=REGISTRY)
+INFERENCE_ERRORS = Counter("ezstream_inference_errors", "Inference results committed with an error (the request "
+                           "could not be computed).", registry=REGISTRY)
+INFERENCE_QUEUE_TEXTS = Gauge("ezstream_inference_queue_texts", "Texts read by the inference worker and not yet "
+                              "computed (queued or being tokenized).", registry=REGISTRY)
+INFERENCE_BATCH_TEXTS = Histogram("ezstream_inference_batch_texts", "Texts per forward pass of the model.",
+                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=REGISTRY)
+INFERENCE_FORWARD_SECONDS = Histogram("ezstream_inference_forward_seconds", "Seconds of one forward pass of the "
+                                      "model (tokenizing not included).",
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+                                      registry=REGISTRY)
+
 
 def serve(host: str, port: int) -> None:
     """Serve ``/metrics`` on ``host:port`` from a daemon thread."""

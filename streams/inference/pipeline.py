@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streams import metrics
 from streams.inference.batcher import DynamicBatcher, Work
 from streams.inference.models import Model
 
@@ -46,7 +47,10 @@ def finish(model: Model, prepared: Prepared) -> None:
     run_start = time.monotonic()
     vectors: list[Any] = [None] * prepared.texts
     for idx, inputs in prepared.slices:
+        started = time.monotonic()
         out = model.run(inputs)
+        metrics.INFERENCE_FORWARD_SECONDS.observe(time.monotonic() - started)
+        metrics.INFERENCE_BATCH_TEXTS.observe(len(idx))
         for row, i in enumerate(idx):
             vectors[i] = out[row]
     compute_ms = (prepared.prepare_s + time.monotonic() - run_start) * 1000

@@ -17,10 +17,17 @@ def ready_file(settings: Settings, instance: str) -> Path:
 
 
 def run_inference_worker(settings: Settings, *, instance: str | None = None, loglevel: str = "info") -> None:
-    """Run an inference worker until SIGINT/SIGTERM; it answers what it consumed before it exits."""
+    """Run an inference worker until SIGINT/SIGTERM; it answers what it consumed before it exits.
+
+    Its Prometheus metrics are served on ``EZ_METRICS_PORT`` when set, as by every worker.
+    """
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel, loglevel.upper())
     logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     worker = InferenceWorker(settings, instance=instance)
+    if settings.metrics_port is not None:
+        from streams.metrics import serve
+
+        serve(settings.metrics_host, settings.metrics_port)
     ready = ready_file(settings, worker.instance)
     ready.unlink(missing_ok=True)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -37,6 +37,7 @@ from connectors.kafka.dlq import DeadLetters
 from connectors.kafka.events import InferenceRequest, InferenceResult
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import Settings
+from streams import metrics
 from streams.inference.batcher import DynamicBatcher, Work
 from streams.inference.models import Model, known_models, load_model
 from streams.inference.pipeline import ComputePipeline
@@ -157,11 +158,15 @@ class InferenceWorker:
                 busy = self._outstanding > 0
                 messages = self._consumer.consume(1000, timeout=0.005 if busy else 0.1)
                 now_ms = int(time.time() * 1000)
+                read = 0
                 for msg in messages:
                     if msg.error() is not None:
                         log.warning("inference consumer: %s", msg.error().str())
                         continue
                     self._accept(msg, now_ms)
+                    read += 1
+                if read:
+                    metrics.EVENTS_IN.labels("inference", InferenceRequest.TOPIC).inc(read)
                 self._answer()
                 self._backpressure()
             self._drain()
@@ -178,20 +183,26 @@ class InferenceWorker:
             _, record = self.codec.decode(msg.value(), InferenceRequest.EVENT)
             request = InferenceRequest(**record)
         except CodecError as exc:
-            self._dlq.send(msg, type(exc).__name__, str(exc))
-            self.stats["dead_letters"] += 1
+            self._dead_letter(msg, exc)
         else:
             work.request = request
+            metrics.INFERENCE_REQUESTS.inc()
             try:
                 check_request(request, self.model, self.settings, now_ms)
                 self._check_reply_topic(request)
                 work.texts = list(request.inputs)
             except RequestError as exc:
                 work.error = str(exc)
-                self._dlq.send(msg, type(exc).__name__, str(exc))
-                self.stats["dead_letters"] += 1
+                self._dead_letter(msg, exc)
         self._outstanding += 1
+        # Counted before the compute threads can see it, so the gauge never dips below zero.
+        metrics.INFERENCE_QUEUE_TEXTS.inc(len(work.texts))
         self._batcher.put(work)
+
+    def _dead_letter(self, msg: Any, exc: Exception) -> None:
+        self._dlq.send(msg, type(exc).__name__, str(exc))
+        self.stats["dead_letters"] += 1
+        metrics.DEAD_LETTERS.labels("inference", InferenceRequest.TOPIC, type(exc).__name__).inc()
 
     def _check_reply_topic(self, request: InferenceRequest) -> None:
         topic = request.reply_topic
@@ -209,6 +220,7 @@ class InferenceWorker:
             raise RequestError(f"reply topic {topic!r} does not exist")
 
     def _finished(self, batch: list[Work]) -> None:
+        metrics.INFERENCE_QUEUE_TEXTS.dec(sum(len(w.texts) for w in batch))
         with self._done_lock:
             self._done.extend(batch)
 
@@ -262,8 +274,12 @@ class InferenceWorker:
                 raise TransientError(f"inference results transaction aborted: {error.str()}") from None
             raise
         self._outstanding -= len(done)
-        self.stats["answered"] += sum(1 for w in done if w.request is not None)
-        self.stats["errors"] += sum(1 for w in done if w.error)
+        answered = sum(1 for w in done if w.request is not None)
+        errors = sum(1 for w in done if w.error)
+        self.stats["answered"] += answered
+        self.stats["errors"] += errors
+        metrics.INFERENCE_RESULTS.inc(answered)
+        metrics.INFERENCE_ERRORS.inc(errors)
 
     def _result(self, w: Work) -> InferenceResult:
         r = w.request
