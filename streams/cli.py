@@ -75,9 +75,11 @@ def topics() -> None:
 @topics.command("create")
 def topics_create() -> None:
     """Create every topic of the catalogue (and each .dlq) that is missing. Idempotent."""
+    from connectors.kafka.connect import check_connection
     from connectors.kafka.topics import catalogue, ensure_topics
 
     settings = _settings()
+    check_connection(settings)
     for name, outcome in ensure_topics(settings, catalogue(settings)).items():
         click.echo(f"{name:<28} {outcome}")
 
@@ -156,7 +158,11 @@ def produce(topic: str, source) -> None:
     from connectors.kafka.jsonl import produce_jsonl
     from connectors.kafka.producer import EventProducer
 
-    with EventProducer(_settings()) as producer:
+    from connectors.kafka.connect import check_connection
+
+    settings = _settings()
+    check_connection(settings)
+    with EventProducer(settings) as producer:
         report = produce_jsonl(producer, topic, source)
     for number, reason in report.rejected:
         click.echo(f"line {number}: {reason}", err=True)
@@ -196,8 +202,12 @@ def simulate(rate: float, duration: float, seed: int, agents: str | None) -> Non
     """Send realistic agent traffic (tasks, LLM calls, telemetry) from a simulated fleet."""
     from streams.simulate import format_report, parse_fleet, run_simulation
 
+    from connectors.kafka.connect import check_connection
+
     fleet = parse_fleet(agents) if agents else None
-    report = run_simulation(_settings(), rate=rate, duration_s=duration, seed=seed, fleet=fleet)
+    settings = _settings()
+    check_connection(settings)
+    report = run_simulation(settings, rate=rate, duration_s=duration, seed=seed, fleet=fleet)
     click.echo(format_report(report))
     if not report.ok:
         if report.error:
@@ -232,7 +242,10 @@ def inference_worker(instance: str | None, home: str | None, loglevel: str) -> N
     """Serve local models: consume inference.requests, batch, compute, answer on inference.results."""
     from streams.inference.service import run_inference_worker
 
+    from connectors.kafka.connect import check_connection
+
     settings = load_settings(home=home) if home else _settings()
+    check_connection(settings, timeout_s=settings.start_timeout_s)
     run_inference_worker(settings, instance=instance, loglevel=loglevel)
 
 

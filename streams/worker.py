@@ -114,6 +114,11 @@ def run_worker(settings: Settings, roles: list[str], loglevel: str = "info") -> 
 
     ``$EZ_HOME/run/worker-<roles>.ready`` exists while every sink loop of the worker runs.
     """
+    from connectors.kafka.connect import check_connection
+
+    # A refused login or an untrusted certificate fails here, once and clearly, instead of
+    # librdkafka retrying it in every consumer of the worker.
+    check_connection(settings, timeout_s=settings.start_timeout_s)
     app, runners = build_app(settings, roles)
     if settings.metrics_port is not None:
         from streams.metrics import serve

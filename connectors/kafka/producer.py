@@ -10,6 +10,7 @@ unless ``EZ_CAPTURE_SNIPPETS`` is on, and then cut to ``EZ_SNIPPET_MAX_CHARS``, 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from connectors.errors import TransientError
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.config import client_config
+from connectors.kafka.connect import KafkaAuthError, auth_error
 from connectors.kafka.events import Event
 from connectors.kafka.freetext import FreeTextPolicy
 from connectors.kafka.schemas import TOPIC_EVENTS
@@ -72,7 +74,11 @@ class EventProducer:
         self.codec = codec or default_codec()
         self.free_text = FreeTextPolicy.from_settings(settings)
         self._on_delivery = on_delivery
-        self._producer = Producer(client_config(settings, **{**PRODUCER_DEFAULTS, **overrides}))
+        #: Set when the broker refused the credentials or the TLS handshake (librdkafka would retry
+        #: forever); sending and flushing raise it.
+        self.auth_error: KafkaAuthError | None = None
+        self._producer = Producer(client_config(
+            settings, **{"error_cb": self._on_error, **PRODUCER_DEFAULTS, **overrides}))
         self._topics = {event: topic_name(settings, topic) for topic, event in TOPIC_EVENTS.items()}
         #: Messages queued for sending, per topic.
         self.sent: Counter[str] = Counter()
@@ -98,7 +104,12 @@ class EventProducer:
 
     def send_encoded(self, topic: str, key: str | bytes | None, value: bytes) -> None:
         """Queue an already encoded message as it is (no free-text policy: the sinks still apply
-        it); waits for room when the local queue is full."""
+        it); waits for room when the local queue is full.
+
+        :raises KafkaAuthError: the broker refused the credentials or the TLS handshake.
+        """
+        if self.auth_error is not None:
+            raise self.auth_error
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
@@ -106,8 +117,15 @@ class EventProducer:
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.05)
+                if self.auth_error is not None:
+                    raise self.auth_error from None
         self.sent[topic] += 1
         self._producer.poll(0)
+
+    def _on_error(self, error: Any) -> None:
+        problem = auth_error(self.settings, error)
+        if problem is not None and self.auth_error is None:
+            self.auth_error = problem
 
     def topic_for(self, event: str) -> str:
         """The topic on the broker that carries ``event``."""
@@ -122,8 +140,15 @@ class EventProducer:
         """Wait until every queued message is acknowledged.
 
         :raises DeliveryError: messages are still queued after ``timeout_s``, or some failed.
+        :raises KafkaAuthError: the broker refused the credentials or the TLS handshake.
         """
-        remaining = self._producer.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        remaining = len(self._producer)
+        while remaining and self.auth_error is None and time.monotonic() < deadline:
+            # Short flushes, so a refused login ends the wait at once instead of at the timeout.
+            remaining = self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+        if self.auth_error is not None:
+            raise self.auth_error
         if remaining:
             raise DeliveryError(
                 f"{remaining} message(s) not acknowledged by {self.settings.kafka_bootstrap} "
@@ -143,7 +168,7 @@ class EventProducer:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
+        elif self.auth_error is None:
             # Deliver what was queued, but let the original error surface.
             self._producer.flush(10)
 

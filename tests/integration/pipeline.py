@@ -47,6 +47,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["EZ_ALERTS_CHECKPOINT_SECONDS"] = str(settings.alerts_checkpoint_seconds)
     if settings.metrics_port is not None:
         env["EZ_METRICS_PORT"] = str(settings.metrics_port)
+    env["EZ_KAFKA_SECURITY_PROTOCOL"] = settings.kafka_security_protocol.value
+    if settings.kafka_sasl_mechanism is not None:
+        env["EZ_KAFKA_SASL_MECHANISM"] = settings.kafka_sasl_mechanism.value
+    if settings.kafka_sasl_username is not None:
+        env["EZ_KAFKA_SASL_USERNAME"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        env["EZ_KAFKA_SASL_PASSWORD"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location is not None:
+        env["EZ_KAFKA_SSL_CA_LOCATION"] = str(settings.kafka_ssl_ca_location)
     if settings.s3_endpoint:
         env["EZ_S3_ENDPOINT"] = settings.s3_endpoint
     if settings.s3_access_key_id:
