@@ -13,7 +13,7 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -236,6 +236,11 @@ class Settings(BaseSettings):
         "worker process.",
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics endpoint listens on.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Worker log lines: `text`, or `json` (one object per line with time, level, logger, "
+        "message and context such as trace_id, topic, partition, offset). Secrets are scrubbed in both.",
+    )
 
     # Sinks: one batching loop per sink; a batch is written when any limit is reached.
     lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")

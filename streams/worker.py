@@ -134,11 +134,25 @@ def run_worker(settings: Settings, roles: list[str], loglevel: str = "info") -> 
         ready.touch()
 
     threading.Thread(target=announce, name="announce-ready", daemon=True).start()
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = _Worker(settings, app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
         ready.unlink(missing_ok=True)
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, its log handlers given the configured format and the secret filter."""
+
+    def __init__(self, settings: Settings, *args, **kwargs) -> None:
+        self._settings = settings
+        super().__init__(*args, **kwargs)
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        from streams.logs import configure_handlers
+
+        configure_handlers(self._settings, logger.handlers)
 
 
 def _detached_process(settings: Settings, roles: list[str]):

@@ -517,6 +517,9 @@ class IntelligenceProcessor:
             return
         self.stats[f"alerts.{alert.kind}.{alert.state}"] += 1
         metrics.ALERTS.labels(alert.kind, alert.state).inc()
+        log.info("alert %s %s (%s) for %s: %s", alert.kind, alert.state, alert.severity, alert.subject,
+                 alert.message, extra={"trace_id": alert.trace_id, "alert_id": alert.alert_id,
+                                       "agent_id": alert.agent_id, "tenant_id": alert.tenant_id})
         self._producer.produce(self._alerts_topic, key=alert.agent_id.encode(),
                                value=self.codec.encode("alert", alert.to_record()),
                                on_delivery=self._delivered(alert))

@@ -290,7 +290,12 @@ class SinkRunner:
             failed = {f.index for f in result.failures}
             for failure in result.failures:
                 if self._dlq is not None:
-                    self._dlq.send(messages[failure.index], failure.error_class, failure.message)
+                    bad = messages[failure.index]
+                    log.warning("%s: dead letter %s[%d]@%d: %s: %s", self.sink.name, bad.topic(), bad.partition(),
+                                bad.offset(), failure.error_class, failure.message,
+                                extra={"topic": bad.topic(), "partition": bad.partition(), "offset": bad.offset(),
+                                       "error_class": failure.error_class})
+                    self._dlq.send(bad, failure.error_class, failure.message)
                     metrics.DEAD_LETTERS.labels(self.sink.name, self._catalogue.get(messages[failure.index].topic(), ""),
                                                 failure.error_class).inc()
             self.stats.dead_letters += len(result.failures)

@@ -47,6 +47,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["EZ_ALERTS_CHECKPOINT_SECONDS"] = str(settings.alerts_checkpoint_seconds)
     if settings.metrics_port is not None:
         env["EZ_METRICS_PORT"] = str(settings.metrics_port)
+    env["EZ_LOG_FORMAT"] = settings.log_format
     env["EZ_KAFKA_SECURITY_PROTOCOL"] = settings.kafka_security_protocol.value
     if settings.kafka_sasl_mechanism is not None:
         env["EZ_KAFKA_SASL_MECHANISM"] = settings.kafka_sasl_mechanism.value

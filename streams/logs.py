@@ -1,0 +1,115 @@
+"""Worker logging: plain text or one JSON object per line (``EZ_LOG_FORMAT``), secrets scrubbed.
+
+A JSON line carries ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, ``process``,
+``thread`` and whatever the call site passed as ``extra`` -- ``trace_id``, ``agent_id``, ``topic``,
+``partition``, ``offset``, ``alert_id``... -- so a log pipeline can join a worker's lines to the
+events (and the traces) they are about, e.g.::
+
+    log.info("alert raised", extra={"trace_id": alert.trace_id, "alert_id": alert.alert_id})
+
+Whatever the format, every secret value of the settings (SASL and key passwords, the S3 secret
+key, the password of the ClickHouse DSN, the webhook URL) is replaced by ``***`` in every line,
+exception text included: a library that prints a URL or a config dict cannot leak them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from connectors.settings import Settings
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret in ``settings`` (and the password inside the ClickHouse DSN), longest first."""
+    values: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            raw = value.get_secret_value()
+            if raw:
+                values.append(raw)
+    password = urlsplit(settings.clickhouse_dsn.get_secret_value()).password
+    if password:
+        values.append(password)
+    # Short values would blank out ordinary words; the secrets worth guarding are longer.
+    return sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
+
+
+class ScrubSecrets(logging.Filter):
+    """Replaces each secret value in the record's final text (message, arguments, exception)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        scrubbed = self.scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self.scrub(text)
+            record.exc_info = None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, self.scrub(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; ``extra`` fields become keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            "thread": record.threadName,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["error"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_handlers(settings: Settings, handlers: list[logging.Handler]) -> None:
+    """Give ``handlers`` the configured format and the secret filter (idempotent)."""
+    scrub = ScrubSecrets(secret_values(settings))
+    for handler in handlers:
+        handler.filters = [f for f in handler.filters if not isinstance(f, ScrubSecrets)]
+        handler.addFilter(scrub)
+        if settings.log_format == "json":
+            handler.setFormatter(JsonFormatter())
+
+
+def configure(settings: Settings, level: str | int = "INFO") -> None:
+    """Root logging for a process that has none set up yet (the inference worker, scripts)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+    configure_handlers(settings, root.handlers)

@@ -1,0 +1,73 @@
+"""Log formatting and the secret filter of the workers (streams/logs.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from connectors.settings import load_settings
+from streams.logs import JsonFormatter, ScrubSecrets, configure_handlers, secret_values
+
+SETTINGS = dict(
+    kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="app",
+    kafka_sasl_password="kafka-pass-123", s3_secret_access_key="s3-secret-456",
+    clickhouse_dsn="http://analyst:ch-pass-789@db.internal:8123/ezstream",
+    alerts_webhook_url="https://hooks.example.com/services/T0/B0/hook-token-abc",
+)
+
+
+def _capture(settings) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    configure_handlers(settings, [handler])
+    logger = logging.getLogger(f"test.logs.{id(stream)}")
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.DEBUG)
+    return logger, stream
+
+
+def test_every_secret_of_the_settings_is_known_to_the_filter():
+    values = secret_values(load_settings(**SETTINGS))
+    for secret in ("kafka-pass-123", "s3-secret-456", "ch-pass-789",
+                   "https://hooks.example.com/services/T0/B0/hook-token-abc"):
+        assert any(secret in v for v in values), secret
+    assert "analyst" not in values and "app" not in values
+
+
+def test_secrets_are_scrubbed_from_messages_arguments_extras_and_tracebacks():
+    settings = load_settings(**SETTINGS)
+    logger, stream = _capture(settings)
+    logger.info("connecting with %s", "kafka-pass-123")
+    logger.warning("posting to https://hooks.example.com/services/T0/B0/hook-token-abc failed",
+                   extra={"dsn": "http://analyst:ch-pass-789@db.internal:8123"})
+    try:
+        raise RuntimeError("S3 said no to s3-secret-456")
+    except RuntimeError:
+        logger.exception("write failed")
+    text = stream.getvalue()
+    for secret in ("kafka-pass-123", "s3-secret-456", "ch-pass-789", "hook-token-abc"):
+        assert secret not in text
+    assert "connecting with ***" in text and "S3 said no to ***" in text and "posting to *** failed" in text
+
+
+def test_json_lines_carry_context_and_stay_scrubbed():
+    settings = load_settings(**SETTINGS, log_format="json")
+    logger, stream = _capture(settings)
+    logger.info("alert raised", extra={"trace_id": "t-1", "alert_id": "a-1", "partition": 3})
+    try:
+        raise ValueError("bad password kafka-pass-123")
+    except ValueError:
+        logger.error("boom", exc_info=True, extra={"trace_id": "t-2"})
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "alert raised" and first["level"] == "INFO"
+    assert (first["trace_id"], first["alert_id"], first["partition"]) == ("t-1", "a-1", 3)
+    assert second["trace_id"] == "t-2" and "ValueError: bad password ***" in second["error"]
+    assert "kafka-pass-123" not in stream.getvalue()
+
+
+def test_without_secrets_the_filter_changes_nothing():
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "plain %s", ("text",), None)
+    assert ScrubSecrets([]).filter(record) and record.getMessage() == "plain text"
+    assert json.loads(JsonFormatter().format(record))["message"] == "plain text"
