@@ -12,6 +12,15 @@ a second run applies nothing and an applied migration whose file changed is refu
 is a new migration, never an edit. ClickHouse has no transactional DDL, so every statement must
 be idempotent (``CREATE … IF NOT EXISTS``): a migration interrupted half-way, or applied by two
 workers starting at once, is simply applied again.
+
+On a cluster (``EZ_CLICKHOUSE_CLUSTER``) the same files are applied in a cluster form, rendered
+from each statement by :func:`render_migration` (so a file, and its checksum, stays the same for
+both): every DDL runs ``ON CLUSTER``; a table ``<name>`` becomes the replicated table
+``<name>_local`` on every node (``Replicated<engine>`` at ``/clickhouse/tables/{shard}/{database}/
+{table}``, replica ``{replica}``: the server's macros) and a Distributed table ``<name>`` over it,
+so the code reads and writes the names it always does; a materialized view reads the local
+source table and writes the local target table, on each shard. ``schema_migrations`` is
+replicated to every node of the cluster instead, so any node knows what was applied.
 """
 
 from __future__ import annotations
@@ -34,6 +43,25 @@ _FILE_NAME = re.compile(r"(?P<version>\d{3})_[a-z0-9_]+\.sql")
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 _COMMENT_LINE = re.compile(r"^\s*--.*$", re.M)
+_CREATE = re.compile(r"^CREATE (?P<kind>TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS (?P<db>\w+)\.(?P<name>\w+)\b")
+_ENGINE = re.compile(r"^ENGINE = (?P<engine>\w*MergeTree)(?:\((?P<args>[^()]*)\))?$", re.M)
+
+#: Replication of a cluster's tables: the server's macros fill in the Keeper path and replica name.
+#: The bookkeeping of the migrations is one table replicated to every node (its path has no
+#: shard), so its replica names must be unique across the cluster: shard and replica together.
+REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
+REPLICA_NAME = "{replica}"
+CLUSTER_WIDE_PATH = "/clickhouse/tables/all/{database}/{table}"
+CLUSTER_WIDE_REPLICA_NAME = "{shard}-{replica}"
+#: Suffix of the replicated table on each node under the Distributed table of the plain name.
+LOCAL_SUFFIX = "_local"
+#: How a Distributed table spreads the rows it is given: by agent where the table has agent_id,
+#: so an agent's events and the rollups built from them stay on one shard. The others name theirs.
+SHARDING_KEYS = {
+    "ingest_batches": "cityHash64(topic, partition)",
+    "task_state_agg": "cityHash64(tenant_id, task_id)",
+}
+DEFAULT_SHARDING_KEY = "cityHash64(agent_id)"
 
 
 @dataclass(frozen=True)
@@ -93,14 +121,10 @@ def apply_migrations(client: Any, settings: Settings, directory: Path = MIGRATIO
     :raises TransientError: ClickHouse could not be reached.
     """
     db = settings.clickhouse_database
-    values = {"db": db, "ttl_days": str(settings.clickhouse_ttl_days)}
     migrations = load_migrations(directory)
-    _run(client, settings, "creating the migrations table", [
-        f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations ("
-        "version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)"
-        ") ENGINE = MergeTree ORDER BY version",
-    ])
+    if settings.clickhouse_cluster:
+        _refuse_single_node_database(client, settings)
+    _run(client, settings, "creating the migrations table", bookkeeping_statements(settings))
     applied = _applied(client, settings)
     done: list[str] = []
     for migration in migrations:
@@ -113,7 +137,7 @@ def apply_migrations(client: Any, settings: Settings, directory: Path = MIGRATIO
                     f"{migration.checksum[:12]}…): applied migrations are never edited, add a new one"
                 )
             continue
-        _run(client, settings, f"applying migration {migration.name}", migration.statements(values))
+        _run(client, settings, f"applying migration {migration.name}", render_migration(migration, settings, migrations))
         try:
             client.insert(
                 f"{db}.schema_migrations",
@@ -124,6 +148,128 @@ def apply_migrations(client: Any, settings: Settings, directory: Path = MIGRATIO
             raise _error(settings, f"recording migration {migration.name}", exc) from None
         done.append(migration.name)
     return done
+
+
+def bookkeeping_statements(settings: Settings) -> list[str]:
+    """The statements that create the project database and ``schema_migrations``."""
+    db = settings.clickhouse_database
+    columns = "version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)"
+    cluster = settings.clickhouse_cluster
+    if not cluster:
+        return [
+            f"CREATE DATABASE IF NOT EXISTS {db}",
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations ({columns}) ENGINE = MergeTree ORDER BY version",
+        ]
+    on_cluster = _on_cluster(cluster)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}{on_cluster}",
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations{on_cluster} ({columns}) "
+        f"ENGINE = ReplicatedMergeTree('{CLUSTER_WIDE_PATH}', '{CLUSTER_WIDE_REPLICA_NAME}') ORDER BY version",
+    ]
+
+
+def render_migration(
+    migration: Migration, settings: Settings, migrations: list[Migration] | None = None
+) -> list[str]:
+    """The statements that apply ``migration`` with ``settings``: as written for one server, or
+    in their cluster form when ``EZ_CLICKHOUSE_CLUSTER`` is set (see the module's docstring).
+
+    :param migrations: every migration, for the names of the tables that earlier ones created
+        (a view reads the local table of any of them); the package's own by default.
+    :raises ConfigError: a placeholder is unknown, or a statement has no cluster form.
+    """
+    values = {"db": settings.clickhouse_database, "ttl_days": str(settings.clickhouse_ttl_days)}
+    statements = migration.statements(values)
+    cluster = settings.clickhouse_cluster
+    if not cluster:
+        return statements
+    tables = _storage_tables(migrations if migrations is not None else load_migrations(), values)
+    rendered: list[str] = []
+    for statement in statements:
+        rendered += _cluster_form(migration, statement, cluster, tables)
+    return rendered
+
+
+def _storage_tables(migrations: list[Migration], values: dict[str, str]) -> set[str]:
+    """Names of the MergeTree-family tables the migrations create: the ones that get a local table."""
+    tables = set()
+    for migration in migrations:
+        for statement in migration.statements(values):
+            create = _CREATE.match(statement)
+            if create and create["kind"] == "TABLE" and _ENGINE.search(statement):
+                tables.add(create["name"])
+    return tables
+
+
+def _on_cluster(cluster: str) -> str:
+    # The settings allow only [A-Za-z0-9_.-] in the name, so quoting it as a literal is safe.
+    return f" ON CLUSTER '{cluster}'"
+
+
+def _cluster_form(migration: Migration, statement: str, cluster: str, tables: set[str]) -> list[str]:
+    create = _CREATE.match(statement)
+    if create is None:
+        raise ConfigError(
+            f"ClickHouse migration {migration.name}: `{statement.splitlines()[0]}` has no cluster form "
+            "(only CREATE TABLE/MATERIALIZED VIEW/VIEW IF NOT EXISTS are rendered ON CLUSTER): "
+            "extend connectors.clickhouse.migrations for it"
+        )
+    db, name, kind = create["db"], create["name"], create["kind"]
+    on_cluster = _on_cluster(cluster)
+    if kind == "VIEW":
+        # A plain view reads the Distributed tables, which see every shard.
+        return [statement[: create.end()] + on_cluster + statement[create.end():]]
+    if kind == "MATERIALIZED VIEW":
+        # Each node's view sees the blocks inserted into its own local table and writes its shard's part.
+        if not tables:
+            return [statement[: create.end()] + on_cluster + statement[create.end():]]
+        local_names = re.compile(rf"\b{re.escape(db)}\.({'|'.join(map(re.escape, sorted(tables)))})\b")
+        rest = local_names.sub(rf"{db}.\g<1>{LOCAL_SUFFIX}", statement[create.end():])
+        return [statement[: create.end()] + on_cluster + rest]
+    engine = _ENGINE.search(statement)
+    if engine is None:
+        raise ConfigError(
+            f"ClickHouse migration {migration.name}: table {db}.{name} has no MergeTree engine on a line "
+            "of its own (ENGINE = …MergeTree[(…)]), so it has no replicated cluster form"
+        )
+    args = ", ".join(filter(None, [f"'{REPLICA_PATH}'", f"'{REPLICA_NAME}'", engine["args"]]))
+    local = (
+        statement[: create.start("name")] + name + LOCAL_SUFFIX + on_cluster
+        + statement[create.end(): engine.start()]
+        + f"ENGINE = Replicated{engine['engine']}({args})"
+        + statement[engine.end():].replace("non_replicated_deduplication_window", "replicated_deduplication_window")
+    )
+    key = SHARDING_KEYS.get(name)
+    if key is None:
+        if not re.search(r"^\s*agent_id\s", statement, re.M):
+            raise ConfigError(
+                f"ClickHouse migration {migration.name}: table {db}.{name} has no agent_id column "
+                "to shard by: add its sharding key to connectors.clickhouse.migrations.SHARDING_KEYS"
+            )
+        key = DEFAULT_SHARDING_KEY
+    distributed = (
+        f"CREATE TABLE IF NOT EXISTS {db}.{name}{on_cluster} AS {db}.{name}{LOCAL_SUFFIX} "
+        f"ENGINE = Distributed('{cluster}', '{db}', '{name}{LOCAL_SUFFIX}', {key})"
+    )
+    return [local, distributed]
+
+
+def _refuse_single_node_database(client: Any, settings: Settings) -> None:
+    """A database made for one server keeps plain tables: the cluster form would never be applied."""
+    db = settings.clickhouse_database
+    try:
+        rows = client.query(
+            "SELECT engine FROM system.tables WHERE database = %(db)s AND name = 'schema_migrations'",
+            parameters={"db": db},
+        ).result_rows
+    except (ClickHouseError, OSError) as exc:
+        raise _error(settings, "reading the engine of the migrations table", exc) from None
+    if rows and not str(rows[0][0]).startswith("Replicated"):
+        raise ConfigError(
+            f"ClickHouse database {db} was migrated for one server ({db}.schema_migrations is "
+            f"{rows[0][0]}), but EZ_CLICKHOUSE_CLUSTER is {settings.clickhouse_cluster}: its tables are not "
+            "replicated; use a new database (EZ_CLICKHOUSE_DATABASE) for the cluster and copy the data over"
+        )
 
 
 def _applied(client: Any, settings: Settings) -> dict[int, tuple[str, str]]:

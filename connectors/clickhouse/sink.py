@@ -37,6 +37,12 @@ INSERT_SETTINGS: dict[str, int] = {
     "async_insert": 0,
 }
 
+#: Added to every insert on a cluster (``EZ_CLICKHOUSE_CLUSTER``), where the tables written are
+#: Distributed: a foreground insert returns only once each shard's replicated table took its rows
+#: under the batch's insert_deduplication_token. A background one would return with the rows still
+#: queued on the node, and the batch would be marked written before it is stored.
+CLUSTER_INSERT_SETTINGS: dict[str, int] = {"distributed_foreground_insert": 1}
+
 # ClickHouse errors (besides CANNOT_PARSE_*) that say these rows cannot be stored: retrying cannot
 # help. Any other refusal, a column the table lacks (a missing migration) included, is retried:
 # it holds for every batch, and dead-lettering them all would empty the topic into its DLQ.
@@ -68,6 +74,7 @@ class ClickHouseSink(Sink):
         self.settings = settings
         self.group = group
         self.database = settings.clickhouse_database
+        self._insert_settings = {**INSERT_SETTINGS, **(CLUSTER_INSERT_SETTINGS if settings.clickhouse_cluster else {})}
         self._client: Any = None
 
     @property
@@ -128,7 +135,7 @@ class ClickHouseSink(Sink):
         row = [offsets.topic, offsets.partition, offsets.first, offsets.last, rows, written, self.group]
         try:
             self.client.insert(
-                f"{self.database}.ingest_batches", [row], column_names=_BATCHES_COLUMNS, settings=INSERT_SETTINGS
+                f"{self.database}.ingest_batches", [row], column_names=_BATCHES_COLUMNS, settings=self._insert_settings
             )
         except (ClickHouseError, OSError) as exc:
             raise self._error(exc, f"recording batch {offsets.token}") from None
@@ -137,7 +144,7 @@ class ClickHouseSink(Sink):
         doing = f"inserting batch {token} into {self.database}.{table}"
         try:
             self.client.insert_arrow(
-                table, rows, database=self.database, settings={**INSERT_SETTINGS, "insert_deduplication_token": token}
+                table, rows, database=self.database, settings={**self._insert_settings, "insert_deduplication_token": token}
             )
         except (ClickHouseError, OSError) as exc:
             raise self._error(exc, doing) from None
