@@ -116,8 +116,9 @@ def apply_migrations(client: Any, settings: Settings, directory: Path = MIGRATIO
     :param client: a clickhouse-connect client (see :func:`connectors.clickhouse.get_client`).
     :param directory: folder of the migration files; the package's own by default.
     :returns: the names of the migrations applied by this call, in order (empty when up to date).
-    :raises ConfigError: an applied migration's file changed, or a statement was refused
-        (the message names the migration).
+    :raises ConfigError: an applied migration's file changed, a statement was refused or has no
+        cluster form (the message names the migration), or ``EZ_CLICKHOUSE_CLUSTER`` is set for a
+        database that was migrated for one server.
     :raises TransientError: ClickHouse could not be reached.
     """
     db = settings.clickhouse_database
