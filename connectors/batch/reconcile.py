@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 from connectors.batch.lake import EVENT_TIME, clickhouse_rows, event_of, event_table_names, open_table, read_rows, utc
 from connectors.clickhouse import get_client
 from connectors.clickhouse.migrations import apply_migrations
-from connectors.clickhouse.sink import INSERT_SETTINGS
+from connectors.clickhouse.migrations import mutation_target
+from connectors.clickhouse.sink import insert_settings
 from connectors.kafka.codec import default_codec
 from connectors.settings import Settings
 
@@ -162,7 +163,8 @@ def _repair(settings: Settings, client: Any, table: str, hour: datetime) -> tupl
     surplus = sorted(i for i, n in held if n > 1 and i in lake_ids)
     if surplus:
         client.command(
-            f"ALTER TABLE {db}.{table} DELETE WHERE event_time >= %(start)s AND event_time < %(end)s "
+            f"ALTER TABLE {mutation_target(settings, table)} DELETE WHERE event_time >= %(start)s "
+            "AND event_time < %(end)s "
             "AND toString(event_id) IN %(ids)s",
             parameters={**window, "ids": surplus}, settings={"mutations_sync": 2},
         )
@@ -176,7 +178,7 @@ def _repair(settings: Settings, client: Any, table: str, hour: datetime) -> tupl
             ids = "\n".join(chunk["event_id"].to_pylist())
             token = f"repair:{table}:{hour:%Y%m%d%H}:{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
             client.insert_arrow(table, clickhouse_rows(table, chunk), database=db,
-                                settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+                                settings={**insert_settings(settings), "insert_deduplication_token": token})
             inserted += chunk.num_rows
     deleted = sum(n for i, n in held if n > 1 and i in lake_ids)
     return inserted, deleted, sum(n for i, n in held if i not in lake_ids)

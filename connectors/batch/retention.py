@@ -15,6 +15,7 @@ from datetime import date, datetime, time, timedelta, timezone
 
 from connectors.batch.lake import EVENT_DATE, EVENT_TIME, event_table_names, open_table
 from connectors.clickhouse import get_client
+from connectors.clickhouse.migrations import mutation_target, storage_table
 from connectors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def retain_clickhouse(settings: Settings, day: date, tables: list[str] | None = 
         "SELECT name, engine FROM system.tables WHERE database = %(db)s", parameters={"db": db}).result_rows}
     targets = [(t, EVENT_TIME) for t in event_table_names(tables) if t in existing]
     # The per-minute rollups of those tables (migration 002: ``<table>_1m``, keyed by ``minute``).
-    targets += [(f"{t}_1m", "minute") for t, _ in list(targets) if existing.get(f"{t}_1m") == "AggregatingMergeTree"]
+    targets += [(f"{t}_1m", "minute") for t, _ in list(targets)
+                if existing.get(storage_table(settings, f"{t}_1m"), "").endswith("AggregatingMergeTree")]
     removed = []
     for table, column in targets:
         where = f"{column} < %(cutoff)s"
@@ -75,7 +77,7 @@ def retain_clickhouse(settings: Settings, day: date, tables: list[str] | None = 
                                 parameters={"cutoff": cutoff}).result_rows[0][0])
         if not rows:
             continue
-        client.command(f"ALTER TABLE {db}.{table} DELETE WHERE {where}",
+        client.command(f"ALTER TABLE {mutation_target(settings, table)} DELETE WHERE {where}",
                        parameters={"cutoff": cutoff}, settings={"mutations_sync": 2})
         removed.append(Removed("clickhouse", table, cutoff.isoformat(), rows))
         log.info("ClickHouse %s.%s: %d rows before %s deleted", db, table, rows, cutoff)

@@ -202,6 +202,20 @@ def _storage_tables(migrations: list[Migration], values: dict[str, str]) -> set[
     return tables
 
 
+def storage_table(settings: Settings, table: str) -> str:
+    """The table that holds ``table``'s rows: itself, or its ``_local`` table on a cluster (where
+    ``table`` is the Distributed one, which takes no mutations)."""
+    return f"{table}{LOCAL_SUFFIX}" if settings.clickhouse_cluster else table
+
+
+def mutation_target(settings: Settings, table: str) -> str:
+    """``db.table`` for ``ALTER TABLE … DELETE``; on a cluster the local tables on every shard."""
+    db = settings.clickhouse_database
+    if settings.clickhouse_cluster:
+        return f"{db}.{storage_table(settings, table)}{_on_cluster(settings.clickhouse_cluster)}"
+    return f"{db}.{table}"
+
+
 def _on_cluster(cluster: str) -> str:
     # The settings allow only [A-Za-z0-9_.-] in the name, so quoting it as a literal is safe.
     return f" ON CLUSTER '{cluster}'"

@@ -43,6 +43,12 @@ INSERT_SETTINGS: dict[str, int] = {
 #: queued on the node, and the batch would be marked written before it is stored.
 CLUSTER_INSERT_SETTINGS: dict[str, int] = {"distributed_foreground_insert": 1}
 
+
+def insert_settings(settings: Settings) -> dict[str, int]:
+    """Settings of every insert: the dedup window, and on a cluster a foreground Distributed
+    insert, so the dedup token reaches each shard's replicated table within the insert."""
+    return {**INSERT_SETTINGS, **(CLUSTER_INSERT_SETTINGS if settings.clickhouse_cluster else {})}
+
 # ClickHouse errors (besides CANNOT_PARSE_*) that say these rows cannot be stored: retrying cannot
 # help. Any other refusal, a column the table lacks (a missing migration) included, is retried:
 # it holds for every batch, and dead-lettering them all would empty the topic into its DLQ.
@@ -74,7 +80,7 @@ class ClickHouseSink(Sink):
         self.settings = settings
         self.group = group
         self.database = settings.clickhouse_database
-        self._insert_settings = {**INSERT_SETTINGS, **(CLUSTER_INSERT_SETTINGS if settings.clickhouse_cluster else {})}
+        self._insert_settings = insert_settings(settings)
         self._client: Any = None
 
     @property

@@ -258,3 +258,18 @@ def test_the_workers_name_the_cluster_of_the_clickhouse_installation():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert {"name": "ezstream-config"} in [src.get("configMapRef") for src in container["envFrom"]]
     assert Settings(clickhouse_cluster=cluster["name"]).clickhouse_cluster == cluster["name"]
+
+
+def test_batch_jobs_mutate_the_local_tables_on_a_cluster_and_insert_in_the_foreground():
+    from connectors.clickhouse.migrations import mutation_target, storage_table
+    from connectors.settings import load_settings
+    from connectors.clickhouse.sink import INSERT_SETTINGS, insert_settings
+
+    single = load_settings(clickhouse_database="ezstream")
+    cluster = load_settings(clickhouse_database="ezstream", clickhouse_cluster="ezstream")
+    assert mutation_target(single, "llm_calls") == "ezstream.llm_calls"
+    assert mutation_target(cluster, "llm_calls") == "ezstream.llm_calls_local ON CLUSTER 'ezstream'"
+    assert storage_table(single, "llm_calls_1m") == "llm_calls_1m"
+    assert storage_table(cluster, "llm_calls_1m") == "llm_calls_1m_local"
+    assert insert_settings(single) == INSERT_SETTINGS
+    assert insert_settings(cluster) == {**INSERT_SETTINGS, "distributed_foreground_insert": 1}
