@@ -71,8 +71,11 @@ def check_connection(settings: Settings, timeout_s: float = 20.0) -> None:
         except KafkaException:
             admin.poll(0.1)  # serves the error callback
         with lock:
-            if found:
-                raise found[0]
+            problem = found[0] if found else None
+        if problem is not None:
+            while admin.poll(0):  # serve what is queued, so the client goes away quietly
+                pass
+            raise problem
         if time.monotonic() >= deadline:
             raise TransientError(
                 f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:.0f} s "
