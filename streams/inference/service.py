@@ -21,8 +21,10 @@ def run_inference_worker(settings: Settings, *, instance: str | None = None, log
 
     Its Prometheus metrics are served on ``EZ_METRICS_PORT`` when set, as by every worker.
     """
+    from streams.logs import configure
+
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel, loglevel.upper())
-    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    configure(settings, level)  # EZ_LOG_FORMAT, secrets scrubbed
     worker = InferenceWorker(settings, instance=instance)
     if settings.metrics_port is not None:
         from streams.metrics import serve

@@ -48,6 +48,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.metrics_port is not None:
         env["EZ_METRICS_PORT"] = str(settings.metrics_port)
     env["EZ_LOG_FORMAT"] = settings.log_format
+    env["EZ_CAPTURE_SNIPPETS"] = str(settings.capture_snippets).lower()
+    env["EZ_SNIPPET_MAX_CHARS"] = str(settings.snippet_max_chars)
     env["EZ_KAFKA_SECURITY_PROTOCOL"] = settings.kafka_security_protocol.value
     if settings.kafka_sasl_mechanism is not None:
         env["EZ_KAFKA_SASL_MECHANISM"] = settings.kafka_sasl_mechanism.value

@@ -20,7 +20,6 @@ from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.lake import storage_options, table_uri
 from connectors.settings import Settings, load_settings
 from streams.query_server import query
-from tests.integration import pipeline
 from tests.integration.pipeline import START, Truth, Worker, wait_exact
 
 #: Long enough for any cap, with characters of two and four UTF-8 bytes.
@@ -44,16 +43,13 @@ def pipe(stack, stack_overrides, unique, tmp_path):
 
 
 @pytest.fixture
-def worker(pipe, tmp_path, monkeypatch):
+def worker(pipe, tmp_path):
     """``worker(capture, max_chars)`` starts a lake+ClickHouse worker with that snippet policy."""
     started: list[Worker] = []
-    plain_env = pipeline.settings_env
 
     def start(capture: bool, max_chars: int = 256) -> Worker:
-        # The harness passes the stack's settings only; the snippet policy is this test's own.
-        monkeypatch.setattr(pipeline, "settings_env", lambda s: {
-            **plain_env(s), "EZ_CAPTURE_SNIPPETS": str(capture).lower(), "EZ_SNIPPET_MAX_CHARS": str(max_chars)})
-        w = Worker(pipe, "lake,clickhouse", tmp_path / "worker")
+        settings = pipe.model_copy(update={"capture_snippets": capture, "snippet_max_chars": max_chars})
+        w = Worker(settings, "lake,clickhouse", tmp_path / "worker")
         started.append(w)
         return w.start()
 
