@@ -15,7 +15,6 @@ import secrets
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer
@@ -29,6 +28,7 @@ from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import Settings, load_settings
 from infra.local.kafka import KafkaBroker
 from infra.local.net import free_port
+from infra.local.tls import ensure_broker_tls
 from streams.app import broker_credentials
 from tests.conftest import wait_for
 from tests.integration.pipeline import REPO, Truth, Worker, produce_simulated, settings_env
@@ -168,9 +168,7 @@ def test_wrong_password_is_refused_with_a_clear_error(secured, tmp_path):
 
 
 def test_an_untrusted_certificate_is_refused_with_a_clear_error(secured, tmp_path):
-    other_ca = tmp_path / "other-ca.pem"
-    other_ca.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()
-                         if Path("/etc/ssl/certs/ca-certificates.crt").exists() else b"")
+    other_ca = ensure_broker_tls(tmp_path / "other", "127.0.0.1").ca_cert  # a CA that signed nothing of it
     untrusting = secured.model_copy(update={"kafka_ssl_ca_location": other_ca})
     with pytest.raises(KafkaAuthError, match="TLS with Kafka .* failed: .*certificate verify failed.*"
                                              "EZ_KAFKA_SSL_CA_LOCATION"):
