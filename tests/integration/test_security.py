@@ -9,6 +9,7 @@ URL, a ClickHouse server DSN with a password) is grepped for every secret value.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -152,6 +153,8 @@ def test_wrong_password_is_refused_with_a_clear_error(secured, tmp_path):
     producer.send(_llm_call(1))
     with pytest.raises(KafkaAuthError, match="refused the credentials"):
         producer.flush(timeout_s=30)
+    del producer  # librdkafka would keep reconnecting for as long as the client lives
+    gc.collect()
 
     # The CLI and the worker: exit code 2 and one clear line, no password.
     env = settings_env(wrong)
