@@ -75,8 +75,10 @@ def check_connection(settings: Settings, timeout_s: float = 20.0) -> None:
         if problem is not None:
             while admin.poll(0):  # serve what is queued, so the client goes away quietly
                 pass
+            admin = None  # released now, not when the traceback is: it would keep reconnecting
             raise problem
         if time.monotonic() >= deadline:
+            admin = None
             raise TransientError(
                 f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:.0f} s "
                 f"({settings.kafka_security_protocol.value}); is it running? (EZ_KAFKA_BOOTSTRAP)"
