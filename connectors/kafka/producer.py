@@ -74,11 +74,12 @@ class EventProducer:
         self.codec = codec or default_codec()
         self.free_text = FreeTextPolicy.from_settings(settings)
         self._on_delivery = on_delivery
-        #: Set when the broker refused the credentials or the TLS handshake (librdkafka would retry
-        #: forever); sending and flushing raise it.
-        self.auth_error: KafkaAuthError | None = None
+        # The error callback must not hold ``self``: librdkafka's handle would keep the producer
+        # alive in a cycle the garbage collector cannot see, reconnecting for ever.
+        self._auth_errors: list[KafkaAuthError] = []
         self._producer = Producer(client_config(
-            settings, **{"error_cb": self._on_error, **PRODUCER_DEFAULTS, **overrides}))
+            settings, **{"error_cb": _auth_error_recorder(settings, self._auth_errors),
+                         **PRODUCER_DEFAULTS, **overrides}))
         self._topics = {event: topic_name(settings, topic) for topic, event in TOPIC_EVENTS.items()}
         #: Messages queued for sending, per topic.
         self.sent: Counter[str] = Counter()
@@ -122,10 +123,11 @@ class EventProducer:
         self.sent[topic] += 1
         self._producer.poll(0)
 
-    def _on_error(self, error: Any) -> None:
-        problem = auth_error(self.settings, error)
-        if problem is not None and self.auth_error is None:
-            self.auth_error = problem
+    @property
+    def auth_error(self) -> KafkaAuthError | None:
+        """Set when the broker refused the credentials or the TLS handshake (librdkafka would retry
+        for ever); sending and flushing raise it."""
+        return self._auth_errors[0] if self._auth_errors else None
 
     def topic_for(self, event: str) -> str:
         """The topic on the broker that carries ``event``."""
@@ -183,3 +185,12 @@ class EventProducer:
         if self._on_delivery is not None:
             self._on_delivery(Delivery(topic, msg.partition(), msg.offset(), msg.key(),
                                        None if err is None else err.str()))
+
+
+def _auth_error_recorder(settings: Settings, found: list[KafkaAuthError]) -> Callable[[Any], None]:
+    """An ``error_cb`` that keeps the first refused-credentials or TLS error in ``found``."""
+    def on_error(error: Any) -> None:
+        problem = auth_error(settings, error)
+        if problem is not None and not found:
+            found.append(problem)
+    return on_error
