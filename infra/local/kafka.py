@@ -125,10 +125,7 @@ class KafkaBroker:
         if self.proc.pid() is not None:
             if self.secured:
                 self.check_secured_settings()
-                self.proc.wait_ready(self._broker_user_healthy, self.settings.start_timeout_s, "Kafka")
-                self._publish_ca()
-                self._upsert_client_user()  # the configured password may have changed
-            self.proc.wait_ready(self.healthy, self.settings.start_timeout_s, "Kafka")
+            self._wait_ready()
             return "already running"
         if not self.manageable:
             raise ServiceError(
@@ -150,8 +147,6 @@ class KafkaBroker:
         props = self._write_config()
         classpath = f"{libs}/*"
         self._format(java, classpath, props)
-        if self.secured:
-            self._publish_ca()
         log4j = resources.files("infra.local").joinpath("log4j2.properties")
         argv = [
             java, f"-Xmx{self.settings.kafka_heap}", "-Xms128m", "-XX:+UseG1GC",
@@ -159,11 +154,17 @@ class KafkaBroker:
             "-cp", classpath, MAIN_CLASS, str(props),
         ]
         self.proc.start(argv, env=dict(os.environ), marker=str(props), state={"address": self.address})
+        self._wait_ready()
+        return "started"
+
+    def _wait_ready(self) -> None:
+        """Wait until the broker answers the configured client. A secured one first answers its own
+        user, which then publishes the CA and creates (or updates the password of) the client user."""
         if self.secured:
             self.proc.wait_ready(self._broker_user_healthy, self.settings.start_timeout_s, "Kafka")
+            self._publish_ca()
             self._upsert_client_user()
         self.proc.wait_ready(self.healthy, self.settings.start_timeout_s, "Kafka")
-        return "started"
 
     def down(self) -> bool:
         return self.proc.stop(timeout_s=60)
