@@ -253,6 +253,17 @@ class Settings(BaseSettings):
     clickhouse_flush_seconds: float = Field(
         default=1.0, gt=0, description="ClickHouse sink: longest wait before a batch is inserted (freshness)."
     )
+    event_time_future_tolerance_s: float = Field(
+        default=3600.0, ge=0,
+        description="Longest an event_time may be after its message's Kafka timestamp (agent clock skew); a "
+        "later one goes to the DLQ (connectors/validation.py). One hour, like Kafka's "
+        "message.timestamp.after.max.ms.",
+    )
+    max_string_bytes: int = Field(
+        default=65536, ge=64,
+        description="Longest string value of an event (UTF-8 bytes) the sinks store; a longer one sends its "
+        "message to the DLQ. Free-text snippets are cut by EZ_SNIPPET_MAX_CHARS instead.",
+    )
     sink_retry_max_seconds: float = Field(
         default=30.0, gt=0, description="Longest back-off between retries while a sink is unavailable."
     )

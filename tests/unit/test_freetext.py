@@ -131,6 +131,9 @@ class _Message:
     def topic(self) -> str:
         return "agent.llm_calls"
 
+    def timestamp(self) -> tuple[int, int]:
+        return 0, -1  # no Kafka timestamp: the value rules' absolute bounds only
+
 
 class _NoSink(Sink):
     name = "lake"

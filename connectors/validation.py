@@ -1,0 +1,204 @@
+"""Values the schemas admit but a store cannot hold: checked once, up front, for a whole batch.
+
+An Avro ``long`` admits an event time in the year 300,000, a ``double`` admits NaN, an ``int``
+a negative token count, a ``string`` a megabyte agent id. The lake and ClickHouse would each
+refuse, truncate or silently drop some of these, and differently (ClickHouse's TTL drops a row
+the lake keeps; Arrow's microsecond cast fails on what ClickHouse stores). So the sink loop
+checks every decoded batch against one rule per field *before* either store sees it, and what
+fails goes to the DLQ with the reason: the two stores then hold the same rows by construction.
+
+The rules, by column type (the same for every event; ``docs/guarantees.md`` has the table):
+
+``event_time``
+    From 1970-01-01 up to (not including) 2106-02-07 06:28:16 UTC, the range of ClickHouse's
+    ``DateTime`` that the TTL expressions use; at most ``EZ_EVENT_TIME_FUTURE_TOLERANCE_S``
+    after the message's Kafka timestamp; and not older than the shorter retention of the two
+    stores (``EZ_LAKE_RETENTION_DAYS``, ``EZ_CLICKHOUSE_TTL_DAYS``) before it.
+other timestamps (``window_start``, ``first_seen``…)
+    The same absolute range; null where the schema allows it.
+numbers (``double``, ``int``, ``long`` fields)
+    Finite (no NaN, no infinity) and not negative: every number of the catalogue is a cost, a
+    count, a duration, a size or a share. Numbers inside arrays (embedding vectors) need only be
+    finite.
+strings (fields, array items, map keys and values)
+    At most ``EZ_MAX_STRING_BYTES`` bytes of UTF-8. Free-text fields (``prompt_snippet``…) are
+    exempt: the free-text policy drops or cuts them after this check.
+
+Relative bounds are taken from the message's Kafka timestamp, not the clock, so every sink, and
+a replay a week later, decides the same for the same message. A message without a timestamp
+(a pre-0.10 message format) gets the absolute bounds only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.kafka.freetext import FREE_TEXT_FIELDS
+from connectors.settings import Settings
+
+#: Error class of a value that fails a rule (a DLQ header value).
+INVALID_VALUE = "InvalidValue"
+#: The event-time column of every event, and the only one checked against the Kafka timestamp.
+EVENT_TIME = "event_time"
+#: Earliest and first refused instant of every timestamp, epoch milliseconds: ClickHouse's DateTime.
+MIN_TIME_MS = 0
+END_TIME_MS = 2**32 * 1000
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class ValueRules:
+    """The bounds a decoded batch is checked against (see the module docstring)."""
+
+    future_tolerance_ms: int
+    max_age_ms: int
+    max_string_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ValueRules":
+        """The rules of ``EZ_EVENT_TIME_FUTURE_TOLERANCE_S``, the retentions and ``EZ_MAX_STRING_BYTES``."""
+        return cls(
+            future_tolerance_ms=int(settings.event_time_future_tolerance_s * 1000),
+            max_age_ms=min(settings.lake_retention_days, settings.clickhouse_ttl_days) * _DAY_MS,
+            max_string_bytes=settings.max_string_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A row of a batch that breaks a rule: its position in the table and why (the first rule broken)."""
+
+    row: int
+    message: str
+
+
+def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None], rules: ValueRules) -> list[Invalid]:
+    """The rows of ``table`` (decoded ``event`` records) that break a rule, in row order.
+
+    ``kafka_ms`` holds each row's Kafka timestamp in epoch milliseconds (None when the message has
+    none). Work is per column over the whole batch; per-row Python only for rows that fail.
+    """
+    n = table.num_rows
+    if n == 0:
+        return []
+    reasons: dict[int, str] = {}
+    exempt = set(FREE_TEXT_FIELDS.get(event, ()))
+    for field in table.schema:
+        if field.name in exempt:
+            continue
+        column = table[field.name].combine_chunks() if isinstance(table[field.name], pa.ChunkedArray) else table[field.name]
+        if field.name == EVENT_TIME:
+            _event_time(column, kafka_ms, rules, reasons)
+        else:
+            _values(field.name, column, None, rules, reasons, top=True)
+    return [Invalid(row, reasons[row]) for row in sorted(reasons)]
+
+
+def _event_time(column: pa.Array, kafka_ms: Sequence[int | None], rules: ValueRules, reasons: dict[int, str]) -> None:
+    ms = _epoch_ms(column)
+    _absolute_time(EVENT_TIME, ms, None, reasons)
+    kafka = np.array([-1 if t is None else t for t in kafka_ms], dtype=np.int64)
+    known = kafka >= 0
+    values = np.asarray(pc.fill_null(ms, 0))
+    late = known & (values > kafka + rules.future_tolerance_ms)
+    old = known & (values < kafka - rules.max_age_ms)
+    for row in np.flatnonzero(late):
+        reasons.setdefault(int(row), (
+            f"{EVENT_TIME} {_iso(values[row])} is {(values[row] - kafka[row]) / 1000:.0f} s after the message's "
+            f"Kafka timestamp {_iso(kafka[row])}: more than the {rules.future_tolerance_ms / 1000:.0f} s "
+            "allowed (EZ_EVENT_TIME_FUTURE_TOLERANCE_S)"))
+    for row in np.flatnonzero(old):
+        reasons.setdefault(int(row), (
+            f"{EVENT_TIME} {_iso(values[row])} is older than the retention of {rules.max_age_ms // _DAY_MS} days "
+            f"before the message's Kafka timestamp {_iso(kafka[row])} (EZ_LAKE_RETENTION_DAYS, "
+            "EZ_CLICKHOUSE_TTL_DAYS): both stores would delete it"))
+
+
+def _values(name: str, values: pa.Array, parents: np.ndarray | None, rules: ValueRules,
+            reasons: dict[int, str], top: bool) -> None:
+    """Check ``values`` (a column, or the flattened items of one) whose item i belongs to row
+    ``parents[i]`` (or row i when ``parents`` is None)."""
+    kind = values.type
+    if pa.types.is_timestamp(kind):
+        _absolute_time(name, _epoch_ms(values), parents, reasons)
+    elif pa.types.is_floating(kind):
+        finite = pc.fill_null(pc.is_finite(values), True)
+        _flag(name, pc.invert(finite), values, parents, reasons, "is not a finite number")
+        if top:
+            _flag(name, pc.fill_null(pc.less(values, 0), False), values, parents, reasons, "is negative")
+    elif pa.types.is_integer(kind):
+        if top:
+            _flag(name, pc.fill_null(pc.less(values, 0), False), values, parents, reasons, "is negative")
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+        too_long = pc.fill_null(pc.greater(pc.binary_length(values), rules.max_string_bytes), False)
+        if pc.any(too_long).as_py():
+            lengths = pc.binary_length(values)
+            for i in pc.indices_nonzero(too_long).to_pylist():
+                row = i if parents is None else int(parents[i])
+                reasons.setdefault(row, f"{name} is {lengths[i].as_py():,} bytes: more than the "
+                                        f"{rules.max_string_bytes:,} allowed (EZ_MAX_STRING_BYTES)")
+    elif pa.types.is_map(kind):
+        entries = pa.ListArray.from_arrays(values.offsets, pa.StructArray.from_arrays(
+            [values.keys, values.items], ["key", "value"]))
+        inner = _parents(entries, parents)
+        _values(f"{name} key", values.keys, inner, rules, reasons, top=False)
+        _values(f"{name} value", values.items, inner, rules, reasons, top=False)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        _values(f"{name} item", pc.list_flatten(values), _parents(values, parents), rules, reasons, top=False)
+    elif pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            _values(f"{name}.{kind.field(i).name}", values.field(i), parents, rules, reasons, top)
+
+
+def _parents(lists: pa.Array, parents: np.ndarray | None) -> np.ndarray:
+    """The row of each item of ``lists`` (a list array whose entry i belongs to ``parents[i]``)."""
+    own = np.asarray(pc.list_parent_indices(lists), dtype=np.int64)
+    return own if parents is None else parents[own]
+
+
+def _flag(name: str, mask: pa.Array, values: pa.Array, parents: np.ndarray | None,
+          reasons: dict[int, str], what: str) -> None:
+    if not pc.any(mask).as_py():
+        return
+    for i in pc.indices_nonzero(mask).to_pylist():
+        row = i if parents is None else int(parents[i])
+        reasons.setdefault(row, f"{name} {values[i].as_py()!r} {what}: costs, counts and durations must be "
+                                "finite and not negative")
+
+
+def _absolute_time(name: str, ms: pa.Array, parents: np.ndarray | None, reasons: dict[int, str]) -> None:
+    out = pc.fill_null(pc.or_(pc.less(ms, MIN_TIME_MS), pc.greater_equal(ms, END_TIME_MS)), False)
+    if not pc.any(out).as_py():
+        return
+    for i in pc.indices_nonzero(out).to_pylist():
+        row = i if parents is None else int(parents[i])
+        reasons.setdefault(row, f"{name} {_iso(ms[i].as_py())} is outside the range the stores hold "
+                                f"({_iso(MIN_TIME_MS)} to {_iso(END_TIME_MS)}, exclusive)")
+
+
+def _epoch_ms(values: pa.Array) -> pa.Array:
+    """Epoch milliseconds of a timestamp array (of any unit), as int64."""
+    unit = values.type.unit
+    raw = values.view(pa.int64())
+    if unit == "ms":
+        return raw
+    if unit == "s":
+        return pc.multiply(raw, 1000)
+    return pc.divide(raw, {"us": 1000, "ns": 1_000_000}[unit])
+
+
+def _iso(ms: int | None) -> str:
+    """``2026-11-20T08:00:00.000Z`` for any epoch milliseconds, also those Python's datetime cannot hold."""
+    if ms is None:
+        return "null"
+    ms = int(ms)
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms since 1970"
