@@ -12,6 +12,11 @@ Exactly once rests on three things (see ``migrations/``):
    that is not marked written: the loop rebuilds exactly that batch, same rows, same token, and
    its insert either lands or is dropped as a duplicate. A batch marked written is not replayed,
    which keeps it exact even after its block has left the deduplication window.
+
+ClickHouse refuses an insert block that touches more partitions (months of ``event_time``) than
+``max_partitions_per_insert_block``; a batch spanning more is inserted as several blocks of at
+most that many months each, in month order, with tokens ``<token>:<k>/<n>``. The same batch
+always splits the same way, so a replayed one is deduplicated block by block.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_connect.driver.exceptions import ClickHouseError, error_name_from_body
 
 from connectors.clickhouse import get_client
@@ -60,7 +66,13 @@ _DATA_ERRORS = frozenset({
     "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
     "DECIMAL_OVERFLOW",
     "TOO_LARGE_STRING_SIZE",
+    "TOO_LARGE_ARRAY_SIZE",
+    "ARGUMENT_OUT_OF_BOUND",
 })
+
+#: A refusal of the block's shape, not of the server's state: ``TOO_MANY_PARTS`` names both this
+#: and a server whose merges fall behind (which passes), so the message tells them apart.
+_SHAPE_REFUSAL = "partitions for single insert block"
 
 _BATCHES_COLUMNS = ["topic", "partition", "first_offset", "last_offset", "rows", "written", "consumer_group"]
 
@@ -82,6 +94,8 @@ class ClickHouseSink(Sink):
         self.database = settings.clickhouse_database
         self._insert_settings = insert_settings(settings)
         self._client: Any = None
+        #: The server's max_partitions_per_insert_block (0: no limit); read by setup.
+        self.max_partitions = 0
 
     @property
     def client(self) -> Any:
@@ -94,6 +108,12 @@ class ClickHouseSink(Sink):
         """Connect and bring the database up to the latest migration."""
         self._client = get_client(self.settings)
         apply_migrations(self._client, self.settings)
+        try:
+            limit = self._client.query(
+                "SELECT value FROM system.settings WHERE name = 'max_partitions_per_insert_block'").result_rows
+        except (ClickHouseError, OSError) as exc:
+            raise self._error(exc, "reading max_partitions_per_insert_block") from None
+        self.max_partitions = int(limit[0][0]) if limit else 0
 
     def resume_points(self, topic: str, partitions: list[int]) -> dict[int, ResumePoint]:
         """From the newest recorded batch of each partition: after it, or it again if not written."""
@@ -129,9 +149,24 @@ class ClickHouseSink(Sink):
         if rows:
             self._record(offsets, rows, written=False)
             failpoint("clickhouse.after_record")
-            self._insert(batch.table, batch.rows, offsets.token)
+            for block, token in self.blocks(batch.rows, offsets.token):
+                self._insert(batch.table, block, token)
             failpoint("clickhouse.after_insert")
         self._record(offsets, rows, written=True)
+
+    def blocks(self, rows: pa.Table, token: str) -> list[tuple[pa.Table, str]]:
+        """``rows`` as insert blocks of at most :attr:`max_partitions` months each, with their tokens."""
+        if "event_time" not in rows.column_names or self.max_partitions <= 0:
+            return [(rows, token)]
+        event_time = rows["event_time"]
+        months = pc.add(pc.multiply(pc.year(event_time), 12), pc.month(event_time))
+        distinct = pc.unique(months).to_pylist()
+        if len(distinct) <= self.max_partitions:
+            return [(rows, token)]
+        distinct.sort()
+        groups = [distinct[i:i + self.max_partitions] for i in range(0, len(distinct), self.max_partitions)]
+        return [(rows.filter(pc.is_in(months, value_set=pa.array(group, months.type))), f"{token}:{k}/{len(groups)}")
+                for k, group in enumerate(groups, start=1)]
 
     def close(self) -> None:
         """Forget the client; it is process-wide (see :func:`~connectors.clickhouse.get_client`), so it stays open."""
@@ -163,6 +198,7 @@ class ClickHouseSink(Sink):
             return TransientError(f"{where} is unavailable while {doing} ({type(exc).__name__})")
         message = str(exc).splitlines()[0]
         name = getattr(exc, "name", None) or error_name_from_body(message) or ""
-        if name in _DATA_ERRORS or name.startswith("CANNOT_PARSE"):
+        if (name in _DATA_ERRORS or name.startswith("CANNOT_PARSE")
+                or (name == "TOO_MANY_PARTS" and _SHAPE_REFUSAL in message.lower())):
             return TerminalError(f"{where} refused {doing}: {message}")
         return TransientError(f"{where} failed {doing}: {message}")

@@ -140,7 +140,13 @@ class LakeSink(Sink):
             raise ValueError(f"lake table {batch.table}: one range per partition in a batch, got "
                              f"{', '.join(r.token for r in batch.ranges)}")
         schema = lake_schema(self._event_schema(batch))
-        rows = _to_lake_rows(batch.rows, schema)
+        try:
+            rows = _to_lake_rows(batch.rows, schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            # The value rules (connectors/validation.py) keep such rows out; should one pass them,
+            # it is these rows that are wrong, not the store.
+            raise TerminalError(f"{self._context(batch.table, batch.ranges)}: rows do not convert to the "
+                                f"table's columns: {self._cause(exc)}") from None
         delta = self._open(batch.table, batch.ranges) or self._create(batch.table, schema, batch.ranges)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
