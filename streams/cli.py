@@ -299,41 +299,52 @@ def dlq() -> None:
 
 @dlq.command("list")
 def dlq_list() -> None:
-    """Each DLQ topic with its number of dead letters and their error classes."""
+    """Each DLQ topic with its dead letters, the distinct source messages among them (fewer: some
+    source was dead-lettered twice) and their error classes."""
     from collections import Counter
 
     from connectors.kafka.dlq import ERROR_CLASS, dlq_topics, read_dead_letters
 
     settings = _settings()
-    click.echo(f"{'DLQ TOPIC':<32} {'COUNT':>7}  ERRORS")
+    click.echo(f"{'DLQ TOPIC':<32} {'LETTERS':>7} {'SOURCES':>7}  ERRORS")
     for topic in dlq_topics(settings):
         letters = read_dead_letters(settings, topic)
+        sources = len({letter.source_key for letter in letters})
         errors = Counter(letter.headers.get(ERROR_CLASS, "?") for letter in letters)
-        click.echo(f"{topic:<32} {len(letters):>7}  {', '.join(f'{k} {v}' for k, v in errors.most_common())}")
+        click.echo(f"{topic:<32} {len(letters):>7} {sources:>7}  "
+                   f"{', '.join(f'{k} {v}' for k, v in errors.most_common())}")
 
 
 @dlq.command("show")
 @click.argument("topic")
 @click.option("--limit", default=20, show_default=True, help="Most dead letters to print.")
 def dlq_show(topic: str, limit: int) -> None:
-    """Print the dead letters of TOPIC (a .dlq topic) with their error and source."""
+    """Print the dead letters of TOPIC (a .dlq topic) with their error and source; a repeat of an
+    earlier letter's source is marked DUPLICATE (replay skips it)."""
     from connectors.kafka.dlq import ERROR_CLASS, ERROR_MESSAGE, PROCESSOR, read_dead_letters
 
+    first: dict[object, str] = {}
     for letter in read_dead_letters(_settings(), topic, limit=limit):
         value = letter.value or b""
-        click.echo(f"{letter.dlq_topic}[{letter.dlq_partition}]@{letter.dlq_offset}  from {letter.source}  "
-                   f"by {letter.headers.get(PROCESSOR, '?')}")
+        where = f"{letter.dlq_topic}[{letter.dlq_partition}]@{letter.dlq_offset}"
+        earlier = first.setdefault(letter.source_key, where)
+        duplicate = f"  DUPLICATE of {earlier}" if earlier != where else ""
+        click.echo(f"{where}  from {letter.source}  by {letter.headers.get(PROCESSOR, '?')}{duplicate}")
         click.echo(f"  {letter.headers.get(ERROR_CLASS, '?')}: {letter.headers.get(ERROR_MESSAGE, '')}")
         click.echo(f"  key={letter.key!r} value[{len(value)} bytes]={value[:48].hex()}{'…' if len(value) > 48 else ''}")
 
 
 @dlq.command("replay")
 @click.argument("topic")
-def dlq_replay(topic: str) -> None:
-    """Send the dead letters of TOPIC back to their source topic (each once, after a fix)."""
+@click.option("--chunk", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Dead letters per Kafka transaction.")
+def dlq_replay(topic: str, chunk: int) -> None:
+    """Send the dead letters of TOPIC back to their source topic, each source message once (after
+    a fix). Safe to rerun, also after a replay stopped midway."""
     from connectors.kafka.dlq import replay
 
-    click.echo(f"{topic}: replayed {replay(_settings(), topic)} dead letter(s)")
+    done = replay(_settings(), topic, chunk=chunk)
+    click.echo(f"{topic}: replayed {done.sent} dead letter(s), skipped {done.duplicates} duplicate(s)")
 
 
 @cli.command("settings")

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from connectors.errors import TransientError
 from connectors.kafka.config import client_config
 from connectors.settings import Settings
 
 DLQ_SUFFIX = ".dlq"
+
+#: ``max.message.bytes`` of every ``.dlq`` topic, and the largest dead letter the DLQ producer
+#: sends (its ``message.max.bytes``): 8 MiB. A dead letter is its source message plus about 300
+#: bytes of headers, so the DLQ topic must take more than any source topic does. Source topics
+#: keep the broker's default (Kafka's ``message.max.bytes``: 1 MiB + 12 bytes; infra/local leaves
+#: it so); a topic-level value above the broker's is allowed, and consumers fetch a larger batch
+#: whole (KIP-74), so nothing else needs raising.
+DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 #: Event topics and what each carries (schema name). Every one also has a ``<topic>.dlq``.
 EVENT_TOPICS: dict[str, str] = {
@@ -50,21 +59,29 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         }))
         specs.append(TopicSpec(dlq_topic(topic), settings.topic_partitions, settings.topic_replication, {
             "cleanup.policy": "delete", "retention.ms": str(settings.dlq_retention_ms),
+            "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
         }))
     return specs
 
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float = 30.0) -> dict[str, str]:
-    """Create the topics that do not exist yet; returns ``{name: "created" | "exists"}``."""
+    """Create the topics that do not exist yet; returns ``{name: "created" | "exists" | "raised"}``.
+
+    An existing topic whose ``max.message.bytes`` is below its spec's gets the spec's ("raised"):
+    ``.dlq`` topics created before :data:`DLQ_MAX_MESSAGE_BYTES` would refuse the largest letters.
+    Nothing else of an existing topic is changed.
+    """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient(client_config(settings))
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
+        raised = _raise_message_limits(
+            admin, [s for s in specs if s.name in existing and "max.message.bytes" in s.config], timeout_s)
     except KafkaException as exc:
         raise TransientError(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc}") from None
-    outcome = {spec.name: "exists" for spec in specs if spec.name in existing}
+    outcome = {spec.name: "raised" if spec.name in raised else "exists" for spec in specs if spec.name in existing}
     missing = [spec for spec in specs if spec.name not in existing]
     if not missing:
         return outcome
@@ -83,6 +100,28 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float =
                 raise TransientError(f"creating topic {name} failed: {exc.args[0].str()}") from None
             outcome[name] = "exists"
     return outcome
+
+
+def _raise_message_limits(admin: Any, specs: list[TopicSpec], timeout_s: float) -> set[str]:
+    """Set ``max.message.bytes`` of the existing ``specs`` whose value on the broker is lower."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    if not specs:
+        return set()
+    wanted = {s.name: int(s.config["max.message.bytes"]) for s in specs}
+    low = set()
+    described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in wanted],
+                                       request_timeout=timeout_s)
+    for resource, future in described.items():
+        entry = future.result().get("max.message.bytes")
+        if entry is not None and int(entry.value) < wanted[resource.name]:
+            low.add(resource.name)
+    if low:
+        changes = [ConfigResource(ResourceType.TOPIC, name, incremental_configs=[ConfigEntry(
+            "max.message.bytes", str(wanted[name]), incremental_operation=AlterConfigOpType.SET)]) for name in low]
+        for future in admin.incremental_alter_configs(changes, request_timeout=timeout_s).values():
+            future.result()
+    return low
 
 
 def describe_topics(settings: Settings, names: list[str] | None = None, timeout_s: float = 10.0) -> list[dict]:
