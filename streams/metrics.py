@@ -35,6 +35,9 @@ RETRIES = Counter("ezstream_sink_retries", "Failed sink operations retried (the 
                   ["sink"], registry=REGISTRY)
 PAUSED_PARTITIONS = Gauge("ezstream_paused_partitions", "Partitions paused while a sink retries.", ["role"],
                           registry=REGISTRY)
+HALTED_PARTITIONS = Gauge("ezstream_halted_partitions",
+                          "Partitions stopped because the DLQ refused one of their dead letters for good.",
+                          ["role"], registry=REGISTRY)
 CONSUMER_LAG = Gauge("ezstream_consumer_lag", "Messages behind the partition's end, per consumer group.",
                      ["group", "topic", "partition"], registry=REGISTRY)
 ALERTS = Counter("ezstream_alerts", "Alerts produced to agent.alerts, per kind and state.", ["kind", "state"],

@@ -7,9 +7,21 @@ the rest: one write per table for a sink that commits many partitions atomically
 partition otherwise. The sink records how far it got; on assignment the loop seeks to the sink's
 record, never to the group's committed offsets (committed only for lag monitoring).
 
+Every decoded batch is checked against the value rules of :mod:`connectors.validation` before
+any write: a value the schema admits but a store cannot hold sends its message to the DLQ, in every
+sink alike, so the stores hold the same rows.
+
 While a sink is unavailable the loop keeps the batch, pauses its partitions (so memory stays
-bounded), and retries with back-off; a rebalance meanwhile drops the buffers of partitions that
-moved, which their new owner rebuilds from the sink's record.
+bounded), and retries with back-off. In-flight work belongs to an assignment: each assignment
+of a partition starts a new epoch, and a batch built in an earlier epoch is never written for
+it (Kafka Connect's open/close per partition), even if the partition came back to this worker
+meanwhile: the new buffer rebuilds it from the sink's record. The offsets a batch records are
+checked against the messages it holds; a recorded batch that must be rebuilt is written only
+once every one of its offsets has been read again, never on a stop halfway through.
+
+A dead letter the DLQ refuses for good (see :class:`~connectors.kafka.dlq.DeadLetterRefused`)
+halts its source partition with an error naming it: the partition is paused and nothing past
+the letter is recorded, while the other partitions go on.
 """
 
 from __future__ import annotations
@@ -29,12 +41,13 @@ from connectors.failpoints import failpoint
 from streams import metrics
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.config import client_config
-from connectors.kafka.dlq import DeadLetters
+from connectors.kafka.dlq import DeadLetterRefused, DeadLetters
 from connectors.kafka.freetext import FreeTextPolicy
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
 from connectors.sink import OFFSET_COLUMN, PARTITION_COLUMN, TABLES, OffsetRange, ResumePoint, Sink, SinkBatch
+from connectors.validation import INVALID_VALUE, ValueRules, check
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +79,7 @@ class _PartitionBuffer:
     """Messages of one partition not yet written, and where the next range starts."""
 
     next_offset: int  # first offset of the next range (the seek position, or last written + 1)
+    epoch: int  # the assignment this buffer belongs to
     replay_last: int | None = None  # the recorded batch to rebuild first ends here
     messages: list[Any] = field(default_factory=list)
     nbytes: int = 0
@@ -87,15 +101,19 @@ class RunnerStats:
     decode_s: float = 0.0
     write_s: float = 0.0
     paused: bool = False
+    #: Partitions stopped by a dead letter the DLQ refused: "topic[partition]" -> why.
+    halted: dict[str, str] = field(default_factory=dict)
 
 
 class SinkRunner:
     """Consumes the catalogue topics of ``sink`` and writes them through it until stopped.
 
     :param topics: catalogue topic names (``agent.tasks``…); ``EZ_TOPIC_PREFIX`` is applied.
-    :param dead_letters: whether this loop dead-letters undecodable messages. Exactly one sink
-        should (the lake, the system of record): every sink reads the same topics, and a second
-        one would dead-letter each bad message again. The others skip them the same way.
+    :param dead_letters: whether this loop dead-letters undecodable and invalid messages.
+        Exactly one sink should (the lake, the system of record): every sink reads the same
+        topics and decides the same, and a second one would dead-letter each bad message again.
+        The others skip them the same way. Rows a store refuses for good are dead-lettered by
+        the loop of that store, whichever it is.
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class SinkRunner:
         self.codec = codec or default_codec()
         # Other producers than the SDK exist: free text is dropped or cut again before any write.
         self.free_text = FreeTextPolicy.from_settings(settings)
+        self.rules = ValueRules.from_settings(settings)
         self.fetch_messages = fetch_messages
         self.group = f"{settings.topic_prefix}ezstream.{sink.name}"
         self._catalogue = {topic_name(settings, t): t for t in (topics or list(TABLES))}
@@ -124,6 +143,10 @@ class SinkRunner:
         self._dlq: DeadLetters | None = None
         self._consumer: Any = None
         self._buffers: dict[tuple[str, int], _PartitionBuffer] = {}
+        self._epoch = 0
+        #: Epoch of each partition whose batch is being written (the assignment it was built in).
+        self._building: dict[tuple[str, int], int] = {}
+        self._halted: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         #: Set once the sink is set up and the consumer subscribed.
         self.ready = threading.Event()
@@ -140,8 +163,7 @@ class SinkRunner:
         from confluent_kafka import Consumer
 
         self._retry(self.sink.setup, "setting up")
-        if self._dead_letters_enabled:
-            self._dlq = DeadLetters(self.settings, self.sink.name)
+        self._dlq = DeadLetters(self.settings, self.sink.name)
         self._consumer = Consumer(client_config(self.settings, **{
             "group.id": self.group,
             "enable.auto.commit": False,
@@ -175,6 +197,7 @@ class SinkRunner:
                      "seconds fetching %.1f, decoding %.1f, writing %.1f", self.sink.name, st.consumed,
                      st.written_rows, st.batches, st.dead_letters, st.retries, st.poll_s, st.decode_s, st.write_s)
             self._consumer.close()
+            self._dlq.close()
             self.sink.close()
 
     # -- consuming -----------------------------------------------------------------------------
@@ -200,11 +223,17 @@ class SinkRunner:
             buffer = self._buffers.get((topic, msg.partition()))
             if buffer is None:
                 continue  # revoked in this very call: its new owner reads it again
+            held = buffer.messages[-1].offset() if buffer.messages else buffer.next_offset - 1
+            if msg.offset() <= held:
+                continue  # delivered again after a seek: this buffer holds it, or it is written
             if not buffer.messages:
                 buffer.since = now
             buffer.messages.append(msg)
             buffer.nbytes += len(msg.value() or b"")
         self.stats.consumed += len(messages)
+        if any(b.replay_last is not None and b.messages and b.messages[-1].offset() < b.replay_last
+               for b in self._buffers.values()) and failpoint(f"{self.sink.name}.replay_partial"):
+            self._stop.set()
         for topic, count in per_topic.items():
             metrics.EVENTS_IN.labels(self.sink.name, self._catalogue.get(topic, topic)).inc(count)
         if messages:
@@ -229,31 +258,38 @@ class SinkRunner:
     # -- writing -------------------------------------------------------------------------------
 
     def _flush(self, final: bool = False) -> None:
-        """Decode, dead-letter and write everything buffered; returns when it is durable."""
+        """Decode, check, dead-letter and write everything buffered; returns when it is durable."""
         flush_started = time.monotonic()
         batch_bytes = 0
         batches: dict[str, list[tuple[OffsetRange, list[Any]]]] = {}
+        self._building = {}
         for (topic, partition), buffer in self._buffers.items():
             if not buffer.messages:
                 continue
             if buffer.replay_last is not None:
                 # Rebuild exactly the recorded batch first; what follows waits for the next flush.
+                # Only once all of it is read again: a stop halfway leaves it to the next start.
                 last = buffer.replay_last
-                if buffer.messages[-1].offset() < last and not final:
+                if buffer.messages[-1].offset() < last:
+                    if final:
+                        log.info("%s: %s[%d]: leaving the replay of offsets %d..%d to the next start "
+                                 "(read up to %d)", self.sink.name, topic, partition, buffer.next_offset,
+                                 last, buffer.messages[-1].offset())
                     continue
                 cut = next((i for i, m in enumerate(buffer.messages) if m.offset() > last), len(buffer.messages))
                 taken, buffer.messages = buffer.messages[:cut], buffer.messages[cut:]
-                last = max(last, taken[-1].offset()) if taken else last
                 buffer.replay_last = None
             else:
                 taken, buffer.messages = buffer.messages, []
                 last = taken[-1].offset()
+            rng = OffsetRange(topic, partition, buffer.next_offset, last)
+            _check_offsets(rng, taken)
             remaining = sum(len(m.value() or b"") for m in buffer.messages)
             batch_bytes += buffer.nbytes - remaining
             buffer.nbytes = remaining
             buffer.since = time.monotonic()
-            rng = OffsetRange(topic, partition, buffer.next_offset, last)
             buffer.next_offset = last + 1
+            self._building[(topic, partition)] = buffer.epoch
             batches.setdefault(topic, []).append((rng, taken))
         if not batches:
             return
@@ -270,44 +306,51 @@ class SinkRunner:
                 writes.append(SinkBatch(table, event, rows, tuple(rng for rng, _ in decoded)))
             else:
                 writes.extend(SinkBatch(table, event, t, (rng,)) for rng, t in decoded)
-        if self._dlq is not None:
-            # Dead letters are durable before the offsets that skip them are recorded.
-            self._retry(self._dlq.flush, "flushing dead letters")
+        # Dead letters are durable before the offsets that skip them are recorded.
+        self._flush_dead_letters()
         failpoint(f"{self.sink.name}.before_write")
         sources = {(rng.topic, rng.partition): messages for parts in batches.values() for rng, messages in parts}
-        for batch in writes:
-            self._write(batch, sources)
+        written = [r for batch in writes for r in self._write(batch, sources)]
         failpoint(f"{self.sink.name}.after_write")
-        self._commit(batches)
+        self._commit(written)
         metrics.BATCH_ROWS.labels(self.sink.name).observe(sum(len(m) for parts in batches.values() for _, m in parts))
         metrics.BATCH_BYTES.labels(self.sink.name).observe(batch_bytes)
         metrics.FLUSH_SECONDS.labels(self.sink.name).observe(time.monotonic() - flush_started)
 
     def _decode(self, event: str, messages: list[Any]) -> pa.Table:
+        """The rows of ``messages`` that decode and pass the value rules; the others are dead-lettered
+        (by the loop that dead-letters) or skipped (by the others, which decide the same)."""
         result = self.codec.decode_batch_arrow([m.value() for m in messages], event)
-        good = messages
-        if result.failures:
-            failed = {f.index for f in result.failures}
-            for failure in result.failures:
-                if self._dlq is not None:
-                    bad = messages[failure.index]
-                    log.warning("%s: dead letter %s[%d]@%d: %s: %s", self.sink.name, bad.topic(), bad.partition(),
-                                bad.offset(), failure.error_class, failure.message,
-                                extra={"topic": bad.topic(), "partition": bad.partition(), "offset": bad.offset(),
-                                       "error_class": failure.error_class})
-                    self._dlq.send(bad, failure.error_class, failure.message)
-                    metrics.DEAD_LETTERS.labels(self.sink.name, self._catalogue.get(messages[failure.index].topic(), ""),
-                                                failure.error_class).inc()
-            self.stats.dead_letters += len(result.failures)
-            good = [m for i, m in enumerate(messages) if i not in failed]
-        table = self.free_text.table(event, result.table)
+        failures = [(f.index, f.error_class, f.message) for f in result.failures]
+        table = result.table
+        positions = list(range(len(messages)))  # of each table row, in ``messages``
+        if failures:
+            failed = {index for index, _, _ in failures}
+            positions = [i for i in positions if i not in failed]
+        invalid = check(table, event, [_kafka_ms(messages[i]) for i in positions], self.rules)
+        if invalid:
+            rows = {i.row for i in invalid}
+            failures += [(positions[i.row], INVALID_VALUE, i.message) for i in invalid]
+            table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(sorted(rows)))))
+            positions = [p for row, p in enumerate(positions) if row not in rows]
+        good = [messages[i] for i in positions]
+        if failures and self._dead_letters_enabled:
+            for index, error_class, message in sorted(failures):
+                bad = messages[index]
+                log.warning("%s: dead letter %s[%d]@%d: %s: %s", self.sink.name, bad.topic(), bad.partition(),
+                            bad.offset(), error_class, message,
+                            extra={"topic": bad.topic(), "partition": bad.partition(), "offset": bad.offset(),
+                                   "error_class": error_class})
+                if self._dlq.send(bad, error_class, message):
+                    self.stats.dead_letters += 1
+                    metrics.DEAD_LETTERS.labels(self.sink.name, self._catalogue.get(bad.topic(), ""), error_class).inc()
+        table = self.free_text.table(event, table)
         table = table.append_column(PARTITION_COLUMN, pa.array([m.partition() for m in good], pa.int32()))
         return table.append_column(OFFSET_COLUMN, pa.array([m.offset() for m in good], pa.int64()))
 
-    def _write(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]]) -> None:
-        """Write ``batch`` until it is durable. If the store refuses its rows for good, the rows go
-        to the DLQ (when this loop dead-letters) and only the ranges are recorded, so the
-        partitions move on."""
+    def _write(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]]) -> list[OffsetRange]:
+        """Write ``batch`` until it is durable; the ranges it recorded. If the store refuses its rows
+        for good, the rows go to the DLQ and only the ranges are recorded, so the partitions move on."""
         refused = False
 
         def attempt() -> None:
@@ -316,8 +359,6 @@ class SinkRunner:
             if not batch.ranges:
                 return
             if refused:
-                if self._dlq is not None:
-                    self._dlq.flush()  # the refused rows are durable in the DLQ before their ranges move on
                 self.sink.write(SinkBatch(batch.table, batch.event, batch.rows.slice(0, 0), batch.ranges))
                 return
             try:
@@ -325,45 +366,83 @@ class SinkRunner:
             except TerminalError as exc:
                 log.error("%s: %s: %s refused the rows for good: %s", self.sink.name,
                           ", ".join(r.token for r in batch.ranges), batch.table, exc)
-                refused = True
                 self._dead_letter_rows(batch, sources, exc)
+                # The refused rows are durable in the DLQ before their ranges move on.
+                self._flush_dead_letters()
+                refused = True
                 attempt()
 
         started = time.monotonic()
         self._retry(attempt, f"writing {batch.table} {', '.join(r.token for r in batch.ranges)}")
         self.stats.write_s += time.monotonic() - started
         self.stats.batches += 1
-        self.stats.written_rows += batch.rows.num_rows
-        metrics.ROWS_WRITTEN.labels(self.sink.name, batch.table).inc(batch.rows.num_rows)
+        rows = 0 if refused else batch.rows.num_rows
+        self.stats.written_rows += rows
+        metrics.ROWS_WRITTEN.labels(self.sink.name, batch.table).inc(rows)
         self.stats.last_write_at = time.time()
+        return list(batch.ranges)
 
     def _dead_letter_rows(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]],
                           error: TerminalError) -> None:
-        self.stats.dead_letters += batch.rows.num_rows
-        if self._dlq is None:
-            return
         wanted = set(zip(batch.rows[PARTITION_COLUMN].to_pylist(), batch.rows[OFFSET_COLUMN].to_pylist()))
         for rng in batch.ranges:
             for msg in sources[(rng.topic, rng.partition)]:
-                if (msg.partition(), msg.offset()) in wanted:
-                    self._dlq.send(msg, type(error).__name__, str(error))
+                if (msg.partition(), msg.offset()) in wanted and self._dlq.send(msg, type(error).__name__, str(error)):
+                    self.stats.dead_letters += 1
                     metrics.DEAD_LETTERS.labels(self.sink.name, self._catalogue.get(msg.topic(), ""),
                                                 type(error).__name__).inc()
 
+    def _flush_dead_letters(self) -> None:
+        """Wait until every dead letter is durable; a letter refused for good halts its partition."""
+        while True:
+            try:
+                self._retry(self._dlq.flush, "flushing dead letters")
+                return
+            except DeadLetterRefused as exc:
+                # Halting discards the refused letters; the next flush waits for the others.
+                for topic, partition in sorted({(t, p) for t, p, _ in exc.sources}):
+                    self._halt(topic, partition, str(exc))
+
+    def _halt(self, topic: str, partition: int, why: str) -> None:
+        """Stop ``topic[partition]`` for good in this process: nothing past the refused letter is
+        recorded, so a restart (once the DLQ takes the letter) reads it again."""
+        from confluent_kafka import TopicPartition
+
+        key = (topic, partition)
+        self._buffers.pop(key, None)
+        self._halted.add(key)
+        self._dlq.discard(topic, partition)
+        self.stats.halted[f"{topic}[{partition}]"] = why
+        metrics.HALTED_PARTITIONS.labels(self.sink.name).set(len(self._halted))
+        log.error("%s: %s[%d] halted: a dead letter was refused for good, so its offsets are not recorded "
+                  "and the partition waits for an operator (the other partitions go on): %s",
+                  self.sink.name, topic, partition, why, extra={"topic": topic, "partition": partition})
+        if self._consumer is not None:
+            self._consumer.pause([TopicPartition(topic, partition)])
+
     def _owned(self, batch: SinkBatch) -> SinkBatch:
-        """``batch`` without the partitions revoked since it was built (their new owner has them)."""
-        owned = tuple(r for r in batch.ranges if (r.topic, r.partition) in self._buffers)
+        """``batch`` without the partitions revoked since it was built, or assigned again since (a
+        new epoch: the new buffer rebuilds them from the sink's record) or halted."""
+        owned = tuple(r for r in batch.ranges if self._current(r.topic, r.partition))
         if len(owned) == len(batch.ranges):
             return batch
         keep = pa.array([r.partition for r in owned], pa.int32())
         rows = batch.rows.filter(pc.is_in(batch.rows[PARTITION_COLUMN], value_set=keep))
         return SinkBatch(batch.table, batch.event, rows, owned)
 
-    def _commit(self, batches: dict[str, list[tuple[OffsetRange, list[Any]]]]) -> None:
+    def _current(self, topic: str, partition: int) -> bool:
+        buffer = self._buffers.get((topic, partition))
+        return buffer is not None and buffer.epoch == self._building.get((topic, partition))
+
+    def _commit(self, ranges: list[OffsetRange]) -> None:
         """Commit the group's offsets after the sink's write: for lag monitoring only."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for parts in batches.values() for r, _ in parts]
+        if not ranges:
+            return
+        offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for r in ranges]
+        for r in ranges:
+            self._dlq.forget_below(r.topic, r.partition, r.last + 1)  # recorded: never read again here
         try:
             self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
@@ -405,7 +484,7 @@ class SinkRunner:
     def _pause(self, paused: bool) -> None:
         if self._consumer is None or paused == self.stats.paused:
             return
-        assignment = self._consumer.assignment()
+        assignment = [tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in self._halted]
         if assignment:
             (self._consumer.pause if paused else self._consumer.resume)(assignment)
         self.stats.paused = paused
@@ -423,11 +502,15 @@ class SinkRunner:
         for topic, parts in by_topic.items():
             found = self._retry_in_callback(lambda t=topic, p=parts: self.sink.resume_points(t, p))
             points.update({(topic, p): rp for p, rp in found.items()})
+        self._epoch += 1
         for tp in partitions:
             point = points.get((tp.topic, tp.partition))
             tp.offset = point.next_offset if point else OFFSET_BEGINNING
+            # A partition halted here before gets another chance with its new assignment.
+            self._halted.discard((tp.topic, tp.partition))
             self._buffers[(tp.topic, tp.partition)] = _PartitionBuffer(
                 next_offset=point.next_offset if point else 0,
+                epoch=self._epoch,
                 replay_last=point.replay_last if point else None,
             )
         log.info("%s: assigned %s", self.sink.name, _describe(partitions, with_offsets=True))
@@ -438,6 +521,10 @@ class SinkRunner:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
             self._buffers.pop((tp.topic, tp.partition), None)
+            self._halted.discard((tp.topic, tp.partition))
+            if self._dlq is not None:
+                # Letters still pending for the partition are its new owner's to send again.
+                self._dlq.discard(tp.topic, tp.partition)
         log.info("%s: revoked %s", self.sink.name, _describe(partitions, with_offsets=False))
         consumer.unassign()
 
@@ -453,6 +540,21 @@ class SinkRunner:
                 log.warning("%s: reading resume points failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.settings.sink_retry_max_seconds)
+
+
+def _check_offsets(rng: OffsetRange, messages: list[Any]) -> None:
+    """The range a batch records covers exactly the messages it holds, in order."""
+    offsets = [m.offset() for m in messages]
+    if offsets and (offsets[0] < rng.first or offsets[-1] > rng.last
+                    or any(a >= b for a, b in zip(offsets, offsets[1:]))):
+        raise RuntimeError(f"batch {rng.token} holds offsets {offsets[0]}..{offsets[-1]} out of order or "
+                           "outside its range: refusing to record it")
+
+
+def _kafka_ms(message: Any) -> int | None:
+    """The message's Kafka timestamp in epoch milliseconds; None when it has none."""
+    kind, ms = message.timestamp()
+    return ms if kind else None
 
 
 def _describe(partitions: list[Any], with_offsets: bool) -> str:

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka.topics import TopicSpec, ensure_topics
+from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics
 from connectors.settings import Settings, load_settings
 from infra.local import Stack
 from infra.local.net import free_port
+from tests.integration.pipeline import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,41 @@ def unique(request) -> str:
     """A name no other test uses: the test's name plus a random suffix."""
     base = re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-").lower()[:40]
     return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def pipe(stack, stack_overrides, unique, tmp_path):
+    """Settings of this test's own pipeline: topics, lake, ClickHouse folder; topics created."""
+    settings = load_settings(**{
+        **stack_overrides,
+        "topic_prefix": f"t.{unique}.",
+        "topic_partitions": 3,
+        "lake_uri": f"file://{tmp_path}/lake",
+        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
+        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
+        "lake_flush_seconds": 1.0,
+        "clickhouse_flush_seconds": 0.5,
+        "lake_flush_rows": 5_000,
+        "clickhouse_flush_rows": 2_000,
+        "sink_retry_max_seconds": 2.0,
+    })
+    ensure_topics(settings, catalogue(settings))
+    return settings
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Start workers with ``workers(settings, roles)``; all are stopped at the end."""
+    started: list[Worker] = []
+
+    def start(settings, roles="lake,clickhouse", name=None, failpoints=""):
+        worker = Worker(settings, roles, tmp_path / (name or roles.replace(",", "-")), failpoints)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture

@@ -38,6 +38,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "EZ_CLICKHOUSE_FLUSH_SECONDS": str(settings.clickhouse_flush_seconds),
         "EZ_CLICKHOUSE_FLUSH_ROWS": str(settings.clickhouse_flush_rows),
         "EZ_SINK_RETRY_MAX_SECONDS": str(settings.sink_retry_max_seconds),
+        "EZ_LAKE_RETENTION_DAYS": str(settings.lake_retention_days),
+        "EZ_CLICKHOUSE_TTL_DAYS": str(settings.clickhouse_ttl_days),
+        "EZ_EVENT_TIME_FUTURE_TOLERANCE_S": str(settings.event_time_future_tolerance_s),
+        "EZ_MAX_STRING_BYTES": str(settings.max_string_bytes),
     }
     for name in ("budgets_file", "alerts_config_file"):
         if getattr(settings, name) is not None:

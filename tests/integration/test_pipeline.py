@@ -29,46 +29,10 @@ from infra.local.net import free_port
 from tests.conftest import wait_for
 from tests.integration.pipeline import (
     Truth,
-    Worker,
     lake_totals,
     produce_simulated,
     wait_exact,
 )
-
-
-@pytest.fixture
-def pipe(stack, stack_overrides, unique, tmp_path):
-    """Settings of this test's own pipeline: topics, lake, ClickHouse folder; topics created."""
-    settings = load_settings(**{
-        **stack_overrides,
-        "topic_prefix": f"t.{unique}.",
-        "topic_partitions": 3,
-        "lake_uri": f"file://{tmp_path}/lake",
-        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
-        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
-        "lake_flush_seconds": 1.0,
-        "clickhouse_flush_seconds": 0.5,
-        "lake_flush_rows": 5_000,
-        "clickhouse_flush_rows": 2_000,
-        "sink_retry_max_seconds": 2.0,
-    })
-    ensure_topics(settings, catalogue(settings))
-    return settings
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """Start workers with ``workers(settings, roles)``; all are stopped at the end."""
-    started: list[Worker] = []
-
-    def start(settings, roles="lake,clickhouse", name=None, failpoints=""):
-        worker = Worker(settings, roles, tmp_path / (name or roles.replace(",", "-")), failpoints)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def test_valid_events_land_exactly_once_in_lake_and_clickhouse(pipe, workers):
