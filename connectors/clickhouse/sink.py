@@ -147,6 +147,7 @@ class ClickHouseSink(Sink):
         offsets = batch.ranges[0]
         rows = batch.rows.num_rows
         if rows:
+            failpoint("clickhouse.before_record")
             self._record(offsets, rows, written=False)
             failpoint("clickhouse.after_record")
             for block, token in self.blocks(batch.rows, offsets.token):
