@@ -3,9 +3,9 @@
 A migration is a file ``NNN_name.sql`` in :data:`MIGRATIONS_DIR`: ``NNN`` is its version, the
 stem (``001_events``) its name. Files are templates: ``{db}`` is the project database
 (``EZ_CLICKHOUSE_DATABASE``) and ``{ttl_days}`` the row TTL (``EZ_CLICKHOUSE_TTL_DAYS``), both
-filled in when a table is created: a later change of the TTL setting leaves existing tables as
-they are. A statement ends with a ``;`` at the end of a line; lines starting with ``--`` are
-comments.
+filled in when the migration is applied: a later change of the TTL setting leaves the tables as
+the migrations left them. A statement ends with a ``;`` at the end of a line; lines starting with
+``--`` are comments.
 
 Each applied migration is recorded in ``{db}.schema_migrations`` with the SHA-256 of its file, so
 a second run applies nothing and an applied migration whose file changed is refused: a change
@@ -13,14 +13,23 @@ is a new migration, never an edit. ClickHouse has no transactional DDL, so every
 be idempotent (``CREATE … IF NOT EXISTS``): a migration interrupted half-way, or applied by two
 workers starting at once, is simply applied again.
 
+Once migrated, the event tables must have a column for every column the sinks insert: those of
+each event's current schema version (see :mod:`connectors.clickhouse.schema_check`). A new schema
+version that adds a field comes with a migration that adds its column
+(``ALTER TABLE {db}.<table> ADD COLUMN IF NOT EXISTS …``); without one :func:`apply_migrations`
+refuses, naming the migration to add, so a sink stops at start instead of retrying its inserts.
+
 On a cluster (``EZ_CLICKHOUSE_CLUSTER``) the same files are applied in a cluster form, rendered
 from each statement by :func:`render_migration` (so a file, and its checksum, stays the same for
 both): every DDL runs ``ON CLUSTER``; a table ``<name>`` becomes the replicated table
 ``<name>_local`` on every node (``Replicated<engine>`` at ``/clickhouse/tables/{shard}/{database}/
 {table}``, replica ``{replica}``: the server's macros) and a Distributed table ``<name>`` over it,
 so the code reads and writes the names it always does; a materialized view reads the local
-source table and writes the local target table, on each shard. ``schema_migrations`` is
-replicated to every node of the cluster instead, so any node knows what was applied.
+source table and writes the local target table, on each shard. ``ALTER TABLE <name>`` alters
+``<name>_local``, and the Distributed table too when it changes columns (``ADD``/``DROP``/
+``MODIFY``/``RENAME``/``COMMENT COLUMN``): the Distributed table has the columns, not the parts,
+TTL or indexes. ``schema_migrations`` is replicated to every node of the cluster instead, so any
+node knows what was applied.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Any
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from connectors.errors import ConfigError, EzStreamError, TransientError
+from connectors.kafka.schemas import SchemaRegistry
 from connectors.settings import Settings
 
 #: Folder of the migration files (package data).
@@ -45,6 +55,14 @@ _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 _COMMENT_LINE = re.compile(r"^\s*--.*$", re.M)
 _CREATE = re.compile(r"^CREATE (?P<kind>TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS (?P<db>\w+)\.(?P<name>\w+)\b")
 _ENGINE = re.compile(r"^ENGINE = (?P<engine>\w*MergeTree)(?:\((?P<args>[^()]*)\))?$", re.M)
+_ALTER = re.compile(r"^ALTER TABLE (?P<db>\w+)\.(?P<name>\w+)\b")
+#: Where a clause of an ALTER TABLE starts (the parts of a SET list or a GROUP BY start otherwise).
+_ALTER_CLAUSE = re.compile(
+    r"(?:ADD|DROP|MODIFY|RENAME|COMMENT|CLEAR|MATERIALIZE|REMOVE|UPDATE|DELETE|APPLY|ATTACH|DETACH"
+    r"|FREEZE|UNFREEZE|MOVE|REPLACE|FETCH|RESET)\b"
+)
+#: The clauses that change the columns, which the Distributed table over a local table takes too.
+_COLUMN_CLAUSE = re.compile(r"(?:ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b")
 
 #: Replication of a cluster's tables: the server's macros fill in the Keeper path and replica name.
 #: The bookkeeping of the migrations is one table replicated to every node (its path has no
@@ -110,15 +128,23 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [migrations[version] for version in sorted(migrations)]
 
 
-def apply_migrations(client: Any, settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Create the project database if missing and apply the migrations it has not had yet.
+def apply_migrations(
+    client: Any, settings: Settings, directory: Path = MIGRATIONS_DIR, registry: SchemaRegistry | None = None
+) -> list[str]:
+    """Create the project database if missing, apply the migrations it has not had yet, and check
+    that the event tables have every column the sinks insert.
 
     :param client: a clickhouse-connect client (see :func:`connectors.clickhouse.get_client`).
     :param directory: folder of the migration files; the package's own by default.
+    :param registry: the event schemas whose current versions the sinks read; the repository's
+        by default.
     :returns: the names of the migrations applied by this call, in order (empty when up to date).
     :raises ConfigError: an applied migration's file changed, a statement was refused or has no
         cluster form (the message names the migration), or ``EZ_CLICKHOUSE_CLUSTER`` is set for a
         database that was migrated for one server.
+    :raises ~connectors.clickhouse.schema_check.MissingColumns: (a ConfigError) an event table
+        lacks a column of its event's current schema, or has it with another type; the message
+        names the event, table and column and the migration to add.
     :raises TransientError: ClickHouse could not be reached.
     """
     db = settings.clickhouse_database
@@ -148,7 +174,20 @@ def apply_migrations(client: Any, settings: Settings, directory: Path = MIGRATIO
         except (ClickHouseError, OSError) as exc:
             raise _error(settings, f"recording migration {migration.name}", exc) from None
         done.append(migration.name)
+    _require_columns(client, settings, directory, registry)
     return done
+
+
+def _require_columns(client: Any, settings: Settings, directory: Path, registry: SchemaRegistry | None) -> None:
+    # Imported here: schema_check applies migrations to a scratch engine, so it imports this module.
+    from connectors.clickhouse.schema_check import MissingColumns, column_gaps
+
+    try:
+        gaps = column_gaps(client, settings, registry)
+    except (ClickHouseError, OSError) as exc:
+        raise _error(settings, "reading the columns of the event tables", exc) from None
+    if gaps:
+        raise MissingColumns(gaps, settings.clickhouse_database, directory)
 
 
 def bookkeeping_statements(settings: Settings) -> list[str]:
@@ -222,12 +261,15 @@ def _on_cluster(cluster: str) -> str:
 
 
 def _cluster_form(migration: Migration, statement: str, cluster: str, tables: set[str]) -> list[str]:
+    alter = _ALTER.match(statement)
+    if alter is not None and alter["name"] in tables:
+        return _cluster_alter(migration, statement, alter, cluster)
     create = _CREATE.match(statement)
     if create is None:
         raise ConfigError(
             f"ClickHouse migration {migration.name}: `{statement.splitlines()[0]}` has no cluster form "
-            "(only CREATE TABLE/MATERIALIZED VIEW/VIEW IF NOT EXISTS are rendered ON CLUSTER): "
-            "extend connectors.clickhouse.migrations for it"
+            "(only CREATE TABLE/MATERIALIZED VIEW/VIEW IF NOT EXISTS and ALTER TABLE of a MergeTree "
+            "table the migrations create are rendered ON CLUSTER): extend connectors.clickhouse.migrations for it"
         )
     db, name, kind = create["db"], create["name"], create["kind"]
     on_cluster = _on_cluster(cluster)
@@ -267,6 +309,44 @@ def _cluster_form(migration: Migration, statement: str, cluster: str, tables: se
         f"ENGINE = Distributed('{cluster}', '{db}', '{name}{LOCAL_SUFFIX}', {key})"
     )
     return [local, distributed]
+
+
+def _cluster_alter(migration: Migration, statement: str, alter: re.Match[str], cluster: str) -> list[str]:
+    db, name, rest = alter["db"], alter["name"], statement[alter.end():]
+    changes_columns = {bool(_COLUMN_CLAUSE.match(clause)) for clause in _alter_clauses(rest)}
+    if len(changes_columns) > 1:
+        raise ConfigError(
+            f"ClickHouse migration {migration.name}: `{statement.splitlines()[0]}` mixes clauses that change "
+            "columns (ADD/DROP/MODIFY/RENAME/COMMENT COLUMN) with others: on a cluster the first go to the "
+            "local and the Distributed table, the others to the local table only; split it into two statements"
+        )
+    on_cluster = _on_cluster(cluster)
+    local = f"ALTER TABLE {db}.{name}{LOCAL_SUFFIX}{on_cluster}{rest}"
+    if changes_columns == {True}:
+        return [local, f"ALTER TABLE {db}.{name}{on_cluster}{rest}"]
+    return [local]
+
+
+def _alter_clauses(commands: str) -> list[str]:
+    """The clauses of an ALTER TABLE's command list: its parts between top-level commas, each part
+    that does not start a clause (an item of a SET list or GROUP BY) joined to the one before."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, char in enumerate(commands):
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+        elif not quoted and char == "," and depth == 0:
+            parts.append(commands[start:i].strip())
+            start = i + 1
+    parts.append(commands[start:].strip())
+    clauses = [parts[0]]
+    for part in parts[1:]:
+        if _ALTER_CLAUSE.match(part):
+            clauses.append(part)
+        else:
+            clauses[-1] += f", {part}"
+    return clauses
 
 
 def _refuse_single_node_database(client: Any, settings: Settings) -> None:

@@ -184,7 +184,7 @@ def test_tables_have_order_partition_ttl_and_dedup_window(sink, ch_settings):
         assert "ENGINE = MergeTree" in ddl, table
         assert "PARTITION BY toYYYYMM(event_time)" in ddl, table
         assert "ORDER BY (agent_id, event_time)" in ddl, table
-        assert "TTL toDateTime(event_time) + toIntervalDay(30)" in ddl, table
+        assert "TTL event_time + toIntervalDay(30)" in ddl, table
         assert "non_replicated_deduplication_window = 10000" in ddl, table
     for table in ("llm_calls_1m", "task_events_1m"):
         ddl = scalar(ch_settings, f"SHOW CREATE TABLE {{db}}.{table}")

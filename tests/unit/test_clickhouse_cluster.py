@@ -30,6 +30,7 @@ from connectors.clickhouse.migrations import (
     load_migrations,
     render_migration,
 )
+from connectors.clickhouse.schema_check import expected_columns
 from connectors.clickhouse.sink import INSERT_SETTINGS, ClickHouseSink
 from connectors.errors import ConfigError
 from connectors.settings import Settings
@@ -40,7 +41,9 @@ K8S = ROOT / "infra" / "k8s"
 CLUSTER = "ezstream"
 DB = "analytics"
 ON_CLUSTER = f" ON CLUSTER '{CLUSTER}'"
-HEADER = re.compile(r"^CREATE (?:DATABASE|TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS (?P<name>[\w.]+)(?P<after>.*)$", re.M)
+HEADER = re.compile(
+    r"^(?:CREATE (?:DATABASE|TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS|ALTER TABLE) (?P<name>[\w.]+)(?P<after>.*)$", re.M
+)
 #: Rollup and state tables filled by materialized views, beside the event tables of the sink.
 VIEW_TARGETS = {"llm_calls_1m", "task_events_1m", "task_state_agg", "inference_vectors"}
 
@@ -61,7 +64,12 @@ def _cluster() -> list[str]:
 
 def _created(statements: list[str]) -> dict[str, str]:
     """Statement by the name it creates (database-qualified)."""
-    return {HEADER.match(s)["name"]: s for s in statements}
+    return {HEADER.match(s)["name"]: s for s in statements if s.startswith("CREATE")}
+
+
+def _altered(statements: list[str]) -> list[tuple[str, str]]:
+    """(name, statement) of each ALTER TABLE, in order."""
+    return [(HEADER.match(s)["name"], s) for s in statements if s.startswith("ALTER")]
 
 
 def _storage_tables() -> set[str]:
@@ -178,14 +186,15 @@ def test_clickhouse_parses_every_cluster_statement():
     asts = json.loads(done.stdout.strip().splitlines()[-1])
     for statement, ast in zip(statements, asts, strict=True):
         assert not ast.startswith("ERROR"), f"{statement.splitlines()[0]}: {ast}"
-        assert "Create" in ast.splitlines()[0], ast
+        assert ast.splitlines()[0].startswith(("CreateQuery", "AlterQuery")), ast
     engines = "\n".join(asts)
     assert engines.count("Function Distributed") == len(_storage_tables())
     assert "Function ReplicatedReplacingMergeTree" in engines
 
 
 class _Client:
-    """Records what apply_migrations and the sink send; answers queries with ``rows``."""
+    """Records what apply_migrations and the sink send; answers queries with ``rows``, and those of
+    the event tables' columns with the columns the sinks insert."""
 
     def __init__(self, rows=()):
         self.rows = list(rows)
@@ -196,6 +205,9 @@ class _Client:
         self.commands.append(sql)
 
     def query(self, sql, **_):
+        if "system.columns" in sql:
+            rows = [(table, c.name, c.clickhouse_type) for table, cs in expected_columns().items() for c in cs]
+            return type("Result", (), {"result_rows": rows})()
         return type("Result", (), {"result_rows": self.rows})()
 
     def insert(self, table, rows, column_names=None, settings=None):
@@ -224,6 +236,44 @@ def test_a_statement_without_a_cluster_form_is_refused(tmp_path):
     assert render_migration(migration, _settings(None), [migration]) == [f"ALTER TABLE {DB}.llm_calls ADD COLUMN x UInt8"]
     with pytest.raises(ConfigError, match="001_alter: `ALTER TABLE .*` has no cluster form"):
         render_migration(migration, _settings(CLUSTER), [migration])
+
+
+def test_an_alter_of_a_table_alters_its_local_table_and_the_distributed_one_when_columns_change(tmp_path):
+    (tmp_path / "001_t.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS {db}.t\n(\n    agent_id String,\n    at DateTime64(3, 'UTC')\n)\n"
+        "ENGINE = ReplacingMergeTree\nORDER BY agent_id;\n"
+    )
+    (tmp_path / "002_alter.sql").write_text(
+        "ALTER TABLE {db}.t ADD COLUMN IF NOT EXISTS x UInt8, MODIFY COLUMN at DateTime64(3, 'UTC');\n"
+        "ALTER TABLE {db}.t MODIFY TTL at + INTERVAL 7 DAY GROUP BY agent_id SET at = max(at), x = max(x);\n"
+    )
+    migrations = load_migrations(tmp_path)
+    columns, ttl = render_migration(migrations[1], _settings(None), migrations)
+    assert render_migration(migrations[1], _settings(CLUSTER), migrations) == [
+        columns.replace(f"{DB}.t ", f"{DB}.t_local{ON_CLUSTER} "),
+        columns.replace(f"{DB}.t ", f"{DB}.t{ON_CLUSTER} "),
+        ttl.replace(f"{DB}.t ", f"{DB}.t_local{ON_CLUSTER} "),
+    ]
+
+
+def test_the_shipped_alters_go_to_the_local_tables_only():
+    altered = _altered(_cluster())
+    assert altered, "the migrations alter tables (007, 008)"
+    tables = _storage_tables()
+    for name, statement in altered:
+        assert name.endswith(LOCAL_SUFFIX) and name.split(".")[1].removesuffix(LOCAL_SUFFIX) in tables, statement
+        assert " TTL " in statement, statement  # TTLs are the local tables': a Distributed table has none
+    assert f"{DB}.ingest_batches_local" in dict(altered)
+
+
+def test_an_alter_mixing_column_and_other_clauses_is_refused_on_a_cluster(tmp_path):
+    (tmp_path / "001_t.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS {db}.t\n(\n    agent_id String\n)\nENGINE = MergeTree\nORDER BY agent_id;\n"
+    )
+    (tmp_path / "002_alter.sql").write_text("ALTER TABLE {db}.t ADD COLUMN x UInt8, MODIFY TTL now() + INTERVAL 1 DAY;\n")
+    migrations = load_migrations(tmp_path)
+    with pytest.raises(ConfigError, match="002_alter: .* mixes clauses .* split it into two statements"):
+        render_migration(migrations[1], _settings(CLUSTER), migrations)
 
 
 def test_a_table_without_agent_id_needs_a_sharding_key(tmp_path):
