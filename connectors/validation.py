@@ -11,7 +11,7 @@ The rules, by column type (the same for every event; ``docs/guarantees.md`` has 
 
 ``event_time``
     From 1970-01-01 up to (not including) 2106-02-07 06:28:16 UTC, the range of ClickHouse's
-    ``DateTime`` that the TTL expressions use; at most ``EZ_EVENT_TIME_FUTURE_TOLERANCE_S``
+    ``DateTime``, which the rollups' ``minute`` column uses; at most ``EZ_EVENT_TIME_FUTURE_TOLERANCE_S``
     after the message's Kafka timestamp; and not older than the shorter retention of the two
     stores (``EZ_LAKE_RETENTION_DAYS``, ``EZ_CLICKHOUSE_TTL_DAYS``) before it.
 other timestamps (``window_start``, ``first_seen``…)

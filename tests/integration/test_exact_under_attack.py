@@ -15,7 +15,16 @@ from confluent_kafka import Consumer, Producer
 
 from connectors.kafka import client_config
 from connectors.kafka.codec import MARKER, default_codec
-from connectors.kafka.dlq import ERROR_CLASS, ERROR_MESSAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, read_dead_letters
+from connectors.kafka.dlq import (
+    ERROR_CLASS,
+    ERROR_MESSAGE,
+    REPLAYED_FROM,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    read_dead_letters,
+    replay,
+)
 from connectors.kafka.topics import dlq_topic, topic_name
 from tests.conftest import wait_for
 from tests.integration.pipeline import Truth, clickhouse_totals, expected, lake_totals, produce_simulated, wait_exact
@@ -179,3 +188,58 @@ def test_a_partition_assigned_again_during_a_retry_is_not_written_twice(pipe, wo
     produce_simulated(pipe, 500, seed=37, truth=truth)
     wait_exact(pipe, truth, workers=[worker])
     assert lake_totals(pipe) == expected(truth)
+
+
+def test_dead_letters_a_crash_repeated_are_replayed_once(pipe, workers):
+    truth = Truth()
+    # Killed after the dead letters are durable, before the lake recorded the batch: the restart
+    # reads the batch again and dead-letters its garbage a second time (at least once on write).
+    crashed = workers(pipe, name="crashed", failpoints="lake.before_write=1")
+    # Garbage first, on one partition: the first batch of that partition holds it.
+    bad = _produce(pipe, "agent.tasks", [b"not avro %d" % i for i in range(50)], key=b"research-02")
+    produce_simulated(pipe, 1500, seed=38, truth=truth)
+    wait_for(crashed.exited, 120, "the kill -9 before the lake's write")
+    worker = workers(pipe, name="after")
+    wait_exact(pipe, truth, workers=[worker])
+    dlq = dlq_topic(topic_name(pipe, "agent.tasks"))
+    letters = wait_for(lambda: (found if len(found := read_dead_letters(pipe, dlq)) > len(bad) else None), 60,
+                       "the repeated dead letters")
+    assert {l.source_key for l in letters} == set(bad)
+    worker.stop()  # the replayed garbage is not dead-lettered again while replay runs
+
+    # Exactly once on replay: each source once, a rerun sends nothing.
+    first = replay(pipe, dlq)
+    assert (first.sent, first.duplicates) == (len(bad), len(letters) - len(bad))
+    again = replay(pipe, dlq)
+    assert again.sent == 0
+    replayed = _replayed_values(pipe, topic_name(pipe, "agent.tasks"))
+    assert sorted(replayed) == sorted(b"not avro %d" % i for i in range(50))
+
+
+def _replayed_values(settings, topic: str) -> list[bytes]:
+    """Values of the messages of ``topic`` that a DLQ replay sent (committed ones only)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer(client_config(settings, **{"group.id": f"probe.{uuid.uuid4().hex}",
+                                                   "isolation.level": "read_committed"}))
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        values, done = [], {p for p, end in ends.items() if end == 0}
+
+        def read_all() -> bool:
+            for msg in consumer.consume(1000, timeout=0.5):
+                if msg.error() is None:
+                    if any(name == REPLAYED_FROM for name, _ in msg.headers() or []):
+                        values.append(msg.value())
+                    if msg.offset() + 1 >= ends[msg.partition()]:
+                        done.add(msg.partition())
+            position = consumer.position([TopicPartition(topic, p) for p in parts])
+            done.update(tp.partition for tp in position if tp.offset >= ends[tp.partition])
+            return len(done) == len(parts)
+
+        wait_for(read_all, 60, f"the end of {topic}", interval_s=0)
+        return values
+    finally:
+        consumer.close()
