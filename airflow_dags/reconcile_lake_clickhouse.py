@@ -2,7 +2,9 @@
 
 A run checks the hour before its data interval (``lag_hours``, 1 by default), so both sinks have
 long written it. Counts and sum(cost_usd) of the hour are compared; a table whose hour differs is repaired in
-ClickHouse from the lake (the exact record), idempotently; every check goes into the report
+ClickHouse from the lake (the exact record), idempotently. An hour older than the retention of
+either store (counted from the run's day) is skipped, one outside the event times ClickHouse
+keeps is only counted; every check, with its status, goes into the report
 ``reports/reconcile/<hour>.json`` under the lake. Logic: :mod:`connectors.batch.reconcile`.
 """
 
@@ -52,7 +54,7 @@ def reconcile_lake_clickhouse():
 
         lag = timedelta(hours=int(params["lag_hours"]))
         checks = reconcile(load_settings(), data_interval_start - lag, data_interval_end - lag, [table],
-                           progress=log.info)
+                           progress=log.info, day=data_interval_start.date())
         return [c.to_dict() for c in checks]
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -69,7 +71,10 @@ def reconcile_lake_clickhouse():
         body = json.dumps({"start": start.isoformat(), "checks": rows}, indent=1)
         uri = write_file(load_settings(), f"{REPORTS}/reconcile/{start:%Y-%m-%dT%H}.json", body.encode())
         repaired = [c for c in rows if c["inserted"] or c["deleted"]]
-        log.info("%d table hours checked, %d repaired; report %s", len(rows), len(repaired), uri)
+        left = {s: sum(c["status"] == s for c in rows) for s in ("skipped", "unstorable")}
+        log.info("%d table hours checked, %d repaired, %d skipped (before the retention), %d outside the "
+                 "event times ClickHouse keeps; report %s", len(rows), len(repaired), left["skipped"],
+                 left["unstorable"], uri)
         return uri
 
     report(reconcile.expand(table=event_tables()))

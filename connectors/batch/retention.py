@@ -1,10 +1,21 @@
 """Retention: rows older than the configured days leave the lake and ClickHouse.
 
-The cut-off is computed from the day the run covers, not from the clock, so a rerun deletes
-the same thing. The lake keeps ``EZ_LAKE_RETENTION_DAYS`` whole event dates: older partitions
-are removed by a Delta delete (a metadata-only commit for whole partitions; their files go with a
-later vacuum). ClickHouse keeps ``EZ_CLICKHOUSE_TTL_DAYS``: its table TTL drops old rows only when
-parts merge, so the job deletes them at once, from the event tables and from the rollups.
+Both stores follow one rule on ``event_time``: the run covering ``day`` keeps the UTC event
+dates from ``day - (days - 1)`` on, ``days`` being ``EZ_LAKE_RETENTION_DAYS`` for the lake and
+``EZ_CLICKHOUSE_TTL_DAYS`` for ClickHouse. The lake drops the older ``event_date`` partitions
+(a Delta delete, a metadata-only commit for whole partitions; their files go with a later
+vacuum); ClickHouse the rows with ``event_time`` before that date's midnight, from the event
+tables and from their per-minute rollups. The cut-off is computed from the day the run covers,
+not from the clock, so a rerun deletes the same thing.
+
+ClickHouse's table TTL (``toDateTime(event_time) + INTERVAL {ttl_days} DAY``, migration 001) is
+the same rule on the server's clock, applied at inserts and merges: a row goes once it is
+``ttl_days`` old. So the job's cut-off for ``day`` is where the TTL stands when ``day`` ends, and
+as the next day goes by the TTL moves on by the hour (at its next merge) while the job waits
+for the next run: then ClickHouse may lack the first hours of the oldest date the lake keeps,
+and a row inserted into them later is dropped on insert. The job deletes at once what the TTL
+would leave until parts merge. Reconciliation compares only the hours both stores keep
+(:func:`kept_by_both`).
 """
 
 from __future__ import annotations
@@ -33,12 +44,27 @@ class Removed:
 
 def lake_cutoff(settings: Settings, day: date) -> date:
     """The first event date the lake keeps when the run covers ``day``."""
-    return day - timedelta(days=settings.lake_retention_days - 1)
+    return _first_kept(settings.lake_retention_days, day)
 
 
 def clickhouse_cutoff(settings: Settings, day: date) -> datetime:
-    """The first instant ClickHouse keeps when the run covers ``day``."""
-    return datetime.combine(day - timedelta(days=settings.clickhouse_ttl_days - 1), time(), tzinfo=timezone.utc)
+    """The first instant ClickHouse keeps when the run covers ``day``: the midnight that starts
+    its first kept event date."""
+    return _midnight(_first_kept(settings.clickhouse_ttl_days, day))
+
+
+def kept_by_both(settings: Settings, day: date) -> datetime:
+    """The first instant both stores keep when the run covers ``day`` (the later cut-off)."""
+    return max(_midnight(lake_cutoff(settings, day)), clickhouse_cutoff(settings, day))
+
+
+def _first_kept(days: int, day: date) -> date:
+    # ``days`` dates are kept: the run's day and the ``days - 1`` before it.
+    return day - timedelta(days=days - 1)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
 
 
 def apply_retention(settings: Settings, day: date, tables: list[str] | None = None) -> list[Removed]:
@@ -47,11 +73,12 @@ def apply_retention(settings: Settings, day: date, tables: list[str] | None = No
 
 
 def retain_lake(settings: Settings, day: date, tables: list[str] | None = None) -> list[Removed]:
+    """Delete the lake's event dates before :func:`lake_cutoff`; what went, per table."""
     cutoff = lake_cutoff(settings, day)
     removed = []
     for table in event_table_names(tables):
         delta = open_table(settings, table)
-        if delta is None or not delta.file_uris(partition_filters=[(EVENT_DATE, "<", cutoff.isoformat())]):
+        if delta is None or not delta.file_uris(file_pruning_predicate=[(EVENT_DATE, "<", cutoff.isoformat())]):
             continue
         metrics = delta.delete(f"{EVENT_DATE} < '{cutoff.isoformat()}'")
         rows = int(metrics.get("num_deleted_rows") or 0)
@@ -61,6 +88,8 @@ def retain_lake(settings: Settings, day: date, tables: list[str] | None = None) 
 
 
 def retain_clickhouse(settings: Settings, day: date, tables: list[str] | None = None) -> list[Removed]:
+    """Delete ClickHouse's event rows and rollup minutes before :func:`clickhouse_cutoff`; what
+    went, per table."""
     cutoff = clickhouse_cutoff(settings, day)
     client = get_client(settings)
     db = settings.clickhouse_database
