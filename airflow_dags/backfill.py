@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 )
 def backfill():
     @task
-    def reload_clickhouse(params=None) -> dict:
+    def reload_clickhouse(params=None, data_interval_start=None) -> dict:
         """Bring ClickHouse to the lake's rows, day by day, hour by hour."""
         from datetime import date
 
@@ -44,7 +44,7 @@ def backfill():
         from connectors.settings import load_settings
 
         checks = backfill(load_settings(), date.fromisoformat(params["start"]), date.fromisoformat(params["end"]),
-                          list(params["tables"]), progress=log.info)
+                          list(params["tables"]), progress=log.info, run_day=data_interval_start.date())
         return {"hours": len(checks), "rows": sum(c.lake_rows for c in checks),
                 "inserted": sum(c.inserted for c in checks)}
 

@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def backfill(settings: Settings, first_day: date, last_day: date, tables: list[str] | None = None,
-             progress: Callable[[str], None] = log.info) -> list[HourCheck]:
+             progress: Callable[[str], None] = log.info, run_day: date | None = None) -> list[HourCheck]:
     """Make ClickHouse hold exactly the lake's rows of ``tables`` (all when empty) from
-    ``first_day`` to ``last_day`` (inclusive, UTC); the checks of every hour with rows."""
+    ``first_day`` to ``last_day`` (inclusive, UTC); the checks of every hour with rows.
+
+    ``run_day`` is the day of the run (its data interval), from which the retention cut-off is
+    counted, as in the reconcile DAG; hours the stores no longer both keep are skipped, not
+    reloaded. By default ``last_day``.
+    """
     if last_day < first_day:
         raise ValueError(f"backfill range ends ({last_day}) before it starts ({first_day})")
     days = (last_day - first_day).days + 1
@@ -29,7 +34,8 @@ def backfill(settings: Settings, first_day: date, last_day: date, tables: list[s
     for i in range(days):
         day = first_day + timedelta(days=i)
         start = datetime.combine(day, time(), tzinfo=timezone.utc)
-        done = reconcile(settings, start, start + timedelta(days=1), tables, repair=True, progress=progress)
+        done = reconcile(settings, start, start + timedelta(days=1), tables, repair=True, progress=progress,
+                         day=run_day or last_day)
         checks += done
         rows = sum(c.lake_rows for c in done)
         inserted = sum(c.inserted for c in done)

@@ -8,7 +8,7 @@ vacuum); ClickHouse the rows with ``event_time`` before that date's midnight, fr
 tables and from their per-minute rollups. The cut-off is computed from the day the run covers,
 not from the clock, so a rerun deletes the same thing.
 
-ClickHouse's table TTL (``toDateTime(event_time) + INTERVAL {ttl_days} DAY``, migration 001) is
+ClickHouse's table TTL (``event_time + INTERVAL {ttl_days} DAY``, migration 007) is
 the same rule on the server's clock, applied at inserts and merges: a row goes once it is
 ``ttl_days`` old. So the job's cut-off for ``day`` is where the TTL stands when ``day`` ends, and
 as the next day goes by the TTL moves on by the hour (at its next merge) while the job waits
