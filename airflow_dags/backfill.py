@@ -36,15 +36,18 @@ log = logging.getLogger(__name__)
 )
 def backfill():
     @task
-    def reload_clickhouse(params=None, data_interval_start=None) -> dict:
+    def reload_clickhouse(params=None, data_interval_start=None, dag_run=None) -> dict:
         """Bring ClickHouse to the lake's rows, day by day, hour by hour."""
         from datetime import date
 
         from connectors.batch.backfill import backfill
         from connectors.settings import load_settings
 
+        # A manual run may have no data interval (no logical date): then its day is when it runs.
+        when = data_interval_start or getattr(dag_run, "run_after", None)
+        run_day = when.date() if when is not None else None
         checks = backfill(load_settings(), date.fromisoformat(params["start"]), date.fromisoformat(params["end"]),
-                          list(params["tables"]), progress=log.info, run_day=data_interval_start.date())
+                          list(params["tables"]), progress=log.info, run_day=run_day)
         return {"hours": len(checks), "rows": sum(c.lake_rows for c in checks),
                 "inserted": sum(c.inserted for c in checks)}
 
