@@ -80,23 +80,32 @@ def unique(request) -> str:
 
 
 @pytest.fixture
-def pipe(stack, stack_overrides, unique, tmp_path):
-    """Settings of this test's own pipeline: topics, lake, ClickHouse folder; topics created."""
-    settings = load_settings(**{
-        **stack_overrides,
-        "topic_prefix": f"t.{unique}.",
-        "topic_partitions": 3,
-        "lake_uri": f"file://{tmp_path}/lake",
-        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
-        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
-        "lake_flush_seconds": 1.0,
-        "clickhouse_flush_seconds": 0.5,
-        "lake_flush_rows": 5_000,
-        "clickhouse_flush_rows": 2_000,
-        "sink_retry_max_seconds": 2.0,
-    })
-    ensure_topics(settings, catalogue(settings))
-    return settings
+def make_pipe(stack, stack_overrides, unique, tmp_path):
+    """``make_pipe(**overrides)``: settings of this test's own pipeline (topics, lake folder,
+    ClickHouse folder and database), its topics created."""
+
+    def make(**overrides: Any) -> Settings:
+        settings = load_settings(**{
+            **stack_overrides,
+            "topic_prefix": f"t.{unique}.",
+            "topic_partitions": 3,
+            "lake_uri": f"file://{tmp_path}/lake",
+            "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
+            "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
+            "lake_flush_seconds": 1.0,
+            "clickhouse_flush_seconds": 0.5,
+            **overrides,
+        })
+        ensure_topics(settings, catalogue(settings))
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def pipe(make_pipe):
+    """This test's pipeline with small batches and short back-offs."""
+    return make_pipe(lake_flush_rows=5_000, clickhouse_flush_rows=2_000, sink_retry_max_seconds=2.0)
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from connectors.kafka import client_config
 from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall, TaskEvent, Telemetry
 from connectors.kafka.producer import EventProducer
-from connectors.kafka.topics import catalogue, ensure_topics, topic_name
-from connectors.settings import load_settings
+from connectors.kafka.topics import topic_name
 from streams.query_server import query
 from tests.conftest import wait_for
 from infra.local.net import free_port
@@ -68,23 +67,12 @@ daily_usd = 1.0
 
 
 @pytest.fixture
-def intel(stack, stack_overrides, unique, tmp_path):
+def intel(make_pipe, tmp_path):
     """Settings of this test's alerts pipeline; topics created."""
     (tmp_path / "rules.toml").write_text(RULES)
     (tmp_path / "budgets.toml").write_text(BUDGETS)
-    settings = load_settings(**{
-        **stack_overrides,
-        "topic_prefix": f"a.{unique}.",
-        "topic_partitions": 3,
-        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
-        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
-        "clickhouse_flush_seconds": 0.5,
-        "budgets_file": tmp_path / "budgets.toml",
-        "alerts_config_file": tmp_path / "rules.toml",
-        "alerts_checkpoint_seconds": 0.5,
-    })
-    ensure_topics(settings, catalogue(settings))
-    return settings
+    return make_pipe(budgets_file=tmp_path / "budgets.toml", alerts_config_file=tmp_path / "rules.toml",
+                     alerts_checkpoint_seconds=0.5)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ end did what; a raw producer (any Kafka client, bypassing the SDK) shows the wor
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 from confluent_kafka import Producer
@@ -16,9 +15,9 @@ from connectors.kafka import client_config
 from connectors.kafka.codec import encode
 from connectors.kafka.events import LlmCall
 from connectors.kafka.producer import EventProducer
-from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.kafka.topics import topic_name
 from connectors.lake import storage_options, table_uri
-from connectors.settings import Settings, load_settings
+from connectors.settings import Settings
 from streams.query_server import query
 from tests.integration.pipeline import START, Truth, Worker, wait_exact
 
@@ -27,19 +26,8 @@ LONG = "prompt ü 😀 " * 200
 
 
 @pytest.fixture
-def pipe(stack, stack_overrides, unique, tmp_path):
-    settings = load_settings(**{
-        **stack_overrides,
-        "topic_prefix": f"f.{unique}.",
-        "topic_partitions": 2,
-        "lake_uri": f"file://{tmp_path}/lake",
-        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
-        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
-        "lake_flush_seconds": 1.0,
-        "clickhouse_flush_seconds": 0.5,
-    })
-    ensure_topics(settings, catalogue(settings))
-    return settings
+def pipe(make_pipe):
+    return make_pipe(topic_partitions=2)
 
 
 @pytest.fixture

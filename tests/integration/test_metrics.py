@@ -10,8 +10,7 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.kafka import client_config
-from connectors.kafka.topics import catalogue, ensure_topics, topic_name
-from connectors.settings import load_settings
+from connectors.kafka.topics import topic_name
 from infra.local.net import free_port
 from tests.conftest import wait_for
 from tests.integration.pipeline import Truth, Worker, produce_simulated, wait_exact
@@ -30,20 +29,8 @@ def total(samples, name: str, **labels) -> float:
 
 
 @pytest.fixture
-def pipe(stack, stack_overrides, unique, tmp_path):
-    settings = load_settings(**{
-        **stack_overrides,
-        "topic_prefix": f"m.{unique}.",
-        "topic_partitions": 3,
-        "lake_uri": f"file://{tmp_path}/lake",
-        "clickhouse_dsn": f"chdb://{tmp_path}/clickhouse",
-        "clickhouse_database": "ez_" + uuid.uuid4().hex[:8],
-        "lake_flush_seconds": 1.0,
-        "clickhouse_flush_seconds": 0.5,
-        "metrics_port": free_port(),
-    })
-    ensure_topics(settings, catalogue(settings))
-    return settings
+def pipe(make_pipe):
+    return make_pipe(metrics_port=free_port())
 
 
 def test_metrics_of_a_sink_worker_match_the_load(pipe, tmp_path):
