@@ -4,9 +4,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EZ     := $(BIN)/ezstream
 
-.PHONY: install demo test test-unit test-integration up down status fetch clean airflow airflow-install airflow-stop
+.PHONY: install native demo test test-unit test-integration up down status fetch clean airflow airflow-install airflow-stop
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.native
+
+## native: build the Rust batch decoder (native/) with maturin and install it into the venv; cargo's registry
+## and build cache live in $EZ_CACHE_DIR/cargo (~/.cache/ezstream/cargo by default), so a rebuild takes seconds
+NATIVE_CACHE   := $(or $(EZ_CACHE_DIR),$(HOME)/.cache/ezstream)/cargo
+NATIVE_SOURCES := $(shell find native/src -type f) native/Cargo.toml native/Cargo.lock native/build.rs native/pyproject.toml
+native: $(VENV)/.installed
+	@command -v cargo >/dev/null || { echo "make native: cargo not found; install Rust 1.88 or newer with rustup (https://rustup.rs)" >&2; exit 1; }
+	$(BIN)/pip install --quiet maturin==1.16.0
+	rm -rf $(NATIVE_CACHE)/wheels
+	CARGO_HOME=$(NATIVE_CACHE)/home CARGO_TARGET_DIR=$(NATIVE_CACHE)/target $(BIN)/maturin build --release --locked \
+		--manifest-path native/Cargo.toml --interpreter $(BIN)/python --auditwheel skip --out $(NATIVE_CACHE)/wheels
+	$(BIN)/pip install --quiet --force-reinstall --no-deps $(NATIVE_CACHE)/wheels/ezstream_native-*.whl
+	touch $(VENV)/.native
+
+$(VENV)/.native: $(NATIVE_SOURCES) | $(VENV)/.installed
+	$(MAKE) native
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
