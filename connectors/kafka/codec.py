@@ -193,7 +193,24 @@ class Codec:
             positions.append(index)
 
         schema = self.arrow_schema(event)
-        table = pa.Table.from_pylist(records, schema=_plain_arrow(schema)).cast(schema)
+        plain = _plain_arrow(schema)
+        try:
+            table = pa.Table.from_pylist(records, schema=plain).cast(schema)
+        except (pa.ArrowException, OverflowError):
+            # A body fastavro reads but Arrow cannot hold (an ``int`` varint past 32 bits): find
+            # the records at fault, one by one on this rare path, and fail them alone.
+            kept = []
+            for record, index in zip(records, positions):
+                try:
+                    pa.Table.from_pylist([record], schema=plain)
+                except (pa.ArrowException, OverflowError) as exc:
+                    failures.append(Failure(index, UndecodableBody.__name__,
+                                            f"{reader.label}: a value does not fit its type: {type(exc).__name__}: {exc}"))
+                    continue
+                kept.append((record, index))
+            records, positions = [r for r, _ in kept], [i for _, i in kept]
+            failures.sort(key=lambda f: f.index)
+            table = pa.Table.from_pylist(records, schema=plain).cast(schema)
         uuid_fields = [f["name"] for f in reader.schema["fields"] if _logical_type(f["type"]) == "uuid"]
         bad = None
         for name in uuid_fields:

@@ -17,6 +17,7 @@ from fastavro import schemaless_writer
 from connectors.errors import ConfigError, TerminalError
 from connectors.kafka import codec
 from connectors.kafka.codec import (
+    MARKER,
     BadMarker,
     Codec,
     InvalidEvent,
@@ -347,3 +348,20 @@ def test_decode_batch_arrow_of_only_failures_is_an_empty_typed_table():
     assert arrow.table.num_rows == 0
     assert arrow.table.schema == codec.default_codec().arrow_schema("telemetry")
     assert len(arrow.failures) == 1
+
+
+def test_an_int_past_32_bits_fails_its_message_alone():
+    # fastavro reads any varint into an ``int`` field; Arrow's int32 cannot hold 2**40.
+    writer = default_registry().current("llm_call")
+    wide = copy.deepcopy(writer.schema)
+    for field in wide["fields"]:
+        if field["name"] == "input_tokens":
+            field["type"] = "long"
+    body = io.BytesIO()
+    schemaless_writer(body, wide, {**SAMPLES["llm_call"], "input_tokens": 2**40})
+    bad = MARKER + writer.fingerprint + body.getvalue()
+    good = codec.encode("llm_call", SAMPLES["llm_call"])
+    arrow = codec.decode_batch_arrow([good, bad, good, b"\x00"], "llm_call")
+    assert arrow.table.num_rows == 2
+    assert [(f.index, f.error_class) for f in arrow.failures] == [(1, "UndecodableBody"), (3, "BadMarker")]
+    assert "does not fit its type" in arrow.failures[0].message
