@@ -101,6 +101,8 @@ class Worker:
                 [sys.executable, "-m", "streams.cli", "worker", "--only", self.roles, "--home", str(self.home)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        # Its own session: CI stops what a dead pytest left by this pid (.ci/run).
+        (self.home / "worker.pid").write_text(str(self.proc.pid))
         wait_for(lambda: self.alive() and self.ready_file.exists(), timeout_s, f"worker {self.roles} ready")
         return self
 
