@@ -230,6 +230,8 @@ class IntelligenceProcessor:
         self.stats: Counter[str] = Counter()
         self._late_events: dict[str, int] = {}
         self._status_lock = threading.Lock()
+        #: What the status file says now.
+        self._published: dict[str, Any] = {}
         self._checkpoints_written = 0
         self._reset_active_state()
 
@@ -473,6 +475,9 @@ class IntelligenceProcessor:
         self._producer.poll(0)
         if not self._caught_up and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items()):
             self._caught_up = True
+            # Said now, with the positions of the latest checkpoint: a takeover that replays
+            # nothing writes no checkpoint, and the status file would say "catching up" forever.
+            self._write_status({**self._published, "caught_up": True} if self._published else None)
             self.ready.set()
             log.info("alerts: caught up; wall-clock rules on")
         now = time.monotonic()
@@ -616,7 +621,7 @@ class IntelligenceProcessor:
         txn.commit_transaction(30)
         self._checkpoints_written += 1
         self._write_status({
-            "active": True, "caught_up": state["caught_up"], "snapshot": state["snapshot"],
+            "active": True, "caught_up": state["caught_up"] or self._caught_up, "snapshot": state["snapshot"],
             "positions": state["positions"], "late_events": state["late_events"],
             "stats": {**state["stats"], "checkpoints": self._checkpoints_written},
         })
@@ -649,6 +654,7 @@ class IntelligenceProcessor:
         if self._webhook is not None:
             status["webhook"] = {"posted": self._webhook.posted, "failed": self._webhook.failed}
         with self._status_lock:
+            self._published = status
             self._status_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._status_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
