@@ -2,7 +2,8 @@
 
 A batch consumer (librdkafka, thousands of messages per call) keeps one buffer per (topic,
 partition). When a buffer is big or old enough, every buffer is decoded in one call per
-partition into Arrow, undecodable messages go to the DLQ (durably, first), and the sink writes
+partition into Arrow by the native decoder (:mod:`connectors.kafka.native`, built at start;
+fastavro stays the reference its tests compare it with), undecodable messages go to the DLQ (durably, first), and the sink writes
 the rest: one write per table for a sink that commits many partitions atomically, one per
 partition otherwise. The sink records how far it got; on assignment the loop seeks to the sink's
 record, never to the group's committed offsets (committed only for lag monitoring).
@@ -43,6 +44,7 @@ from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.config import client_config
 from connectors.kafka.dlq import DeadLetterRefused, DeadLetters
 from connectors.kafka.freetext import FreeTextPolicy
+from connectors.kafka.native import NativeCodec
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
@@ -133,6 +135,9 @@ class SinkRunner:
         self.name = sink.name
         self.policy = policy or FlushPolicy.for_sink(settings, sink.name)
         self.codec = codec or default_codec()
+        # The native decoder, built now: a missing or stale extension stops the worker at start
+        # with a ConfigError naming ``make native``, never a silent fallback to fastavro.
+        self.decoder = NativeCodec(self.codec)
         # Other producers than the SDK exist: free text is dropped or cut again before any write.
         self.free_text = FreeTextPolicy.from_settings(settings)
         self.rules = ValueRules.from_settings(settings)
@@ -320,7 +325,7 @@ class SinkRunner:
     def _decode(self, event: str, messages: list[Any]) -> pa.Table:
         """The rows of ``messages`` that decode and pass the value rules; the others are dead-lettered
         (by the loop that dead-letters) or skipped (by the others, which decide the same)."""
-        result = self.codec.decode_batch_arrow([m.value() for m in messages], event)
+        result = self.decoder.decode_batch_arrow([m.value() for m in messages], event)
         failures = [(f.index, f.error_class, f.message) for f in result.failures]
         table = result.table
         positions = list(range(len(messages)))  # of each table row, in ``messages``
