@@ -475,9 +475,9 @@ class IntelligenceProcessor:
         self._producer.poll(0)
         if not self._caught_up and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items()):
             self._caught_up = True
-            # Said now, with the positions of the latest checkpoint: a takeover that replays
-            # nothing writes no checkpoint, and the status file would say "catching up" forever.
-            self._write_status({**self._published, "caught_up": True} if self._published else None)
+            # Said now, with the positions of the latest checkpoint (activation wrote the status):
+            # a takeover that replays nothing writes no checkpoint, and would say "catching up" forever.
+            self._write_status({**self._published, "caught_up": True})
             self.ready.set()
             log.info("alerts: caught up; wall-clock rules on")
         now = time.monotonic()

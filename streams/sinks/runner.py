@@ -3,9 +3,9 @@
 A batch consumer (librdkafka, thousands of messages per call) keeps one buffer per (topic,
 partition). When a buffer is big or old enough, every buffer is decoded in one call per
 partition into Arrow by the native decoder (:mod:`connectors.kafka.native`, built at start;
-fastavro stays the reference its tests compare it with), undecodable messages go to the DLQ (durably, first), and the sink writes
-the rest: one write per table for a sink that commits many partitions atomically, one per
-partition otherwise. The sink records how far it got; on assignment the loop seeks to the sink's
+fastavro stays the reference its tests compare it with), undecodable messages go to the DLQ
+(durably, first), and the sink writes the rest: one write per table for a sink that commits many
+partitions atomically, one per partition otherwise. The sink records how far it got; on assignment the loop seeks to the sink's
 record, never to the group's committed offsets (committed only for lag monitoring).
 
 Every decoded batch is checked against the value rules of :mod:`connectors.validation` before
@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from connectors.errors import TerminalError, TransientError
 from connectors.failpoints import failpoint
 from streams import metrics
-from connectors.kafka.codec import Codec, default_codec
+from connectors.kafka.codec import Codec
 from connectors.kafka.config import client_config
 from connectors.kafka.dlq import DeadLetterRefused, DeadLetters
 from connectors.kafka.freetext import FreeTextPolicy
@@ -134,10 +134,11 @@ class SinkRunner:
         #: The role this loop plays in a worker (the sink's name).
         self.name = sink.name
         self.policy = policy or FlushPolicy.for_sink(settings, sink.name)
-        self.codec = codec or default_codec()
-        # The native decoder, built now: a missing or stale extension stops the worker at start
-        # with a ConfigError naming ``make native``, never a silent fallback to fastavro.
-        self.decoder = NativeCodec(self.codec)
+        # The native decoder of ``codec`` (the default codec's by default), built now: a missing or
+        # stale extension stops the worker at start with a ConfigError naming ``make native``, never
+        # a silent fallback to fastavro. One per loop, not shared: a decoder takes one batch at a
+        # time, and the sinks of one process decode in parallel with the GIL released.
+        self.decoder = NativeCodec(codec)
         # Other producers than the SDK exist: free text is dropped or cut again before any write.
         self.free_text = FreeTextPolicy.from_settings(settings)
         self.rules = ValueRules.from_settings(settings)
