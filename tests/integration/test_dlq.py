@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from connectors.errors import TransientError
@@ -27,18 +27,13 @@ from connectors.kafka.dlq import (
 from connectors.kafka.topics import DLQ_MAX_MESSAGE_BYTES, TopicSpec, catalogue, dlq_topic, ensure_topics
 from connectors.settings import load_settings
 from infra.local.net import free_port
-from tests.conftest import wait_for
+from tests.integration.topics import read_topics
 
 
-def read(settings, topic, group, n):
-    consumer = Consumer(client_config(settings, **{"group.id": group, "auto.offset.reset": "earliest"}))
-    consumer.subscribe([topic])
-    got = []
-    try:
-        wait_for(lambda: got.extend(m for m in consumer.consume(100, timeout=0.5) if m.error() is None)
-                 or len(got) >= n, 60, f"{n} messages on {topic}", interval_s=0)
-    finally:
-        consumer.close()
+def read(settings, topic, n):
+    """The ``n`` messages ``topic`` holds (committed ones: a replay writes in transactions)."""
+    got = read_topics(settings, [topic])
+    assert len(got) == n, f"{topic} holds {len(got)} messages, expected {n}"
     return got
 
 
@@ -52,7 +47,7 @@ def test_dead_letters_list_show_and_replay_once(stack, stack_overrides, unique):
     assert producer.flush(30) == 0
 
     dead = DeadLetters(settings, "lake")
-    for msg in read(settings, source, f"g1.{unique}", 3):
+    for msg in read(settings, source, 3):
         dead.send(msg, "BadMarker", f"not Avro: {msg.value()!r}")
     dead.flush()
 
@@ -73,7 +68,7 @@ def test_dead_letters_list_show_and_replay_once(stack, stack_overrides, unique):
 
     assert replay(settings, dlq_topic(source)) == Replayed(3, 0)
     assert replay(settings, dlq_topic(source)) == Replayed(0, 0)  # already replayed: nothing twice
-    again = read(settings, source, f"g2.{unique}", 6)
+    again = read(settings, source, 6)
     replayed = [m for m in again if any(k == REPLAYED_FROM for k, _ in (m.headers() or []))]
     assert sorted(m.value() for m in replayed) == [b"garbage-0", b"garbage-1", b"garbage-2"]
     assert all(("h", b"v") in m.headers() for m in replayed)
@@ -93,7 +88,7 @@ def _produce(settings, topic, values, **config):
 
 def _dead_letter_all(settings, source, n, processor="lake"):
     dead = DeadLetters(settings, processor)
-    msgs = read(settings, source, f"g.{processor}.{os.urandom(4).hex()}", n)
+    msgs = read(settings, source, n)
     for msg in msgs:
         assert dead.send(msg, "BadMarker", "not Avro")
     dead.flush(60)
@@ -138,7 +133,7 @@ def test_a_letter_too_large_for_its_dlq_is_refused_until_discarded(stack, stack_
     rng = _random("refused letter")
     _produce(settings, source, [b"small-0", rng.randbytes(50_000), b"small-2"])
     dead = DeadLetters(settings, "lake")
-    for msg in read(settings, source, f"g.{unique}", 3):
+    for msg in read(settings, source, 3):
         dead.send(msg, "BadMarker", "not Avro")
     for _ in range(2):  # raising forgets nothing: the second flush raises again
         with pytest.raises(DeadLetterRefused) as refused:
@@ -207,7 +202,7 @@ def test_a_replay_killed_midway_then_run_again_replays_each_source_once(stack, s
     dlq = dlq_topic(source)
     ensure_topics(settings, [TopicSpec(source, 2, 1, {}), TopicSpec(dlq, 1, 1, {})])
     _produce(settings, source, [f"bad-{i}".encode() for i in range(12)])
-    msgs = read(settings, source, f"g.{unique}", 12)
+    msgs = read(settings, source, 12)
     # 16 letters, 12 sources, 2 chunks of 8: the second holds 4 repeats (a restarted worker's) and 4 new.
     for sent in (msgs[:8], msgs[4:]):
         dead = DeadLetters(settings, "lake")

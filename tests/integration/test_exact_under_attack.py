@@ -27,6 +27,7 @@ from connectors.kafka.dlq import (
 )
 from connectors.kafka.topics import dlq_topic, topic_name
 from tests.conftest import wait_for
+from tests.integration.topics import read_topics
 from tests.integration.pipeline import Truth, clickhouse_totals, expected, lake_totals, produce_simulated, wait_exact
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -218,28 +219,5 @@ def test_dead_letters_a_crash_repeated_are_replayed_once(pipe, workers):
 
 def _replayed_values(settings, topic: str) -> list[bytes]:
     """Values of the messages of ``topic`` that a DLQ replay sent (committed ones only)."""
-    from confluent_kafka import TopicPartition
-
-    consumer = Consumer(client_config(settings, **{"group.id": f"probe.{uuid.uuid4().hex}",
-                                                   "isolation.level": "read_committed"}))
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        values, done = [], {p for p, end in ends.items() if end == 0}
-
-        def read_all() -> bool:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error() is None:
-                    if any(name == REPLAYED_FROM for name, _ in msg.headers() or []):
-                        values.append(msg.value())
-                    if msg.offset() + 1 >= ends[msg.partition()]:
-                        done.add(msg.partition())
-            position = consumer.position([TopicPartition(topic, p) for p in parts])
-            done.update(tp.partition for tp in position if tp.offset >= ends[tp.partition])
-            return len(done) == len(parts)
-
-        wait_for(read_all, 60, f"the end of {topic}", interval_s=0)
-        return values
-    finally:
-        consumer.close()
+    return [msg.value() for msg in read_topics(settings, [topic], **{"isolation.level": "read_committed"})
+            if any(name == REPLAYED_FROM for name, _ in msg.headers() or [])]

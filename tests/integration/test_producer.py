@@ -8,15 +8,13 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
-from confluent_kafka import Consumer
 
-from connectors.kafka import client_config
 from connectors.kafka.codec import decode
 from connectors.kafka.events import LlmCall, Telemetry
 from connectors.kafka.producer import DeliveryError, EventProducer
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import load_settings
-from tests.conftest import wait_for
+from tests.integration.topics import read_topics
 
 
 @pytest.fixture
@@ -25,27 +23,6 @@ def prefixed(stack_overrides, settings, unique):
     own = load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.", "topic_partitions": 4})
     ensure_topics(own, catalogue(own))
     return own
-
-
-def read_all(settings, topic: str, group: str, expected: int, timeout_s: float = 60) -> list:
-    consumer = Consumer(client_config(settings, **{
-        "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    }))
-    consumer.subscribe([topic])
-    got: list = []
-    try:
-        def done():
-            for msg in consumer.consume(500, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                got.append(msg)
-            return len(got) >= expected
-
-        wait_for(done, timeout_s, f"{expected} messages on {topic}", interval_s=0)
-        # Nothing beyond what was expected turns up either.
-        assert consumer.consume(500, timeout=1.0) == []
-    finally:
-        consumer.close()
-    return got
 
 
 def call(i: int) -> LlmCall:
@@ -59,7 +36,7 @@ def call(i: int) -> LlmCall:
     )
 
 
-def test_typed_events_are_keyed_ordered_and_reported(prefixed, unique):
+def test_typed_events_are_keyed_ordered_and_reported(prefixed):
     deliveries = []
     with EventProducer(prefixed, on_delivery=deliveries.append) as producer:
         for i in range(300):
@@ -72,7 +49,8 @@ def test_typed_events_are_keyed_ordered_and_reported(prefixed, unique):
     assert producer.failed == {}
     assert len(deliveries) == 301 and all(d.error is None and d.offset >= 0 for d in deliveries)
 
-    messages = read_all(prefixed, topic, f"g.{unique}", expected=300)
+    messages = read_topics(prefixed, [topic])
+    assert len(messages) == 300
     by_agent: dict[bytes, set[int]] = {}
     seq: dict[bytes, list[int]] = {}
     for msg in messages:
@@ -95,7 +73,7 @@ def test_undeliverable_messages_raise_a_delivery_error_naming_the_topic(settings
     assert producer.failed == {missing: 1}
 
 
-def test_produce_cli_sends_good_lines_and_reports_bad_ones(prefixed, unique, tmp_path):
+def test_produce_cli_sends_good_lines_and_reports_bad_ones(prefixed, tmp_path):
     good = call(7).to_record()
     good.pop("event_id")
     good["event_time"] = "2026-11-26T12:00:00Z"
@@ -122,6 +100,6 @@ def test_produce_cli_sends_good_lines_and_reports_bad_ones(prefixed, unique, tmp
     assert "line 6:" in result.stderr and "surprise" in result.stderr
     assert "sent 3, delivered 3, rejected 3" in result.stdout
 
-    messages = read_all(prefixed, topic_name(prefixed, "agent.llm_calls"), f"g.{unique}", expected=3)
+    messages = read_topics(prefixed, [topic_name(prefixed, "agent.llm_calls")])
     agents = sorted(decode(m.value())[1]["agent_id"] for m in messages)
     assert agents == ["content-02", "development-07", "enterprise-05"]
