@@ -53,6 +53,27 @@ class OffsetRange:
         return f"{self.topic}:{self.partition}:{self.first}:{self.last}"
 
 
+def batch_token(ranges: tuple[OffsetRange, ...]) -> str:
+    """Identifies a batch of one topic's ranges wherever it is written: ``topic:p:first:last`` for
+    one range (:attr:`OffsetRange.token`), ``topic:p:first:last+p:first:last…`` by partition for
+    several. Kafka topic names cannot hold ``:`` or ``+``, so :func:`parse_batch_token` reads it back.
+    """
+    ordered = sorted(ranges, key=lambda r: r.partition)
+    if not ordered or any(r.topic != ordered[0].topic for r in ordered):
+        raise ValueError(f"a batch holds ranges of one topic, got {ranges!r}")
+    return f"{ordered[0].topic}:" + "+".join(f"{r.partition}:{r.first}:{r.last}" for r in ordered)
+
+
+def parse_batch_token(token: str) -> tuple[OffsetRange, ...]:
+    """The ranges of a :func:`batch_token`."""
+    topic, _, spans = token.partition(":")
+    ranges = []
+    for span in spans.split("+"):
+        partition, first, last = (int(part) for part in span.split(":"))
+        ranges.append(OffsetRange(topic, partition, first, last))
+    return tuple(ranges)
+
+
 @dataclass(frozen=True)
 class SinkBatch:
     """Decoded rows of one table, with the offset ranges they came from.
@@ -72,13 +93,15 @@ class SinkBatch:
 class ResumePoint:
     """Where a partition starts after an assignment.
 
-    ``next_offset`` is the first offset to read. ``replay_last``, when set, is the last offset of
-    a batch the sink recorded but may not have finished writing: the loop first rebuilds exactly
-    the batch ``next_offset..replay_last`` (so an idempotent sink recognises it), then goes on.
+    ``next_offset`` is the first offset to read. ``replay``, when not empty, is a batch the sink
+    recorded but may not have finished writing, whose ranges include this partition's offsets
+    just before ``next_offset`` and may include other partitions of the topic: the loop first
+    reads exactly those ranges again and writes them as one batch (so an idempotent sink
+    recognises it), and records nothing else of the partition until it is written.
     """
 
     next_offset: int
-    replay_last: int | None = None
+    replay: tuple[OffsetRange, ...] = ()
 
 
 class Sink(ABC):
@@ -86,9 +109,6 @@ class Sink(ABC):
 
     #: Role name, also used in consumer group and transaction ids: ``lake``, ``clickhouse``.
     name: str
-    #: True when one :meth:`write` may span several partitions (one atomic commit for all);
-    #: False when the loop must hand over one partition's range per write.
-    multi_partition_writes: bool
 
     @abstractmethod
     def setup(self) -> None:
@@ -100,11 +120,20 @@ class Sink(ABC):
 
     @abstractmethod
     def write(self, batch: SinkBatch) -> None:
-        """Write ``batch`` durably and record its ranges (atomically or idempotently).
+        """Write ``batch`` (ranges of one topic, one per partition) durably and record its ranges
+        (atomically or idempotently).
 
         Called again with the very same batch after a TransientError or a crash: must not
         duplicate rows.
         """
+
+    def recorded(self, batch: SinkBatch) -> bool:
+        """Whether the store holds a record of exactly this batch from an earlier attempt that may
+        have written part of it: then the batch must be written whole, as it is, even for
+        partitions this worker lost meanwhile (their new owner replays the same batch). A sink
+        whose write records nothing before it is durable (one atomic commit) has none.
+        """
+        return False
 
     def close(self) -> None:
         """Release clients."""

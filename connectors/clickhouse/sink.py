@@ -1,17 +1,27 @@
 """The ClickHouse sink: decoded batches into the event tables, exactly once.
 
-Exactly once rests on three things (see ``migrations/``):
+A batch is what the loop flushes of one topic: one offset range for each partition it holds, and
+their rows as one insert, so a flush costs one insert per table whatever the partition count
+(an insert's fixed cost, its materialized views' above all, dwarfs its cost per row at the
+sizes a one-second flush gathers: see bench/clickhouse_write.py). Exactly once rests on three
+things (see ``migrations/``):
 
-1. Before its insert, a batch's offset range is recorded in ``ingest_batches`` (``written`` false);
-   once the insert returned, again with ``written`` true.
-2. Every insert carries ``insert_deduplication_token`` = the range's token (topic, partition,
-   first and last offset). The event tables and the rollup tables keep a deduplication window,
-   so a block whose token they already hold is dropped, and the materialized views that fill the
-   rollups are deduplicated the same way (``deduplicate_blocks_in_dependent_materialized_views``).
-3. On assignment, :meth:`ClickHouseSink.resume_points` replays the newest batch of a partition
-   that is not marked written: the loop rebuilds exactly that batch, same rows, same token, and
-   its insert either lands or is dropped as a duplicate. A batch marked written is not replayed,
-   which keeps it exact even after its block has left the deduplication window.
+1. Before its insert, each range of a batch is recorded in ``ingest_batches`` (``written``
+   false) with the batch's token (:func:`~connectors.sink.batch_token`, which names every range
+   of the batch); once the insert returned, again with ``written`` true. Both records of a batch
+   are one insert each, so a batch is recorded whole or not at all.
+2. Every insert carries ``insert_deduplication_token`` = the batch's token. The event tables and
+   the rollup tables keep a deduplication window, so a block whose token they already hold is
+   dropped, and the materialized views that fill the rollups are deduplicated the same way
+   (``deduplicate_blocks_in_dependent_materialized_views``).
+3. On assignment, :meth:`ClickHouseSink.resume_points` names, for a partition whose newest
+   recorded range is not marked written, the whole batch it belongs to: the loop reads every
+   range of that batch again, other partitions' included, and writes the same rows under the same
+   token, which either land or are dropped as a duplicate. Whoever holds any partition of the
+   batch may do so, as often as it comes: the token makes every such write the same one. A batch
+   marked written is not replayed, which keeps it exact even after its block has left the
+   deduplication window. Because a recorded batch may be replayed whole by another worker, it is
+   never written in another composition (:meth:`ClickHouseSink.recorded`).
 
 ClickHouse refuses an insert block that touches more partitions (months of ``event_time``) than
 ``max_partitions_per_insert_block``; a batch spanning more is inserted as several blocks of at
@@ -32,7 +42,7 @@ from connectors.clickhouse.migrations import apply_migrations
 from connectors.errors import EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
 from connectors.settings import Settings
-from connectors.sink import OffsetRange, ResumePoint, Sink, SinkBatch
+from connectors.sink import PARTITION_COLUMN, OffsetRange, ResumePoint, Sink, SinkBatch, batch_token, parse_batch_token
 
 #: Settings of every insert. ``async_insert`` is off because chDB turns it on by default, and an
 #: asynchronous insert is buffered (not durable when the call returns) and deduplicated by other
@@ -74,7 +84,7 @@ _DATA_ERRORS = frozenset({
 #: and a server whose merges fall behind (which passes), so the message tells them apart.
 _SHAPE_REFUSAL = "partitions for single insert block"
 
-_BATCHES_COLUMNS = ["topic", "partition", "first_offset", "last_offset", "rows", "written", "consumer_group"]
+_BATCHES_COLUMNS = ["topic", "partition", "first_offset", "last_offset", "rows", "written", "consumer_group", "batch"]
 
 
 class ClickHouseSink(Sink):
@@ -86,7 +96,6 @@ class ClickHouseSink(Sink):
     """
 
     name = "clickhouse"
-    multi_partition_writes = False
 
     def __init__(self, settings: Settings, group: str) -> None:
         self.settings = settings
@@ -116,12 +125,13 @@ class ClickHouseSink(Sink):
         self.max_partitions = int(limit[0][0]) if limit else 0
 
     def resume_points(self, topic: str, partitions: list[int]) -> dict[int, ResumePoint]:
-        """From the newest recorded batch of each partition: after it, or it again if not written."""
+        """From the newest recorded range of each partition: after it, and its whole batch again if
+        that is not marked written."""
         if not partitions:
             return {}
-        # One row per batch even before ReplacingMergeTree merged its two records.
+        # One row per range even before ReplacingMergeTree merged its two records.
         sql = (
-            "SELECT partition, first_offset, last_offset, max(written) "
+            "SELECT partition, first_offset, last_offset, max(written), any(batch) "
             f"FROM {self.database}.ingest_batches "
             "WHERE topic = %(topic)s AND partition IN %(partitions)s "
             "GROUP BY partition, first_offset, last_offset "
@@ -132,28 +142,48 @@ class ClickHouseSink(Sink):
         except (ClickHouseError, OSError) as exc:
             raise self._error(exc, f"reading the resume points of {topic}") from None
         points = {}
-        for partition, first, last, written in rows:
-            points[int(partition)] = ResumePoint(last + 1) if written else ResumePoint(first, replay_last=last)
+        for partition, first, last, written, batch in rows:
+            if written:
+                points[int(partition)] = ResumePoint(last + 1)
+            else:
+                # Ranges recorded before batches spanned partitions carry no batch token: their own.
+                replay = parse_batch_token(batch) if batch else (OffsetRange(topic, int(partition), first, last),)
+                points[int(partition)] = ResumePoint(last + 1, replay=replay)
         return points
 
     def write(self, batch: SinkBatch) -> None:
-        """Record the batch's range, insert its rows (deduplicated by the range's token), mark it written.
+        """Record the batch's ranges, insert its rows (deduplicated by the batch's token), mark them written.
 
         :raises TransientError: ClickHouse is unreachable or refused for a reason that may pass.
         :raises TerminalError: ClickHouse cannot store these rows; the message names the table and token.
         """
-        if len(batch.ranges) != 1:
-            raise ValueError(f"{self.name} writes one partition's range at a time, got {len(batch.ranges)}")
-        offsets = batch.ranges[0]
+        token = batch_token(batch.ranges)
         rows = batch.rows.num_rows
         if rows:
             failpoint("clickhouse.before_record")
-            self._record(offsets, rows, written=False)
+            self._record(batch, token, written=False)
             failpoint("clickhouse.after_record")
-            for block, token in self.blocks(batch.rows, offsets.token):
-                self._insert(batch.table, block, token)
+            for block, block_token in self.blocks(batch.rows, token):
+                self._insert(batch.table, block, block_token)
             failpoint("clickhouse.after_insert")
-        self._record(offsets, rows, written=True)
+        self._record(batch, token, written=True)
+
+    def recorded(self, batch: SinkBatch) -> bool:
+        """Whether ``ingest_batches`` holds this batch (recorded by an attempt that then failed).
+
+        :raises TransientError: ClickHouse cannot be asked.
+        """
+        token = batch_token(batch.ranges)
+        first = batch.ranges[0]
+        try:
+            rows = self.client.query(
+                f"SELECT count() FROM {self.database}.ingest_batches WHERE topic = %(topic)s "
+                "AND partition = %(partition)s AND first_offset = %(first)s AND batch = %(batch)s",
+                parameters={"topic": first.topic, "partition": first.partition, "first": first.first, "batch": token},
+            ).result_rows
+        except (ClickHouseError, OSError) as exc:
+            raise self._error(exc, f"looking up batch {token}") from None
+        return bool(rows and rows[0][0])
 
     def blocks(self, rows: pa.Table, token: str) -> list[tuple[pa.Table, str]]:
         """``rows`` as insert blocks of at most :attr:`max_partitions` months each, with their tokens."""
@@ -173,14 +203,19 @@ class ClickHouseSink(Sink):
         """Forget the client; it is process-wide (see :func:`~connectors.clickhouse.get_client`), so it stays open."""
         self._client = None
 
-    def _record(self, offsets: OffsetRange, rows: int, written: bool) -> None:
-        row = [offsets.topic, offsets.partition, offsets.first, offsets.last, rows, written, self.group]
+    def _record(self, batch: SinkBatch, token: str, written: bool) -> None:
+        counts: dict[int, int] = {}
+        if batch.rows.num_rows:
+            per_partition = pc.value_counts(batch.rows[PARTITION_COLUMN])
+            counts = dict(zip(per_partition.field("values").to_pylist(), per_partition.field("counts").to_pylist()))
+        records = [[r.topic, r.partition, r.first, r.last, counts.get(r.partition, 0), written, self.group, token]
+                   for r in batch.ranges]
         try:
             self.client.insert(
-                f"{self.database}.ingest_batches", [row], column_names=_BATCHES_COLUMNS, settings=self._insert_settings
+                f"{self.database}.ingest_batches", records, column_names=_BATCHES_COLUMNS, settings=self._insert_settings
             )
         except (ClickHouseError, OSError) as exc:
-            raise self._error(exc, f"recording batch {offsets.token}") from None
+            raise self._error(exc, f"recording batch {token}") from None
 
     def _insert(self, table: str, rows: pa.Table, token: str) -> None:
         doing = f"inserting batch {token} into {self.database}.{table}"

@@ -4,8 +4,8 @@ A batch consumer (librdkafka, thousands of messages per call) keeps one buffer p
 partition). When a buffer is big or old enough, every buffer is decoded in one call per
 partition into Arrow by the native decoder (:mod:`connectors.kafka.native`, built at start;
 fastavro stays the reference its tests compare it with), undecodable messages go to the DLQ
-(durably, first), and the sink writes the rest: one write per table for a sink that commits many
-partitions atomically, one per partition otherwise. The sink records how far it got; on assignment the loop seeks to the sink's
+(durably, first), and the sink writes the rest: one write per table, holding one offset range
+per partition. The sink records how far it got; on assignment the loop seeks to the sink's
 record, never to the group's committed offsets (committed only for lag monitoring).
 
 Every decoded batch is checked against the value rules of :mod:`connectors.validation` before
@@ -16,9 +16,15 @@ While a sink is unavailable the loop keeps the batch, pauses its partitions (so 
 bounded), and retries with back-off. In-flight work belongs to an assignment: each assignment
 of a partition starts a new epoch, and a batch built in an earlier epoch is never written for
 it (Kafka Connect's open/close per partition), even if the partition came back to this worker
-meanwhile: the new buffer rebuilds it from the sink's record. The offsets a batch records are
-checked against the messages it holds; a recorded batch that must be rebuilt is written only
-once every one of its offsets has been read again, never on a stop halfway through.
+meanwhile: the new buffer rebuilds it from the sink's record. The exception is a batch the sink
+already recorded (:meth:`~connectors.sink.Sink.recorded`): it is written whole, as recorded,
+since whoever holds one of its partitions may replay it and must write the same. The offsets a
+batch records are checked against the messages it holds.
+
+A recorded batch that a resume point names (:class:`~connectors.sink.ResumePoint`) is read again,
+every range of it, other partitions' included, by a consumer of its own that reads exactly those
+offsets, then written whole before anything else of its partitions is; a stop halfway through
+the reading leaves it to the next start.
 
 A dead letter the DLQ refuses for good (see :class:`~connectors.kafka.dlq.DeadLetterRefused`)
 halts its source partition with an error naming it: the partition is paused and nothing past
@@ -48,7 +54,16 @@ from connectors.kafka.native import NativeCodec
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
-from connectors.sink import OFFSET_COLUMN, PARTITION_COLUMN, TABLES, OffsetRange, ResumePoint, Sink, SinkBatch
+from connectors.sink import (
+    OFFSET_COLUMN,
+    PARTITION_COLUMN,
+    TABLES,
+    OffsetRange,
+    ResumePoint,
+    Sink,
+    SinkBatch,
+    batch_token,
+)
 from connectors.validation import INVALID_VALUE, ValueRules, check
 
 log = logging.getLogger(__name__)
@@ -82,7 +97,7 @@ class _PartitionBuffer:
 
     next_offset: int  # first offset of the next range (the seek position, or last written + 1)
     epoch: int  # the assignment this buffer belongs to
-    replay_last: int | None = None  # the recorded batch to rebuild first ends here
+    waits_for: str | None = None  # token of a recorded batch to write before anything of this buffer
     messages: list[Any] = field(default_factory=list)
     nbytes: int = 0
     since: float = 0.0  # monotonic time of the first buffered message
@@ -149,6 +164,8 @@ class SinkRunner:
         self._dlq: DeadLetters | None = None
         self._consumer: Any = None
         self._buffers: dict[tuple[str, int], _PartitionBuffer] = {}
+        #: Recorded batches the resume points named, by token: rebuilt and written before the rest.
+        self._replays: dict[str, tuple[OffsetRange, ...]] = {}
         self._epoch = 0
         #: Epoch of each partition whose batch is being written (the assignment it was built in).
         self._building: dict[tuple[str, int], int] = {}
@@ -191,10 +208,15 @@ class SinkRunner:
         self.ready.set()
         try:
             while not self._stop.is_set():
+                if self._replays:
+                    self._replay()
+                    continue
                 self._poll(timeout_s=min(0.5, self.policy.max_age_s / 2))
                 if self._due():
                     self._flush()
-            self._flush(final=True)
+            self._flush()
+            for ranges in self._replays.values():
+                log.info("%s: leaving the replay of offsets %s to the next start", self.sink.name, _spans(ranges))
         except _Abandoned as exc:
             log.warning("%s: stopped with a batch unwritten (it is read again at restart): %s", self.sink.name, exc)
         finally:
@@ -237,9 +259,6 @@ class SinkRunner:
             buffer.messages.append(msg)
             buffer.nbytes += len(msg.value() or b"")
         self.stats.consumed += len(messages)
-        if any(b.replay_last is not None and b.messages and b.messages[-1].offset() < b.replay_last
-               for b in self._buffers.values()) and failpoint(f"{self.sink.name}.replay_partial"):
-            self._stop.set()
         for topic, count in per_topic.items():
             metrics.EVENTS_IN.labels(self.sink.name, self._catalogue.get(topic, topic)).inc(count)
         if messages:
@@ -249,10 +268,8 @@ class SinkRunner:
         rows = nbytes = 0
         oldest = None
         for buffer in self._buffers.values():
-            if not buffer.messages:
+            if not buffer.messages or buffer.waits_for is not None:
                 continue
-            if buffer.replay_last is not None and buffer.messages[-1].offset() >= buffer.replay_last:
-                return True
             rows += len(buffer.messages)
             nbytes += buffer.nbytes
             oldest = buffer.since if oldest is None else min(oldest, buffer.since)
@@ -263,37 +280,21 @@ class SinkRunner:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _flush(self, final: bool = False) -> None:
+    def _flush(self) -> None:
         """Decode, check, dead-letter and write everything buffered; returns when it is durable."""
         flush_started = time.monotonic()
         batch_bytes = 0
         batches: dict[str, list[tuple[OffsetRange, list[Any]]]] = {}
         self._building = {}
         for (topic, partition), buffer in self._buffers.items():
-            if not buffer.messages:
+            if not buffer.messages or buffer.waits_for is not None:
                 continue
-            if buffer.replay_last is not None:
-                # Rebuild exactly the recorded batch first; what follows waits for the next flush.
-                # Only once all of it is read again: a stop halfway leaves it to the next start.
-                last = buffer.replay_last
-                if buffer.messages[-1].offset() < last:
-                    if final:
-                        log.info("%s: %s[%d]: leaving the replay of offsets %d..%d to the next start "
-                                 "(read up to %d)", self.sink.name, topic, partition, buffer.next_offset,
-                                 last, buffer.messages[-1].offset())
-                    continue
-                cut = next((i for i, m in enumerate(buffer.messages) if m.offset() > last), len(buffer.messages))
-                taken, buffer.messages = buffer.messages[:cut], buffer.messages[cut:]
-                buffer.replay_last = None
-            else:
-                taken, buffer.messages = buffer.messages, []
-                last = taken[-1].offset()
+            taken, buffer.messages = buffer.messages, []
+            last = taken[-1].offset()
             rng = OffsetRange(topic, partition, buffer.next_offset, last)
             _check_offsets(rng, taken)
-            remaining = sum(len(m.value() or b"") for m in buffer.messages)
-            batch_bytes += buffer.nbytes - remaining
-            buffer.nbytes = remaining
-            buffer.since = time.monotonic()
+            batch_bytes += buffer.nbytes
+            buffer.nbytes = 0
             buffer.next_offset = last + 1
             self._building[(topic, partition)] = buffer.epoch
             batches.setdefault(topic, []).append((rng, taken))
@@ -305,13 +306,10 @@ class SinkRunner:
             catalogue_topic = self._catalogue[topic]
             event, table = TOPIC_EVENTS[catalogue_topic], TABLES[catalogue_topic]
             started = time.monotonic()
-            decoded = [(rng, self._decode(event, messages)) for rng, messages in parts]
+            decoded = [self._decode(event, messages) for _, messages in parts]
             self.stats.decode_s += time.monotonic() - started
-            if self.sink.multi_partition_writes:
-                rows = pa.concat_tables([t for _, t in decoded]) if len(decoded) > 1 else decoded[0][1]
-                writes.append(SinkBatch(table, event, rows, tuple(rng for rng, _ in decoded)))
-            else:
-                writes.extend(SinkBatch(table, event, t, (rng,)) for rng, t in decoded)
+            rows = pa.concat_tables(decoded) if len(decoded) > 1 else decoded[0]
+            writes.append(SinkBatch(table, event, rows, tuple(rng for rng, _ in parts)))
         # Dead letters are durable before the offsets that skip them are recorded.
         self._flush_dead_letters()
         failpoint(f"{self.sink.name}.before_write")
@@ -354,14 +352,18 @@ class SinkRunner:
         table = table.append_column(PARTITION_COLUMN, pa.array([m.partition() for m in good], pa.int32()))
         return table.append_column(OFFSET_COLUMN, pa.array([m.offset() for m in good], pa.int64()))
 
-    def _write(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]]) -> list[OffsetRange]:
+    def _write(self, batch: SinkBatch, sources: dict[tuple[str, int], list[Any]], whole: bool = False) -> list[OffsetRange]:
         """Write ``batch`` until it is durable; the ranges it recorded. If the store refuses its rows
-        for good, the rows go to the DLQ and only the ranges are recorded, so the partitions move on."""
+        for good, the rows go to the DLQ and only the ranges are recorded, so the partitions move on.
+
+        :param whole: a recorded batch being replayed: written as it is, whatever this worker owns.
+        """
         refused = False
 
         def attempt() -> None:
             nonlocal batch, refused
-            batch = self._owned(batch)
+            if not whole:
+                batch = self._owned(batch)
             if not batch.ranges:
                 return
             if refused:
@@ -371,7 +373,7 @@ class SinkRunner:
                 self.sink.write(batch)
             except TerminalError as exc:
                 log.error("%s: %s: %s refused the rows for good: %s", self.sink.name,
-                          ", ".join(r.token for r in batch.ranges), batch.table, exc)
+                          batch_token(batch.ranges), batch.table, exc)
                 self._dead_letter_rows(batch, sources, exc)
                 # The refused rows are durable in the DLQ before their ranges move on.
                 self._flush_dead_letters()
@@ -379,7 +381,7 @@ class SinkRunner:
                 attempt()
 
         started = time.monotonic()
-        self._retry(attempt, f"writing {batch.table} {', '.join(r.token for r in batch.ranges)}")
+        self._retry(attempt, f"writing {batch.table} {batch_token(batch.ranges)}")
         self.stats.write_s += time.monotonic() - started
         self.stats.batches += 1
         rows = 0 if refused else batch.rows.num_rows
@@ -428,9 +430,10 @@ class SinkRunner:
 
     def _owned(self, batch: SinkBatch) -> SinkBatch:
         """``batch`` without the partitions revoked since it was built, or assigned again since (a
-        new epoch: the new buffer rebuilds them from the sink's record) or halted."""
+        new epoch: the new buffer rebuilds them from the sink's record) or halted; whole if the
+        sink recorded it already (the resume points of those partitions name it)."""
         owned = tuple(r for r in batch.ranges if self._current(r.topic, r.partition))
-        if len(owned) == len(batch.ranges):
+        if len(owned) == len(batch.ranges) or self.sink.recorded(batch):
             return batch
         keep = pa.array([r.partition for r in owned], pa.int32())
         rows = batch.rows.filter(pc.is_in(batch.rows[PARTITION_COLUMN], value_set=keep))
@@ -444,11 +447,13 @@ class SinkRunner:
         """Commit the group's offsets after the sink's write: for lag monitoring only."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        if not ranges:
-            return
-        offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for r in ranges]
         for r in ranges:
             self._dlq.forget_below(r.topic, r.partition, r.last + 1)  # recorded: never read again here
+        # A replayed batch may hold partitions another member owns: their offsets are its to commit.
+        offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for r in ranges
+                   if (r.topic, r.partition) in self._buffers]
+        if not offsets:
+            return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
@@ -496,6 +501,84 @@ class SinkRunner:
         self.stats.paused = paused
         metrics.PAUSED_PARTITIONS.labels(self.sink.name).set(len(assignment) if paused else 0)
 
+    # -- replaying recorded batches ------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Rebuild and write each recorded batch the resume points named, whole, then let its
+        partitions go on; returns early, leaving the rest to the next start, when asked to stop."""
+        for token, ranges in list(self._replays.items()):
+            messages = self._read_again(ranges)
+            if messages is None:
+                return
+            catalogue_topic = self._catalogue[ranges[0].topic]
+            event, table = TOPIC_EVENTS[catalogue_topic], TABLES[catalogue_topic]
+            started = time.monotonic()
+            rows = pa.concat_tables([self._decode(event, messages[(r.topic, r.partition)]) for r in ranges])
+            self.stats.decode_s += time.monotonic() - started
+            self._flush_dead_letters()
+            written = self._write(SinkBatch(table, event, rows, ranges), messages, whole=True)
+            log.info("%s: wrote the recorded batch %s again (%d rows)", self.sink.name, _spans(ranges), rows.num_rows)
+            self._commit(written)
+            self._replays.pop(token, None)
+            for buffer in self._buffers.values():
+                if buffer.waits_for == token:
+                    buffer.waits_for = None
+                    buffer.since = time.monotonic()
+
+    def _read_again(self, ranges: tuple[OffsetRange, ...]) -> dict[tuple[str, int], list[Any]] | None:
+        """The messages of exactly ``ranges``, read by a consumer of their own (the partitions may
+        be other members'); None when asked to stop before all of them were read."""
+        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+        got: dict[tuple[str, int], list[Any]] = {(r.topic, r.partition): [] for r in ranges}
+        pending = {(r.topic, r.partition): r for r in ranges}
+        reader = Consumer(client_config(self.settings, **{
+            # Assigned, never subscribed: the group id only names it; nothing is committed.
+            "group.id": f"{self.group}.replay", "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest", "queued.max.messages.kbytes": 32768,
+        }))
+        try:
+            reader.assign([TopicPartition(r.topic, r.partition, r.first) for r in ranges])
+            while pending:
+                if self._stop.is_set():
+                    log.info("%s: leaving the replay of offsets %s to the next start (read up to %s)",
+                             self.sink.name, _spans(ranges),
+                             ", ".join(f"{t}[{p}]@{m[-1].offset() if m else '-'}" for (t, p), m in got.items()))
+                    return None
+                messages = reader.consume(self.fetch_messages, timeout=0.5)
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("%s: replay consumer error: %s", self.sink.name, err.str())
+                        continue
+                    key = (msg.topic(), msg.partition())
+                    rng = pending.get(key)
+                    if rng is None:
+                        continue
+                    if msg.offset() <= rng.last:
+                        got[key].append(msg)
+                    if msg.offset() >= rng.last:
+                        del pending[key]
+                if pending and any(got.values()) and failpoint(f"{self.sink.name}.replay_partial"):
+                    self._stop.set()
+                if not messages:
+                    for key, rng in list(pending.items()):
+                        # A log truncated below the batch's last offset never reaches it again.
+                        if reader.get_watermark_offsets(TopicPartition(*key), timeout=10)[1] <= rng.last:
+                            del pending[key]
+            for rng in ranges:
+                held = got[(rng.topic, rng.partition)]
+                if not held or held[-1].offset() != rng.last:
+                    log.warning("%s: %s[%d]: the topic no longer holds all of the recorded batch's offsets "
+                                "%d..%d (retention, truncation): written as far as it holds them",
+                                self.sink.name, rng.topic, rng.partition, rng.first, rng.last)
+            return got
+        finally:
+            reader.close()
+
     # -- rebalancing ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -514,12 +597,16 @@ class SinkRunner:
             tp.offset = point.next_offset if point else OFFSET_BEGINNING
             # A partition halted here before gets another chance with its new assignment.
             self._halted.discard((tp.topic, tp.partition))
+            waits_for = None
+            if point is not None and point.replay:
+                waits_for = batch_token(point.replay)
+                self._replays[waits_for] = point.replay
             self._buffers[(tp.topic, tp.partition)] = _PartitionBuffer(
-                next_offset=point.next_offset if point else 0,
-                epoch=self._epoch,
-                replay_last=point.replay_last if point else None,
-            )
+                next_offset=point.next_offset if point else 0, epoch=self._epoch, waits_for=waits_for)
         log.info("%s: assigned %s", self.sink.name, _describe(partitions, with_offsets=True))
+        if self._replays:
+            log.info("%s: recorded batches to write again first: %s", self.sink.name,
+                     "; ".join(_spans(r) for r in self._replays.values()))
         consumer.assign(partitions)
         if self.stats.paused:
             consumer.pause(partitions)
@@ -531,6 +618,10 @@ class SinkRunner:
             if self._dlq is not None:
                 # Letters still pending for the partition are its new owner's to send again.
                 self._dlq.discard(tp.topic, tp.partition)
+        # A replay none of whose partitions is held here any more is their new owners' to do.
+        for token, ranges in list(self._replays.items()):
+            if not any((r.topic, r.partition) in self._buffers for r in ranges):
+                del self._replays[token]
         log.info("%s: revoked %s", self.sink.name, _describe(partitions, with_offsets=False))
         consumer.unassign()
 
@@ -561,6 +652,11 @@ def _kafka_ms(message: Any) -> int | None:
     """The message's Kafka timestamp in epoch milliseconds; None when it has none."""
     kind, ms = message.timestamp()
     return ms if kind else None
+
+
+def _spans(ranges: tuple[OffsetRange, ...]) -> str:
+    """``topic[0@10..19,1@5..9]``: a batch's ranges in one short phrase."""
+    return f"{ranges[0].topic}[{','.join(f'{r.partition}@{r.first}..{r.last}' for r in ranges)}]"
 
 
 def _describe(partitions: list[Any], with_offsets: bool) -> str:

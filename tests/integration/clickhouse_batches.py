@@ -22,3 +22,9 @@ def make_batch(events: list[Event], partition: int = 0, first: int = 0) -> SinkB
     rows = rows.append_column(OFFSET_COLUMN, pa.array(range(first, first + n), pa.int64()))
     offsets = OffsetRange(PREFIX + kind.TOPIC, partition, first, first + n - 1)
     return SinkBatch(TABLES[kind.TOPIC], kind.EVENT, rows, (offsets,))
+
+
+def combine(batches: list[SinkBatch]) -> SinkBatch:
+    """One batch of several partitions' batches of one table, as the loop hands a flush over."""
+    return SinkBatch(batches[0].table, batches[0].event, pa.concat_tables([b.rows for b in batches]),
+                     tuple(r for b in batches for r in b.ranges))

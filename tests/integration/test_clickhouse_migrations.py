@@ -221,7 +221,7 @@ def test_ingest_batches_ttl_rolls_up_old_batches_and_keeps_every_resume_point(ch
         client.insert(f"{db}.ingest_batches", rows[start:start + 9], column_names=BATCH_COLUMNS)
     partitions = [0, 1, 2, 3]
     before = sink.resume_points(topic, partitions)
-    assert before == {0: ResumePoint(4300), 1: ResumePoint(300), 2: ResumePoint(500, replay_last=549),
+    assert before == {0: ResumePoint(4300), 1: ResumePoint(300), 2: ResumePoint(550, replay=(OffsetRange(topic, 2, 500, 549),)),
                       3: ResumePoint(60)}
 
     client.command(f"OPTIMIZE TABLE {db}.ingest_batches FINAL")

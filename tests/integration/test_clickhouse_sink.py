@@ -23,7 +23,8 @@ from connectors.settings import Settings, load_settings
 from connectors.sink import TABLES, OffsetRange, ResumePoint, SinkBatch
 from infra.local.net import free_port
 
-from tests.integration.clickhouse_batches import PREFIX, make_batch
+from tests.integration.clickhouse_batches import PREFIX, combine, make_batch
+
 NOW = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=5)
 
 
@@ -267,12 +268,56 @@ def test_crash_between_record_and_insert_replays_the_batch(sink, ch_settings, mo
 
     restarted = ClickHouseSink(ch_settings, group="g")
     restarted.setup()
-    assert restarted.resume_points(PREFIX + LlmCall.TOPIC, [1]) == {1: ResumePoint(500, replay_last=529)}
+    assert restarted.resume_points(PREFIX + LlmCall.TOPIC, [1]) == {1: ResumePoint(530, replay=(OffsetRange(PREFIX + LlmCall.TOPIC, 1, 500, 529),))}
     restarted.write(make_batch(events, partition=1, first=500))  # the loop rebuilds the same batch
 
     assert scalar(ch_settings, "SELECT count() FROM {db}.llm_calls WHERE kafka_offset >= 500") == 30
     assert scalar(ch_settings, "SELECT count() FROM {db}.llm_calls") == 40
     assert restarted.resume_points(PREFIX + LlmCall.TOPIC, [1]) == {1: ResumePoint(530)}
+
+
+def test_a_batch_of_several_partitions_is_one_insert_and_is_replayed_whole(sink, ch_settings, monkeypatch):
+    events = llm_calls(120)
+    batch = combine([make_batch(events[40 * p:40 * (p + 1)], partition=p, first=100 * p) for p in range(3)])
+    topic = PREFIX + LlmCall.TOPIC
+    client = get_client(ch_settings)
+    insert, insert_arrow = client.insert, client.insert_arrow
+    event_inserts = []
+
+    def crash_on_mark(table, data, *args, **kwargs):
+        if table.endswith("ingest_batches") and data[0][5]:  # the written = true records
+            raise Crash
+        return insert(table, data, *args, **kwargs)
+
+    def counted(table, *args, **kwargs):
+        event_inserts.append(table)
+        return insert_arrow(table, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(client, "insert", crash_on_mark)
+        patch.setattr(client, "insert_arrow", counted)
+        with pytest.raises(Crash):
+            sink.write(batch)
+    assert event_inserts == ["llm_calls"]  # one insert for the three partitions
+    assert scalar(ch_settings, "SELECT count() FROM {db}.llm_calls") == 120
+    recorded = get_client(ch_settings).query(
+        f"SELECT partition, first_offset, last_offset, rows, written FROM {ch_settings.clickhouse_database}"
+        ".ingest_batches ORDER BY partition").result_rows
+    assert recorded == [(p, 100 * p, 100 * p + 39, 40, False) for p in range(3)]
+
+    # Whichever partition a worker resumes, it is told to write the whole batch again…
+    points = sink.resume_points(topic, [0, 1, 2])
+    assert points == {p: ResumePoint(100 * p + 40, replay=batch.ranges) for p in range(3)}
+    assert sink.recorded(batch)
+    assert not sink.recorded(combine([make_batch(events[:40], partition=0, first=0)]))
+    # …and that write, by one worker or by each, adds nothing twice, rollups included.
+    for _ in range(2):
+        restarted = ClickHouseSink(ch_settings, group="another")
+        restarted.setup()
+        restarted.write(batch)
+    assert scalar(ch_settings, "SELECT count() FROM {db}.llm_calls") == 120
+    assert rollup(ch_settings) == expected_rollup(events, ch_settings)
+    assert sink.resume_points(topic, [0, 1, 2]) == {p: ResumePoint(100 * p + 40) for p in range(3)}
 
 
 def test_crash_after_insert_before_mark_replays_without_duplicates(sink, ch_settings, monkeypatch):
@@ -291,7 +336,7 @@ def test_crash_after_insert_before_mark_replays_without_duplicates(sink, ch_sett
             sink.write(make_batch(events, partition=0, first=0))
     assert scalar(ch_settings, "SELECT count() FROM {db}.llm_calls") == 120
 
-    assert sink.resume_points(PREFIX + LlmCall.TOPIC, [0]) == {0: ResumePoint(0, replay_last=119)}
+    assert sink.resume_points(PREFIX + LlmCall.TOPIC, [0]) == {0: ResumePoint(120, replay=(OffsetRange(PREFIX + LlmCall.TOPIC, 0, 0, 119),))}
     sink.write(make_batch(events, partition=0, first=0))
 
     assert scalar(ch_settings, "SELECT count() FROM {db}.llm_calls") == 120

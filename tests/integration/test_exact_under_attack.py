@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -189,6 +190,51 @@ def test_a_partition_assigned_again_during_a_retry_is_not_written_twice(pipe, wo
     produce_simulated(pipe, 500, seed=37, truth=truth)
     wait_exact(pipe, truth, workers=[worker])
     assert lake_totals(pipe) == expected(truth)
+
+
+def test_a_recorded_batch_is_written_whole_by_a_worker_resuming_part_of_it(pipe, workers):
+    truth = Truth()
+    produce_simulated(pipe, 3000, seed=39, truth=truth)
+    # Killed with the first batch (every partition of its topic) recorded but not inserted.
+    crashed = workers(pipe, roles="clickhouse", name="crashed", failpoints="clickhouse.after_record=1")
+    wait_for(crashed.exited, 120, "the kill -9 after the first batch was recorded")
+    # Another member of the group holds part of the partitions when the worker resumes: the
+    # worker must still write the whole recorded batch, the other member's ranges included.
+    topics = [topic_name(pipe, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
+    member = Consumer(client_config(pipe, **{"group.id": f"{pipe.topic_prefix}ezstream.clickhouse",
+                                             "enable.auto.commit": False, "session.timeout.ms": 10_000}))
+    held: list[list[tuple[str, int]]] = []
+    member.subscribe(topics, on_assign=lambda c, parts: held.append([(tp.topic, tp.partition) for tp in parts]),
+                     on_revoke=lambda c, parts: held.append([]))
+    try:
+        wait_for(lambda: member.poll(0.2) is None and held and held[-1], 60, "the other member's assignment",
+                 interval_s=0)
+        worker = workers(pipe, roles="clickhouse", name="resumed")
+
+        def rewritten() -> bool:
+            member.poll(0.2)
+            return "wrote the recorded batch" in worker.log.read_text()
+
+        wait_for(rewritten, 120, "the worker writing the recorded batch again", interval_s=0)
+        log = worker.log.read_text()
+        assert held[-1], "the other member held no partition while the batch was written: nothing was tested"
+        replayed = re.search(r"wrote the recorded batch (\S+)\[([^\]]+)\]", log)
+        batch_partitions = {(replayed[1], int(span.split("@")[0])) for span in replayed[2].split(",")}
+        assert batch_partitions & set(held[-1]), (batch_partitions, held[-1])  # some were the other member's
+    finally:
+        member.close()
+    want = expected(truth)
+    state = {}
+
+    def exact() -> bool:
+        worker.alive()
+        state["clickhouse"] = clickhouse_totals(pipe, worker)
+        return state["clickhouse"] == want
+
+    try:
+        wait_for(exact, 180, "ClickHouse to hold every event once", interval_s=1.0)
+    except AssertionError:
+        raise AssertionError(f"want {want}\nclickhouse {state.get('clickhouse')}") from None
 
 
 def test_dead_letters_a_crash_repeated_are_replayed_once(pipe, workers):

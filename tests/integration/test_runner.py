@@ -21,7 +21,6 @@ class RecordingSink(Sink):
     ``transient`` times first."""
 
     name = "lake"
-    multi_partition_writes = True
 
     def __init__(self, refuse_agent: str | None = None, transient: int = 0) -> None:
         self.rows: list[pa.Table] = []

@@ -34,7 +34,7 @@ from connectors.clickhouse.schema_check import expected_columns
 from connectors.clickhouse.sink import INSERT_SETTINGS, ClickHouseSink
 from connectors.errors import ConfigError
 from connectors.settings import Settings
-from connectors.sink import TABLES, OffsetRange, SinkBatch
+from connectors.sink import PARTITION_COLUMN, TABLES, OffsetRange, SinkBatch
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
@@ -256,14 +256,20 @@ def test_an_alter_of_a_table_alters_its_local_table_and_the_distributed_one_when
     ]
 
 
-def test_the_shipped_alters_go_to_the_local_tables_only():
+def test_the_shipped_alters_go_to_the_local_tables_and_columns_to_the_distributed_ones_too():
     altered = _altered(_cluster())
-    assert altered, "the migrations alter tables (007, 008)"
+    assert altered, "the migrations alter tables (007, 008, 009)"
     tables = _storage_tables()
     for name, statement in altered:
-        assert name.endswith(LOCAL_SUFFIX) and name.split(".")[1].removesuffix(LOCAL_SUFFIX) in tables, statement
-        assert " TTL " in statement, statement  # TTLs are the local tables': a Distributed table has none
+        assert name.split(".")[1].removesuffix(LOCAL_SUFFIX) in tables, statement
+        if " TTL " in statement:  # TTLs are the local tables': a Distributed table has none
+            assert name.endswith(LOCAL_SUFFIX), statement
+        else:
+            assert " ADD COLUMN " in statement, statement
     assert f"{DB}.ingest_batches_local" in dict(altered)
+    # A column reaches the replicated table and the Distributed one over it (009).
+    assert {name for name, statement in altered if "ADD COLUMN IF NOT EXISTS batch " in statement} == {
+        f"{DB}.ingest_batches_local", f"{DB}.ingest_batches"}
 
 
 def test_an_alter_mixing_column_and_other_clauses_is_refused_on_a_cluster(tmp_path):
@@ -287,7 +293,7 @@ def test_a_table_without_agent_id_needs_a_sharding_key(tmp_path):
 def test_sink_inserts_in_the_foreground_only_on_a_cluster(cluster):
     sink = ClickHouseSink(_settings(cluster), group="g")
     sink._client = client = _Client()
-    rows = pa.table({"agent_id": ["a"]})
+    rows = pa.table({"agent_id": ["a"], PARTITION_COLUMN: pa.array([0], pa.int32())})
     sink.write(SinkBatch("llm_calls", "LlmCall", rows, (OffsetRange("agent.llm_calls", 0, 5, 9),)))
     assert [table for table, _ in client.inserts] == [f"{DB}.ingest_batches", f"{DB}.llm_calls", f"{DB}.ingest_batches"]
     extra = {"distributed_foreground_insert": 1} if cluster else {}

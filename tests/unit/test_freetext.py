@@ -137,7 +137,6 @@ class _Message:
 
 class _NoSink(Sink):
     name = "lake"
-    multi_partition_writes = True
 
     def setup(self) -> None: ...
 
