@@ -210,7 +210,7 @@ class _Client:
             return type("Result", (), {"result_rows": rows})()
         return type("Result", (), {"result_rows": self.rows})()
 
-    def insert(self, table, rows, column_names=None, settings=None):
+    def insert(self, table, rows, column_names=None, settings=None, **_):
         self.inserts.append((table, settings))
 
     def insert_arrow(self, table, rows, database=None, settings=None):
