@@ -1,8 +1,8 @@
 """The one batching and commit loop shared by every sink.
 
 A batch consumer (librdkafka, thousands of messages per call) keeps one buffer per (topic,
-partition). When a buffer is big or old enough, every buffer is decoded in one call per
-partition into Arrow by the native decoder (:mod:`connectors.kafka.native`, built at start;
+partition). When a buffer is big or old enough, the buffers of each topic are decoded in one call
+into Arrow by the native decoder (:mod:`connectors.kafka.native`, built at start;
 fastavro stays the reference its tests compare it with), undecodable messages go to the DLQ
 (durably, first), and the sink writes the rest: one write per table, holding one offset range
 per partition. The sink records how far it got; on assignment the loop seeks to the sink's
@@ -51,6 +51,7 @@ from connectors.kafka.config import client_config
 from connectors.kafka.dlq import DeadLetterRefused, DeadLetters
 from connectors.kafka.freetext import FreeTextPolicy
 from connectors.kafka.native import NativeCodec
+from connectors.kafka.ranges import read_ranges, spans
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
@@ -216,7 +217,7 @@ class SinkRunner:
                     self._flush()
             self._flush()
             for ranges in self._replays.values():
-                log.info("%s: leaving the replay of offsets %s to the next start", self.sink.name, _spans(ranges))
+                log.info("%s: leaving the replay of offsets %s to the next start", self.sink.name, spans(ranges))
         except _Abandoned as exc:
             log.warning("%s: stopped with a batch unwritten (it is read again at restart): %s", self.sink.name, exc)
         finally:
@@ -507,7 +508,8 @@ class SinkRunner:
         """Rebuild and write each recorded batch the resume points named, whole, then let its
         partitions go on; returns early, leaving the rest to the next start, when asked to stop."""
         for token, ranges in list(self._replays.items()):
-            messages = self._read_again(ranges)
+            messages = read_ranges(self.settings, ranges, group=f"{self.group}.replay", stop=self._stop,
+                                   who=self.sink.name, fetch_messages=self.fetch_messages)
             if messages is None:
                 return
             catalogue_topic = self._catalogue[ranges[0].topic]
@@ -517,67 +519,13 @@ class SinkRunner:
             self.stats.decode_s += time.monotonic() - started
             self._flush_dead_letters()
             written = self._write(SinkBatch(table, event, rows, ranges), messages, whole=True)
-            log.info("%s: wrote the recorded batch %s again (%d rows)", self.sink.name, _spans(ranges), rows.num_rows)
+            log.info("%s: wrote the recorded batch %s again (%d rows)", self.sink.name, spans(ranges), rows.num_rows)
             self._commit(written)
             self._replays.pop(token, None)
             for buffer in self._buffers.values():
                 if buffer.waits_for == token:
                     buffer.waits_for = None
                     buffer.since = time.monotonic()
-
-    def _read_again(self, ranges: tuple[OffsetRange, ...]) -> dict[tuple[str, int], list[Any]] | None:
-        """The messages of exactly ``ranges``, read by a consumer of their own (the partitions may
-        be other members'); None when asked to stop before all of them were read."""
-        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
-        got: dict[tuple[str, int], list[Any]] = {(r.topic, r.partition): [] for r in ranges}
-        pending = {(r.topic, r.partition): r for r in ranges}
-        reader = Consumer(client_config(self.settings, **{
-            # Assigned, never subscribed: the group id only names it; nothing is committed.
-            "group.id": f"{self.group}.replay", "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest", "queued.max.messages.kbytes": 32768,
-        }))
-        try:
-            reader.assign([TopicPartition(r.topic, r.partition, r.first) for r in ranges])
-            while pending:
-                if self._stop.is_set():
-                    log.info("%s: leaving the replay of offsets %s to the next start (read up to %s)",
-                             self.sink.name, _spans(ranges),
-                             ", ".join(f"{t}[{p}]@{m[-1].offset() if m else '-'}" for (t, p), m in got.items()))
-                    return None
-                messages = reader.consume(self.fetch_messages, timeout=0.5)
-                for msg in messages:
-                    err = msg.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise KafkaException(err)
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("%s: replay consumer error: %s", self.sink.name, err.str())
-                        continue
-                    key = (msg.topic(), msg.partition())
-                    rng = pending.get(key)
-                    if rng is None:
-                        continue
-                    if msg.offset() <= rng.last:
-                        got[key].append(msg)
-                    if msg.offset() >= rng.last:
-                        del pending[key]
-                if pending and any(got.values()) and failpoint(f"{self.sink.name}.replay_partial"):
-                    self._stop.set()
-                if not messages:
-                    for key, rng in list(pending.items()):
-                        # A log truncated below the batch's last offset never reaches it again.
-                        if reader.get_watermark_offsets(TopicPartition(*key), timeout=10)[1] <= rng.last:
-                            del pending[key]
-            for rng in ranges:
-                held = got[(rng.topic, rng.partition)]
-                if not held or held[-1].offset() != rng.last:
-                    log.warning("%s: %s[%d]: the topic no longer holds all of the recorded batch's offsets "
-                                "%d..%d (retention, truncation): written as far as it holds them",
-                                self.sink.name, rng.topic, rng.partition, rng.first, rng.last)
-            return got
-        finally:
-            reader.close()
 
     # -- rebalancing ---------------------------------------------------------------------------
 
@@ -606,7 +554,7 @@ class SinkRunner:
         log.info("%s: assigned %s", self.sink.name, _describe(partitions, with_offsets=True))
         if self._replays:
             log.info("%s: recorded batches to write again first: %s", self.sink.name,
-                     "; ".join(_spans(r) for r in self._replays.values()))
+                     "; ".join(spans(r) for r in self._replays.values()))
         consumer.assign(partitions)
         if self.stats.paused:
             consumer.pause(partitions)
@@ -652,11 +600,6 @@ def _kafka_ms(message: Any) -> int | None:
     """The message's Kafka timestamp in epoch milliseconds; None when it has none."""
     kind, ms = message.timestamp()
     return ms if kind else None
-
-
-def _spans(ranges: tuple[OffsetRange, ...]) -> str:
-    """``topic[0@10..19,1@5..9]``: a batch's ranges in one short phrase."""
-    return f"{ranges[0].topic}[{','.join(f'{r.partition}@{r.first}..{r.last}' for r in ranges)}]"
 
 
 def _describe(partitions: list[Any], with_offsets: bool) -> str:
