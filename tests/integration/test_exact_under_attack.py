@@ -66,6 +66,22 @@ def _letters(settings, topics: list[str]) -> list:
     return [l for t in topics for l in read_dead_letters(settings, dlq_topic(topic_name(settings, t)))]
 
 
+def _wait_clickhouse_exact(settings, truth: Truth, worker, timeout_s: float) -> None:
+    """Wait until ClickHouse (a clickhouse-only worker's) holds exactly what was produced."""
+    want = expected(truth)
+    state = {}
+
+    def exact() -> bool:
+        worker.alive()
+        state["clickhouse"] = clickhouse_totals(settings, worker)
+        return state["clickhouse"] == want
+
+    try:
+        wait_for(exact, timeout_s, "ClickHouse to hold every event once", interval_s=1.0)
+    except AssertionError:
+        raise AssertionError(f"want {want}\nclickhouse {state.get('clickhouse')}") from None
+
+
 def test_values_no_store_can_hold_go_to_the_dlq_once_and_the_rest_stays_exact(pipe, workers):
     truth = Truth()
     worker = workers(pipe)
@@ -146,18 +162,7 @@ def test_a_stop_halfway_through_a_replay_leaves_it_to_the_next_start(pipe, worke
     wait_for(stopped.exited, 180, "the stop halfway through the replay")
     assert "leaving the replay of offsets" in stopped.log.read_text(), stopped.tail()
     final = workers(settings, roles="clickhouse", name="final")
-    want = expected(truth)
-    state = {}
-
-    def exact() -> bool:
-        final.alive()
-        state["clickhouse"] = clickhouse_totals(settings, final)
-        return state["clickhouse"] == want
-
-    try:
-        wait_for(exact, 240, "ClickHouse to hold every event once", interval_s=1.0)
-    except AssertionError:
-        raise AssertionError(f"want {want}\nclickhouse {state.get('clickhouse')}") from None
+    _wait_clickhouse_exact(settings, truth, final, timeout_s=240)
 
 
 def test_a_partition_assigned_again_during_a_retry_is_not_written_twice(pipe, workers):
@@ -223,18 +228,7 @@ def test_a_recorded_batch_is_written_whole_by_a_worker_resuming_part_of_it(pipe,
         assert batch_partitions & set(held[-1]), (batch_partitions, held[-1])  # some were the other member's
     finally:
         member.close()
-    want = expected(truth)
-    state = {}
-
-    def exact() -> bool:
-        worker.alive()
-        state["clickhouse"] = clickhouse_totals(pipe, worker)
-        return state["clickhouse"] == want
-
-    try:
-        wait_for(exact, 180, "ClickHouse to hold every event once", interval_s=1.0)
-    except AssertionError:
-        raise AssertionError(f"want {want}\nclickhouse {state.get('clickhouse')}") from None
+    _wait_clickhouse_exact(pipe, truth, worker, timeout_s=180)
 
 
 def test_dead_letters_a_crash_repeated_are_replayed_once(pipe, workers):
