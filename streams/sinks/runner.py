@@ -432,9 +432,16 @@ class SinkRunner:
     def _owned(self, batch: SinkBatch) -> SinkBatch:
         """``batch`` without the partitions revoked since it was built, or assigned again since (a
         new epoch: the new buffer rebuilds them from the sink's record) or halted; whole if the
-        sink recorded it already (the resume points of those partitions name it)."""
+        sink recorded it already (the resume points of those partitions name it) and none halted.
+
+        A halted partition's range is never recorded, even in a recorded batch: that batch then
+        goes on without it only after its rows were refused (nothing of it is inserted), and the
+        range stays unwritten, so a restart reads the whole batch again.
+        """
         owned = tuple(r for r in batch.ranges if self._current(r.topic, r.partition))
-        if len(owned) == len(batch.ranges) or self.sink.recorded(batch):
+        if len(owned) == len(batch.ranges):
+            return batch
+        if not any((r.topic, r.partition) in self._halted for r in batch.ranges) and self.sink.recorded(batch):
             return batch
         keep = pa.array([r.partition for r in owned], pa.int32())
         rows = batch.rows.filter(pc.is_in(batch.rows[PARTITION_COLUMN], value_set=keep))
