@@ -357,14 +357,14 @@ class SinkRunner:
         """Write ``batch`` until it is durable; the ranges it recorded. If the store refuses its rows
         for good, the rows go to the DLQ and only the ranges are recorded, so the partitions move on.
 
-        :param whole: a recorded batch being replayed: written as it is, whatever this worker owns.
+        :param whole: a recorded batch being replayed: written as it is, whatever this worker owns
+            (its halted partitions aside).
         """
         refused = False
 
         def attempt() -> None:
             nonlocal batch, refused
-            if not whole:
-                batch = self._owned(batch)
+            batch = self._owned(batch, whole)
             if not batch.ranges:
                 return
             if refused:
@@ -429,19 +429,24 @@ class SinkRunner:
         if self._consumer is not None:
             self._consumer.pause([TopicPartition(topic, partition)])
 
-    def _owned(self, batch: SinkBatch) -> SinkBatch:
+    def _owned(self, batch: SinkBatch, whole: bool = False) -> SinkBatch:
         """``batch`` without the partitions revoked since it was built, or assigned again since (a
         new epoch: the new buffer rebuilds them from the sink's record) or halted; whole if the
-        sink recorded it already (the resume points of those partitions name it) and none halted.
+        sink recorded it already (the resume points of those partitions name it) and none halted,
+        or if it is such a batch being replayed (``whole``) and none halted.
 
         A halted partition's range is never recorded, even in a recorded batch: that batch then
         goes on without it only after its rows were refused (nothing of it is inserted), and the
         range stays unwritten, so a restart reads the whole batch again.
         """
-        owned = tuple(r for r in batch.ranges if self._current(r.topic, r.partition))
+        halted = any((r.topic, r.partition) in self._halted for r in batch.ranges)
+        if whole:
+            owned = tuple(r for r in batch.ranges if (r.topic, r.partition) not in self._halted)
+        else:
+            owned = tuple(r for r in batch.ranges if self._current(r.topic, r.partition))
         if len(owned) == len(batch.ranges):
             return batch
-        if not any((r.topic, r.partition) in self._halted for r in batch.ranges) and self.sink.recorded(batch):
+        if not whole and not halted and self.sink.recorded(batch):
             return batch
         keep = pa.array([r.partition for r in owned], pa.int32())
         rows = batch.rows.filter(pc.is_in(batch.rows[PARTITION_COLUMN], value_set=keep))
