@@ -23,6 +23,10 @@ def create_app(settings: Settings, app_id: str = "ezstream", **options: Any) -> 
         "datadir": str(datadir),
         "topic_replication_factor": settings.topic_replication,
         "topic_partitions": settings.topic_partitions,
+        # A worker killed with -9 holds its group membership until this expires, and its
+        # replacement starts no role before: 10 s, as the sink loops' own consumers (Faust's
+        # default is 60 s).
+        "broker_session_timeout": 10.0,
     }
     credentials = broker_credentials(settings)
     if credentials is not None:

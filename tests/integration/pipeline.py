@@ -14,6 +14,7 @@ from typing import Any
 
 from connectors.kafka.producer import EventProducer
 from connectors.kafka.schemas import TOPIC_EVENTS
+from connectors.kafka.topics import topic_name
 from connectors.lake import storage_options, table_uri
 from connectors.settings import Settings
 from connectors.sink import TABLES
@@ -224,4 +225,64 @@ def wait_exact(settings: Settings, truth: Truth, workers: list[Worker], timeout_
     try:
         wait_for(done, timeout_s, "exact totals", interval_s=1.0)
     except AssertionError:
-        raise AssertionError(f"want {want}\nlake {state.get('lake')}\nclickhouse {state.get('clickhouse')}") from None
+        raise AssertionError(
+            f"want {want}\nlake {state.get('lake')}\nclickhouse {state.get('clickhouse')}\n"
+            f"{partition_report(settings, clickhouse)}\n{sink_log(workers)}") from None
+
+
+def partition_report(settings: Settings, clickhouse: "Worker") -> str:
+    """Per partition, where the stores differ from the broker: its end offset, and the rows, lowest
+    and highest offset each store holds. Tells a partition not read to its end (the highest offset
+    is behind) from a hole (as far, fewer rows)."""
+    from tests.integration.topics import end_offsets
+
+    topics = {topic_name(settings, t): table for t, table in TABLES.items()}
+    ends = end_offsets(settings, list(topics))
+    held = {"lake": _lake_partitions(settings), "clickhouse": _clickhouse_partitions(settings, clickhouse)}
+    lines = []
+    for (topic, partition), end in sorted(ends.items()):
+        table = topics[topic]
+        stores = {name: rows.get((table, partition), (0, None, None)) for name, rows in held.items()}
+        if end == 0 or all(n == end and last == end - 1 for n, _, last in stores.values()):
+            continue
+        lines.append(f"  {table}[{partition}] end {end}: " + ", ".join(
+            f"{name} {n} rows @{first}..{last}" for name, (n, first, last) in stores.items()))
+    return "partitions the stores do not hold to their end:\n" + ("\n".join(lines) or "  none")
+
+
+def sink_log(workers: list["Worker"], n: int = 40) -> str:
+    """The sink loops' own lines of each worker's log (the framework's are left out)."""
+    parts = []
+    for worker in workers:
+        lines = [line for line in worker.tail(4000).splitlines()
+                 if any(f"{role}:" in line for role in ("lake", "clickhouse")) or "Traceback" in line]
+        parts.append(f"--- worker {worker.roles} ({worker.home.name}), last sink lines:\n" + "\n".join(lines[-n:]))
+    return "\n".join(parts)
+
+
+def _lake_partitions(settings: Settings) -> dict[tuple[str, int], tuple[int, int, int]]:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    held = {}
+    for table in TABLES.values():
+        try:
+            data = DeltaTable(table_uri(settings, table), storage_options=storage_options(settings)).to_pyarrow_table(
+                columns=["kafka_partition", "kafka_offset"])
+        except TableNotFoundError:
+            continue
+        by: dict[int, list[int]] = {}
+        for partition, offset in zip(data.column("kafka_partition").to_pylist(), data.column("kafka_offset").to_pylist()):
+            by.setdefault(partition, []).append(offset)
+        held.update({(table, p): (len(o), min(o), max(o)) for p, o in by.items()})
+    return held
+
+
+def _clickhouse_partitions(settings: Settings, worker: "Worker") -> dict[tuple[str, int], tuple[int, int, int]]:
+    settings = settings.model_copy(update={"home": worker.home})
+    held = {}
+    for table in TABLES.values():
+        _, rows = query(settings, f"SELECT kafka_partition, count(), min(kafka_offset), max(kafka_offset) "
+                                  f"FROM {settings.clickhouse_database}.{table} GROUP BY kafka_partition")
+        held.update({(table, int(p)): (int(n), int(lo), int(hi)) for p, n, lo, hi in rows})
+    return held

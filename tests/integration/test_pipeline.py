@@ -150,13 +150,27 @@ def test_kill_9_at_any_step_then_restart_stays_exact(pipe, workers, failpoints):
 
 def test_kill_9_at_random_moments_stays_exact(pipe, workers):
     truth = Truth()
-    producing = threading.Thread(target=produce_simulated, args=(pipe, 12000, 7, truth))
+    # Traffic keeps coming through every round, so each kill lands on work in flight: batches
+    # buffered, being written, or half recorded, in busy and in sparse (telemetry) partitions.
+    stop = threading.Event()
+
+    def produce_until_stopped() -> None:
+        seed = 700
+        while not stop.is_set():
+            produce_simulated(pipe, 400, seed, truth)
+            seed += 1
+            stop.wait(0.2)
+
+    producing = threading.Thread(target=produce_until_stopped)
     producing.start()
-    for round_ in range(3):
-        worker = workers(pipe, name=f"round{round_}")
-        time.sleep(1.5 + round_)  # let it work a while: the kill lands wherever it lands
-        worker.kill9()
-    producing.join()
+    try:
+        for round_ in range(3):
+            worker = workers(pipe, name=f"round{round_}")
+            time.sleep(1.5 + round_)  # let it work a while: the kill lands wherever it lands
+            worker.kill9()
+    finally:
+        stop.set()
+        producing.join()
     worker = workers(pipe, name="last")
     wait_exact(pipe, truth, workers=[worker], timeout_s=180)
 
