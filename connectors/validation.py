@@ -78,11 +78,12 @@ class Invalid:
     message: str
 
 
-def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None], rules: ValueRules) -> list[Invalid]:
+def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None] | np.ndarray, rules: ValueRules) -> list[Invalid]:
     """The rows of ``table`` (decoded ``event`` records) that break a rule, in row order.
 
     ``kafka_ms`` holds each row's Kafka timestamp in epoch milliseconds (None when the message has
-    none). Work is per column over the whole batch; per-row Python only for rows that fail.
+    none; or an int64 array with -1 there). Work is per column over the whole batch; per-row Python
+    only for rows that fail.
     """
     n = table.num_rows
     if n == 0:
@@ -100,10 +101,14 @@ def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None], rules: Va
     return [Invalid(row, reasons[row]) for row in sorted(reasons)]
 
 
-def _event_time(column: pa.Array, kafka_ms: Sequence[int | None], rules: ValueRules, reasons: dict[int, str]) -> None:
+def _event_time(column: pa.Array, kafka_ms: Sequence[int | None] | np.ndarray, rules: ValueRules,
+                reasons: dict[int, str]) -> None:
     ms = _epoch_ms(column)
     _absolute_time(EVENT_TIME, ms, None, reasons)
-    kafka = np.array([-1 if t is None else t for t in kafka_ms], dtype=np.int64)
+    if isinstance(kafka_ms, np.ndarray):
+        kafka = kafka_ms.astype(np.int64, copy=False)
+    else:
+        kafka = np.array([-1 if t is None else t for t in kafka_ms], dtype=np.int64)
     known = kafka >= 0
     values = np.asarray(pc.fill_null(ms, 0))
     late = known & (values > kafka + rules.future_tolerance_ms)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from confluent_kafka import Message
 
 from connectors.kafka.codec import decode, default_codec, encode
 from connectors.kafka.freetext import FreeTextPolicy
@@ -115,24 +116,9 @@ def test_producer_drops_or_cuts_before_encoding(tmp_path, monkeypatch):
     assert event.prompt_snippet == "x" * 300 + "😀"  # the caller's event is left as it was
 
 
-class _Message:
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def topic(self) -> str:
-        return "agent.llm_calls"
-
-    def timestamp(self) -> tuple[int, int]:
-        return 0, -1  # no Kafka timestamp: the value rules' absolute bounds only
+def _message(value: bytes, offset: int) -> Message:
+    # No Kafka timestamp: the value rules' absolute bounds only.
+    return Message(topic="agent.llm_calls", partition=0, offset=offset, value=value, timestamp=(0, -1))
 
 
 class _NoSink(Sink):
@@ -153,6 +139,6 @@ def test_sink_loop_applies_the_policy_to_what_other_producers_sent(tmp_path, cap
     runner = SinkRunner(settings, _NoSink())
     raw = [encode("llm_call", llm_call(call_id=f"c-{i}", prompt_snippet=p).to_record())
            for i, p in enumerate(["p" * 1000, None])]
-    table = runner._decode("llm_call", [_Message(v, i) for i, v in enumerate(raw)])
+    table = runner._decode("llm_call", [[_message(v, i) for i, v in enumerate(raw)]])
     assert table.column("prompt_snippet").to_pylist() == want
     assert table.column(OFFSET_COLUMN).to_pylist() == [0, 1] and table.column(PARTITION_COLUMN).to_pylist() == [0, 0]
