@@ -9,9 +9,10 @@ a lake and ClickHouse folder of its own under ``$EZ_HOME/bench``. Prints, assert
    (``--lake-flush-seconds``), so the figure is not the flush interval's;
 2. the raw confluent-kafka consume rate of the same topics in the same run, and the ratio;
 3. freshness at a fixed rate: event time (= send time) -> ``ingested_at`` in ClickHouse, p50/p99;
-4. the worker's peak RSS.
+4. the worker's peak RSS;
+5. with ``--peers``, ``bench/peers.py`` on the same events: ClickHouse's own Kafka table engine.
 
-    .venv/bin/python bench/pipeline.py --events 300000
+    .venv/bin/python bench/pipeline.py --events 300000 [--split] [--peers]
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def main() -> None:
                              "the last events of a burst are durable (the default 30 s would dominate the figure)")
     parser.add_argument("--split", action="store_true",
                         help="one worker process per sink role (--only lake, --only clickhouse) instead of one for both")
+    parser.add_argument("--peers", action="store_true",
+                        help="then run bench/peers.py on the same events (ClickHouse's own Kafka table engine), in "
+                             "a process of its own, and print its figures with these")
     args = parser.parse_args()
 
     base = load_settings()
@@ -192,6 +196,12 @@ def main() -> None:
     print(f"pipeline / raw consume:                 {n / durable / raw:>10.2f}")
     print(f"freshness at {args.fresh_rate:,.0f}/s ({fresh_count:,} rows): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     print(f"worker peak RSS (sum of workers):       {rss:>10.0f} MiB")
+    if args.peers:
+        print("\npeer, same events, after the workers stopped:", flush=True)
+        peers = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), "--events", str(n)], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+        shown = [line for line in peers.stdout.splitlines() if line and not line.startswith("preparing")]
+        print("\n".join(shown) or f"bench/peers.py failed ({peers.returncode}):\n{peers.stderr[-2000:]}")
 
 
 if __name__ == "__main__":
