@@ -41,7 +41,6 @@ from connectors.kafka import client_config
 from connectors.kafka.producer import PRODUCER_DEFAULTS
 from connectors.kafka.topics import TopicSpec, ensure_topics
 from connectors.settings import load_settings
-from connectors.sink import TABLES
 from streams.simulate import generate
 
 #: The simulated topics and the project's tables they fill.
