@@ -9,7 +9,7 @@ a lake and ClickHouse folder of its own under ``$EZ_HOME/bench``. Prints, assert
    (``--lake-flush-seconds``), so the figure is not the flush interval's;
 2. the raw confluent-kafka consume rate of the same topics in the same run, and the ratio;
 3. freshness at a fixed rate: event time (= send time) -> ``ingested_at`` in ClickHouse, p50/p99;
-4. the worker's peak RSS;
+4. the workers' peak RSS, and their RSS every 5 s while they catch up;
 5. with ``--peers``, ``bench/peers.py`` on the same events: ClickHouse's own Kafka table engine.
 
     .venv/bin/python bench/pipeline.py --events 300000 [--split] [--peers]
@@ -90,10 +90,11 @@ def raw_consume_rate(settings, expected: int) -> float:
     return expected / elapsed
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident memory (``VmRSS``: its current one), MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -149,10 +150,13 @@ def main() -> None:
         produced = time.perf_counter() - started
         groups = [f"{settings.topic_prefix}ezstream.{role}" for role in ("lake", "clickhouse")]
         done: dict[str, float] = {}
+        timeline: list[float] = []  # the workers' resident memory every 5 s while they catch up
         while len(done) < len(groups):
             for role, group in zip(("lake", "clickhouse"), groups):
                 if role not in done and not lag(settings, group):
                     done[role] = time.perf_counter() - started
+            if time.perf_counter() - started >= 5 * len(timeline):
+                timeline.append(sum(peak_rss_mb(worker.pid, "VmRSS") for _, worker in workers))
             time.sleep(0.1)
         durable = max(done.values())
         raw = raw_consume_rate(settings, args.events)
@@ -196,6 +200,7 @@ def main() -> None:
     print(f"pipeline / raw consume:                 {n / durable / raw:>10.2f}")
     print(f"freshness at {args.fresh_rate:,.0f}/s ({fresh_count:,} rows): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     print(f"worker peak RSS (sum of workers):       {rss:>10.0f} MiB")
+    print(f"worker RSS every 5 s while writing:     {', '.join(f'{m:.0f}' for m in timeline)} MiB")
     if args.peers:
         print("\npeer, same events, after the workers stopped:", flush=True)
         peers = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), "--events", str(n)], cwd=REPO,
