@@ -110,7 +110,7 @@ class EventProducer:
         :raises KafkaAuthError: the broker refused the credentials or the TLS handshake.
         """
         if self.auth_error is not None:
-            raise self.auth_error
+            raise self._refused()
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
@@ -119,7 +119,7 @@ class EventProducer:
                 # The local queue is full: serve delivery reports until there is room.
                 self._producer.poll(0.05)
                 if self.auth_error is not None:
-                    raise self.auth_error from None
+                    raise self._refused() from None
         self.sent[topic] += 1
         self._producer.poll(0)
 
@@ -128,6 +128,13 @@ class EventProducer:
         """Set when the broker refused the credentials or the TLS handshake (librdkafka would retry
         for ever); sending and flushing raise it."""
         return self._auth_errors[0] if self._auth_errors else None
+
+    def _refused(self) -> KafkaAuthError:
+        """A new error with the recorded refusal's message. Raising the recorded one would give it
+        a traceback holding this producer, and librdkafka's handle holds the callback that holds
+        it: a cycle the garbage collector cannot see, so the client would reconnect for ever."""
+        error = self._auth_errors[0]
+        return type(error)(*error.args)
 
     def topic_for(self, event: str) -> str:
         """The topic on the broker that carries ``event``."""
@@ -142,7 +149,8 @@ class EventProducer:
         """Wait until every queued message is acknowledged.
 
         :raises DeliveryError: messages are still queued after ``timeout_s``, or some failed.
-        :raises KafkaAuthError: the broker refused the credentials or the TLS handshake.
+        :raises KafkaAuthError: the broker refused the credentials or the TLS handshake; what was
+            queued is dropped and counted in :attr:`failed`.
         """
         deadline = time.monotonic() + timeout_s
         remaining = len(self._producer)
@@ -150,7 +158,11 @@ class EventProducer:
             # Short flushes, so a refused login ends the wait at once instead of at the timeout.
             remaining = self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
         if self.auth_error is not None:
-            raise self.auth_error
+            # Nothing queued can be delivered with refused credentials: each is reported failed,
+            # and librdkafka lets go of its delivery callback (which holds this producer).
+            self._producer.purge()
+            self._producer.poll(0)
+            raise self._refused()
         if remaining:
             raise DeliveryError(
                 f"{remaining} message(s) not acknowledged by {self.settings.kafka_bootstrap} "

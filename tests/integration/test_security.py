@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import uuid
+import weakref
 
 import pytest
 from confluent_kafka import Consumer
@@ -153,8 +154,11 @@ def test_wrong_password_is_refused_with_a_clear_error(secured, tmp_path):
     producer.send(_llm_call(1))
     with pytest.raises(KafkaAuthError, match="refused the credentials"):
         producer.flush(timeout_s=30)
-    del producer  # librdkafka would keep reconnecting for as long as the client lives
+    # librdkafka would keep reconnecting for as long as the client lives: it must go with the producer.
+    gone = weakref.ref(producer)
+    del producer
     gc.collect()
+    assert gone() is None, "the refused producer outlives its last reference"
 
     # The CLI and the worker: exit code 2 and one clear line, no password.
     env = settings_env(wrong)
