@@ -34,14 +34,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from connectors.clickhouse.migrations import load_migrations
-from connectors.kafka import client_config
-from connectors.kafka.producer import PRODUCER_DEFAULTS
-from connectors.kafka.topics import TopicSpec, ensure_topics
+from connectors.kafka.topics import TopicSpec, ensure_topics, topic_name
 from connectors.settings import load_settings
 from streams.simulate import generate
+
+from pipeline import produce  # bench/pipeline.py, next to this script: the same raw producer loop
 
 #: The simulated topics and the project's tables they fill.
 SIMULATED = {"agent.tasks": "task_events", "agent.llm_calls": "llm_calls", "agent.telemetry": "telemetry"}
@@ -93,8 +91,8 @@ def main() -> None:
     base = load_settings()
     run = f"peers{int(time.time())}"
     home = base.home / "bench" / run
-    settings = load_settings(home=home, topic_prefix=f"{run}.")
-    topics = {topic: f"{run}.json.{topic}" for topic in SIMULATED}
+    settings = load_settings(home=home, topic_prefix=f"{run}.json.")
+    topics = {topic: topic_name(settings, topic) for topic in SIMULATED}
     ensure_topics(settings, [TopicSpec(name, settings.topic_partitions, settings.topic_replication,
                                        {"cleanup.policy": "delete"}) for name in topics.values()])
     print(f"preparing {args.events:,} JSON events…", flush=True)
@@ -128,16 +126,7 @@ def main() -> None:
 
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    producer = Producer(client_config(settings, **PRODUCER_DEFAULTS))
-    for topic, key, value in events:
-        while True:
-            try:
-                producer.produce(topics[topic], value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    assert producer.flush(120) == 0
+    produce(settings, events)
     produced = time.perf_counter() - started
     held: dict[str, int] = {}
     while time.perf_counter() - started < args.timeout:
