@@ -3,9 +3,11 @@
 Needs the local stack (``ezstream up``). Each round creates fresh topics, sends ``--events``
 simulated events with :class:`EventProducer` (idempotent, acks=all) at once, flushes, and compares
 the broker's end offsets with the producer's delivery reports, per topic. Prints every mismatch
-and the count; asserts nothing. On 2026-12-03 one round in 40 lost acknowledged messages of the
-sparse telemetry topic (delivered 23, broker holds 20): an open exactness bug, see the session
-note of that day.
+and the count; asserts nothing. Before the fix of 2026-12-03 about 3 rounds in 100 lost
+acknowledged messages of the sparse telemetry topic (delivered 23, broker holds 20): librdkafka
+counted a batch refused with NOT_LEADER as acknowledged by a later batch's success (see
+:data:`connectors.kafka.config.EXACT_DELIVERY`); 0 in 270 rounds after it. The regression test is
+``test_producing_right_after_topic_creation_loses_nothing`` in tests/integration/test_producer.py.
 
     PYTHONPATH=. .venv/bin/python bench/produce_after_create.py --rounds 40
 """

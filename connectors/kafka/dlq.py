@@ -21,7 +21,7 @@ from typing import Any
 
 from connectors.errors import TerminalError
 from connectors.failpoints import failpoint
-from connectors.kafka.config import client_config
+from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.producer import PRODUCER_DEFAULTS, DeliveryError
 from connectors.kafka.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_SUFFIX, dlq_topic
 from connectors.settings import Settings
@@ -130,7 +130,7 @@ class DeadLetters:
         self.processor = processor
         self.max_attempts = max_attempts
         self._remember = remember
-        self._config = client_config(settings, **{
+        self._config = producer_config(settings, **{
             **PRODUCER_DEFAULTS, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES, **overrides})
         self._producer = Producer(self._config)
         self._pending: dict[Source, _Letter] = {}
@@ -458,7 +458,7 @@ def replay(settings: Settings, topic: str, *, chunk: int = REPLAY_CHUNK, timeout
         "group.id": group, "enable.auto.commit": False, "enable.partition.eof": True,
         "isolation.level": "read_committed",
     }))
-    producer = Producer(client_config(settings, **{
+    producer = Producer(producer_config(settings, **{
         **PRODUCER_DEFAULTS, "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
         "transactional.id": replay_transactional_id(settings, topic),
     }))

@@ -18,7 +18,7 @@ from typing import Any
 
 from connectors.errors import TransientError
 from connectors.kafka.codec import Codec, default_codec
-from connectors.kafka.config import client_config
+from connectors.kafka.config import EXACT_DELIVERY, producer_config
 from connectors.kafka.connect import KafkaAuthError, auth_error
 from connectors.kafka.events import Event
 from connectors.kafka.freetext import FreeTextPolicy
@@ -26,10 +26,10 @@ from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import topic_name
 from connectors.settings import Settings
 
-#: Producer defaults: exactly-once per partition from the producer side, and real batches.
+#: Producer defaults: exactly-once per partition from the producer side (one request in flight:
+#: see :data:`~connectors.kafka.config.EXACT_DELIVERY`), and real batches.
 PRODUCER_DEFAULTS: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
+    **EXACT_DELIVERY,
     "linger.ms": 20,
     "batch.size": 1_000_000,
     "compression.type": "lz4",
@@ -77,7 +77,7 @@ class EventProducer:
         # The error callback must not hold ``self``: librdkafka's handle would keep the producer
         # alive in a cycle the garbage collector cannot see, reconnecting for ever.
         self._auth_errors: list[KafkaAuthError] = []
-        self._producer = Producer(client_config(
+        self._producer = Producer(producer_config(
             settings, **{"error_cb": _auth_error_recorder(settings, self._auth_errors),
                          **PRODUCER_DEFAULTS, **overrides}))
         self._topics = {event: topic_name(settings, topic) for topic, event in TOPIC_EVENTS.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,13 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
 def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float = 30.0) -> dict[str, str]:
     """Create the topics that do not exist yet; returns ``{name: "created" | "exists" | "raised"}``.
 
+    Returns once every partition of the topics it created answers on its leader (a ListOffsets
+    request, served only by a broker that took leadership), so the first produce after it is not
+    refused with NOT_LEADER: the controller acknowledges a creation before the leaders have
+    applied it. A producer whose batch is refused that way can lose messages unless it keeps one
+    request in flight (:data:`~connectors.kafka.config.EXACT_DELIVERY`, which every producer of the
+    project does); other clients may not.
+
     An existing topic whose ``max.message.bytes`` is below its spec's gets the spec's ("raised"):
     ``.dlq`` topics created before :data:`DLQ_MAX_MESSAGE_BYTES` would refuse the largest letters.
     Nothing else of an existing topic is changed.
@@ -99,7 +107,52 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float =
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TransientError(f"creating topic {name} failed: {exc.args[0].str()}") from None
             outcome[name] = "exists"
+    _wait_for_leaders(admin, settings, {s.name: s.partitions for s in missing if outcome[s.name] == "created"},
+                      timeout_s)
     return outcome
+
+
+#: Partition errors that mean "the leader has not taken over yet": asked again until the timeout.
+#: ``_NOENT`` is librdkafka's "no leaders found" while the metadata lacks the new partitions.
+_NOT_YET = ("_NOENT", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "REPLICA_NOT_AVAILABLE",
+            "UNKNOWN_LEADER_EPOCH", "FENCED_LEADER_EPOCH", "OFFSET_NOT_AVAILABLE",
+            "_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "_TIMED_OUT", "REQUEST_TIMED_OUT")
+
+
+def _wait_for_leaders(admin: Any, settings: Settings, partitions: dict[str, int], timeout_s: float) -> None:
+    """Ask each partition's leader for its end offset until every one answers."""
+    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    pending = [TopicPartition(name, p) for name, count in partitions.items() for p in range(count)]
+    deadline = time.monotonic() + timeout_s
+    pause = 0.01
+    while pending:
+        left = deadline - time.monotonic()
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in pending},
+                                     request_timeout=max(1.0, min(left, 10.0)))
+        waiting, last = [], ""
+        for tp, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.name() not in _NOT_YET:
+                    raise TransientError(f"topic {tp.topic} [{tp.partition}] was created but its leader "
+                                         f"answered: {error.str()}") from None
+                waiting.append(tp)
+                last = error.str()
+        pending = waiting
+        if pending and time.monotonic() + pause > deadline:
+            names = ", ".join(f"{tp.topic} [{tp.partition}]" for tp in pending[:5])
+            raise TransientError(f"{len(pending)} partition(s) created on {settings.kafka_bootstrap} have no "
+                                 f"leader serving them after {timeout_s:.0f} s ({names}; last: {last})")
+        if pending:
+            time.sleep(pause)  # the broker applies the creation on its own; nothing to wait on here
+            pause = min(pause * 2, 0.5)
+            # librdkafka finds the leaders in its metadata cache, which may predate the creation.
+            for name in {tp.topic for tp in pending}:
+                admin.list_topics(topic=name, timeout=max(1.0, min(deadline - time.monotonic(), 10.0)))
 
 
 def _raise_message_limits(admin: Any, specs: list[TopicSpec], timeout_s: float) -> set[str]:

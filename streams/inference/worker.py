@@ -32,7 +32,7 @@ from connectors.errors import EzStreamError, TransientError
 from connectors.failpoints import failpoint
 from connectors.inference import CORRELATION_HEADER
 from connectors.kafka.codec import CodecError, Codec, default_codec
-from connectors.kafka.config import client_config
+from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.dlq import DeadLetters
 from connectors.kafka.events import InferenceRequest, InferenceResult
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
@@ -127,9 +127,9 @@ class InferenceWorker:
         log.info("inference worker %s: model %s %s on %s, max batch %d, max wait %.1f ms", self.instance,
                  self.model.name, self.model.version, self.model.device, self.settings.inference_max_batch,
                  self.settings.inference_max_wait_ms)
-        self._producer = Producer(client_config(self.settings, **{
+        self._producer = Producer(producer_config(self.settings, **{
             "transactional.id": f"{group_id(self.settings)}.{self.instance}",
-            "enable.idempotence": True, "acks": "all", "linger.ms": 2, "compression.type": "lz4",
+            "linger.ms": 2, "compression.type": "lz4",
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
             # Transaction round trips retry after this back-off; the default (100 ms) would add
             # a tenth of a second to every commit.

@@ -46,7 +46,7 @@ from typing import Any
 
 from connectors.errors import EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
-from connectors.kafka import client_config
+from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.events import Alert, LlmCall, LlmWindow, TaskEvent, Telemetry
 from connectors.kafka.schemas import TOPIC_EVENTS
@@ -312,7 +312,7 @@ class IntelligenceProcessor:
 
         started = time.monotonic()
         base = client_config(self.settings)
-        self._txn = Producer({**base, "transactional.id": f"{group_id(self.settings)}.state",
+        self._txn = Producer({**producer_config(self.settings), "transactional.id": f"{group_id(self.settings)}.state",
                               "linger.ms": 5, "retry.backoff.ms": 10, "compression.type": "none"})
         self._txn.init_transactions(60)  # fences a previous holder's state writes
         checkpoint = self._read_checkpoint()
@@ -341,7 +341,7 @@ class IntelligenceProcessor:
                 self._catch_up_to[(topic, partition)] = high
                 assignment.append(TopicPartition(topic, partition, start))
         self._suppress = self._already_produced(checkpoint["time_ms"] - TAIL_MARGIN_MS if checkpoint else None)
-        self._producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        self._producer = Producer(producer_config(self.settings, **{"linger.ms": 0}))
         self._source.assign(assignment)
         self._checkpoint_thread = threading.Thread(target=self._checkpoint_writer, args=(self._txn, self._producer),
                                                    name="alerts-checkpoints", daemon=True)

@@ -106,6 +106,23 @@ def test_kafka_security_passes_through(monkeypatch):
     }
 
 
+def test_producer_config_keeps_exact_delivery_and_refuses_weakening_it(monkeypatch):
+    from connectors.kafka.config import producer_config
+
+    monkeypatch.setenv("EZ_KAFKA_EXTRA", '{"client.id": "ez", "acks": "-1"}')
+    config = producer_config(load_settings(), **{"linger.ms": 5, "enable.idempotence": "true"})
+    assert config["max.in.flight.requests.per.connection"] == 1
+    assert config["enable.idempotence"] is True and config["acks"] == "all"
+    assert config["linger.ms"] == 5 and config["client.id"] == "ez"
+
+    monkeypatch.setenv("EZ_KAFKA_EXTRA", '{"max.in.flight.requests.per.connection": 5}')
+    with pytest.raises(ConfigError, match="EZ_KAFKA_EXTRA sets max.in.flight.requests.per.connection=5"):
+        producer_config(load_settings())
+    monkeypatch.delenv("EZ_KAFKA_EXTRA")
+    with pytest.raises(ConfigError, match="producer overrides sets acks=1"):
+        producer_config(load_settings(), acks=1)
+
+
 @pytest.mark.parametrize(
     ("env", "value", "expected"),
     [
