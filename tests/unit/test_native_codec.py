@@ -14,6 +14,7 @@ import os
 import random
 import re
 import threading
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -199,6 +200,52 @@ def test_broken_messages_of_two_versions_fail_as_fastavro_fails_them(v2_registry
             batch += mutations(rng, message, valid)
         rng.shuffle(batch)
         assert_agrees_per_message(codec, NativeCodec(codec), batch, event, f"seed {SEED}, {event} as v{reader_version}")
+
+
+_HYPOTHESIS_VALID: dict[str, list[bytes]] = {}
+
+
+def _edit(message: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    """``message`` with each (kind, position, data) edit applied: 0 overwrites, 1 inserts, 2 cuts."""
+    data = bytearray(message)
+    for kind, position, chunk in edits:
+        at = position % (len(data) + 1)
+        if kind == 0:
+            data[at:at + len(chunk)] = chunk
+        elif kind == 1:
+            data[at:at] = chunk
+        else:
+            del data[at:at + len(chunk) + 1]
+    return bytes(data)
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_hypothesis_edited_messages_never_crash_and_fail_as_fastavro_fails_them(codec, native, event):
+    """Property: whatever hypothesis does to valid messages (overwrite, insert, cut bytes; a body
+    of its own behind a valid header; any bytes at all), the native decoder classifies each message
+    as fastavro does, in one batch, without crashing. Seeded with EZ_NATIVE_SEED."""
+    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import strategies as st
+
+    valid = _HYPOTHESIS_VALID.setdefault(event, records(codec, event, 8, "hypothesis"))
+    edit = st.tuples(st.integers(0, 2), st.integers(0, 4096), st.binary(min_size=1, max_size=16))
+    message = st.one_of(
+        st.builds(_edit, st.sampled_from(valid), st.lists(edit, min_size=1, max_size=4)),
+        st.builds(lambda m, body: m[:HEADER_SIZE] + body, st.sampled_from(valid), st.binary(max_size=400)),
+        st.binary(max_size=300),
+        st.sampled_from(valid),
+    )
+
+    @seed(SEED)
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(message, min_size=1, max_size=40))
+    def check(batch: list[bytes]) -> None:
+        seen.update(assert_agrees_per_message(codec, native, batch, event, f"seed {SEED}, {event}, hypothesis"))
+
+    seen: Counter[str] = Counter()
+    check()
+    print(f"{event}: {dict(seen)}")
+    assert seen["row"] > 0 and seen["failed"] > seen["row"], seen  # both paths were exercised
 
 
 # --- (c) each failure class, with the batch around it decoding -------------------------------
