@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--lake-flush-seconds", type=float, default=1.0,
                         help="EZ_LAKE_FLUSH_SECONDS of the workers: a batch's longest wait, which bounds how soon "
                              "the last events of a burst are durable (the default 30 s would dominate the figure)")
+    parser.add_argument("--clickhouse-flush-seconds", type=float, default=1.0,
+                        help="EZ_CLICKHOUSE_FLUSH_SECONDS of the workers: the ClickHouse batch's longest wait, which "
+                             "bounds the freshness figure from below")
     parser.add_argument("--split", action="store_true",
                         help="one worker process per sink role (--only lake, --only clickhouse) instead of one for both")
     parser.add_argument("--peers", action="store_true",
@@ -128,7 +131,7 @@ def main() -> None:
     env = {**os.environ, "EZ_HOME": str(home), "EZ_TOPIC_PREFIX": settings.topic_prefix,
            "EZ_LAKE_URI": settings.lake_uri, "EZ_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
            "EZ_CLICKHOUSE_DATABASE": "bench", "EZ_LAKE_FLUSH_SECONDS": str(args.lake_flush_seconds),
-           "EZ_CLICKHOUSE_FLUSH_SECONDS": "1"}
+           "EZ_CLICKHOUSE_FLUSH_SECONDS": str(args.clickhouse_flush_seconds)}
     home.mkdir(parents=True, exist_ok=True)
     role_sets = [["lake"], ["clickhouse"]] if args.split else [["lake", "clickhouse"]]
     workers = []

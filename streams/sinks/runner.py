@@ -217,7 +217,10 @@ class SinkRunner:
                 if self._replays:
                     self._replay()
                     continue
-                self._poll(timeout_s=min(0.5, self.policy.max_age_s / 2))
+                # A short wait: consume() returns early only with a full fetch, so at moderate rates
+                # this timeout is how late a due batch is noticed (0.5 s gave p99 2.2 s of freshness
+                # at 10,000 events/s, 0.1 s gives 1.7 s; an idle loop wakes 10 times a second).
+                self._poll(timeout_s=min(0.1, self.policy.max_age_s / 2))
                 if self._due():
                     self._flush()
             self._flush()
