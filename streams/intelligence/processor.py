@@ -44,14 +44,18 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from connectors.errors import EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
 from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.codec import Codec, default_codec
 from connectors.kafka.events import Alert, LlmCall, LlmWindow, TaskEvent, Telemetry
+from connectors.kafka.native import NativeCodec
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
 from connectors.settings import Settings
+from connectors.validation import ValueRules, check
 from streams import metrics
 from streams.intelligence._time import utc
 from streams.intelligence.alerts import (
@@ -214,6 +218,12 @@ class IntelligenceProcessor:
         self.settings = settings
         self.config = config or load_config(settings)
         self.codec = codec or default_codec()
+        # The sinks' value rules, checked on the native decoder's tables: what they dead-letter
+        # (a NaN or negative number, an event time past the message's timestamp plus the
+        # tolerance, out of range, too old) never reaches a rule either.
+        self._decoder = NativeCodec(self.codec)
+        self._value_rules = ValueRules.from_settings(settings)
+        self._future_tolerance_ms = self._value_rules.future_tolerance_ms
         #: Set once the processor is active and caught up, or standing by behind an active one.
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -466,8 +476,10 @@ class IntelligenceProcessor:
         first = self._source.poll(0.05)
         if first is not None:
             now_ms = int(time.time() * 1000)
-            for msg in [first, *self._source.consume(1000, 0)]:
-                self._process(msg, now_ms)
+            batch = [first, *self._source.consume(1000, 0)]
+            invalid = self._invalid(batch)
+            for index, msg in enumerate(batch):
+                self._process(msg, now_ms, index in invalid)
             self._closed_windows.extend((closed, "watermark") for closed in self.rules.windows.close_due())
         # A minute's end closes hundreds of windows at once: a few per turn keeps the alerts quick.
         for _ in range(min(WINDOWS_PER_TURN, len(self._closed_windows))):
@@ -496,7 +508,24 @@ class IntelligenceProcessor:
                 and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds):
             self._checkpoint()  # never with windows closed in the state but not yet produced
 
-    def _process(self, msg: Any, now_ms: int) -> None:
+    def _invalid(self, batch: list[Any]) -> set[int]:
+        """Positions in ``batch`` of the messages the sinks' value rules refuse (decoded per topic
+        with the native decoder, checked per column: the same decision as the sinks')."""
+        by_topic: dict[str, list[int]] = {}
+        for index, msg in enumerate(batch):
+            if msg.error() is None:
+                by_topic.setdefault(msg.topic(), []).append(index)
+        invalid: set[int] = set()
+        for topic, indices in by_topic.items():
+            event = TOPIC_EVENTS[self._catalogue[topic]]
+            result = self._decoder.decode_batch_arrow([batch[i].value() for i in indices], event)
+            failed = {f.index for f in result.failures}  # left to _process: counted undecodable
+            decoded = [i for n, i in enumerate(indices) if n not in failed]
+            kafka_ms = np.array([ms if kind else -1 for kind, ms in (batch[i].timestamp() for i in decoded)], np.int64)
+            invalid.update(decoded[bad.row] for bad in check(result.table, event, kafka_ms, self._value_rules))
+        return invalid
+
+    def _process(self, msg: Any, now_ms: int, invalid: bool = False) -> None:
         if msg.error() is not None:
             if not msg.error().retriable() and msg.error().fatal():
                 raise EzStreamError(f"alerts: consumer failed: {msg.error()}")
@@ -504,12 +533,20 @@ class IntelligenceProcessor:
         topic = msg.topic()
         self._positions[(topic, msg.partition())] = msg.offset() + 1
         self._dirty = True
+        if invalid:  # the sinks dead-letter it with the reason
+            self.stats["invalid"] += 1
+            return
         event_name = TOPIC_EVENTS[self._catalogue[topic]]
         try:
             _, record = self.codec.decode(msg.value(), event_name)
             event = _EVENT_CLASSES[event_name](**record)
         except Exception:  # noqa: BLE001  the lake role dead-letters it with its error
             self.stats["undecodable"] += 1
+            return
+        # A producer's clock (or its Kafka timestamp) far ahead of ours must not move event time:
+        # the watermark would leave every later event behind it.
+        if event.event_time.timestamp() * 1000 > now_ms + self._future_tolerance_ms:
+            self.stats["future"] += 1
             return
         self.stats["events"] += 1
         metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc()

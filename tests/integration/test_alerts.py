@@ -319,6 +319,27 @@ def test_windows_close_on_event_time_count_late_events_and_reach_clickhouse(inte
     assert [list(r) for r in rows] == [[11, 0.12, "watermark"]]
 
 
+def test_values_no_rule_can_use_never_reach_the_rules(intel, start):
+    """A call from the year 2200, one with a NaN cost and one with a negative cost among ordinary
+    calls: the role stays up, skips the three (the sinks dead-letter them), event time does not
+    move past the ordinary calls, and the budget crossing fires on the ordinary spend alone."""
+    worker = start(intel)
+    send = Sent(intel)
+    w0 = _minute(0)
+    send(call("dev-01", cost=0.01, at=w0),
+         call("dev-01", cost=0.01, at=datetime(2200, 1, 1, tzinfo=timezone.utc)),
+         call("dev-01", cost=float("nan"), at=w0 + timedelta(seconds=1)),
+         call("dev-01", cost=-5.0, at=w0 + timedelta(seconds=2)),
+         call("dev-01", cost=0.5, at=w0 + timedelta(seconds=3)),
+         call("dev-01", cost=0.35, at=w0 + timedelta(seconds=4)))
+    current = processed(worker, send.count)
+    worker.alive()
+    budget = alerts_of(intel, "budget")
+    assert [(a["subject"], round(a["threshold"], 4), round(a["value"], 4)) for a in budget] == [("dev-01", 0.8, 0.86)]
+    assert current["stats"]["invalid"] == 3 and current["stats"]["events"] == 3, current["stats"]
+    assert not any(current["late_events"].values()), current["late_events"]
+
+
 def test_an_idle_stream_still_closes_its_windows(intel, start):
     worker = start(intel)
     send = Sent(intel)
