@@ -32,9 +32,9 @@ a replay a week later, decides the same for the same message. A message without 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -77,6 +77,40 @@ class Invalid:
 
     row: int
     message: str
+
+
+@dataclass(frozen=True)
+class Screened:
+    """What :func:`screen` made of a list of messages."""
+
+    #: The rows that decode and pass the rules, in message order.
+    table: pa.Table
+    #: Each row's index in the messages.
+    positions: np.ndarray
+    #: ``(index, error class, message)`` of every other message: the decoder's, then the rules'.
+    failures: list[tuple[int, str, str]]
+
+
+def screen(decoder: Any, messages: Sequence[Any], event: str, rules: ValueRules) -> Screened:
+    """Decode Kafka ``messages`` of ``event`` in one call of ``decoder`` (a
+    :class:`~connectors.kafka.native.NativeCodec`) and :func:`check` the rows against each
+    message's Kafka timestamp: the one decision every sink and the alerts role take."""
+    from confluent_kafka import Message
+
+    result = decoder.decode_batch_arrow(list(map(Message.value, messages)), event)
+    failures = [(f.index, f.error_class, f.message) for f in result.failures]
+    table = result.table
+    kafka_ms = np.array([ms if kind else -1 for kind, ms in map(Message.timestamp, messages)], np.int64)
+    positions = np.arange(len(messages))
+    if failures:
+        positions = np.delete(positions, [index for index, _, _ in failures])
+    invalid = check(table, event, kafka_ms[positions], rules)
+    if invalid:
+        rows = [i.row for i in invalid]
+        failures += [(int(positions[i.row]), INVALID_VALUE, i.message) for i in invalid]
+        table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))))
+        positions = np.delete(positions, rows)
+    return Screened(table, positions, failures)
 
 
 def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None] | np.ndarray, rules: ValueRules) -> list[Invalid]:

@@ -114,8 +114,8 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float =
 
 #: Partition errors that mean "the leader has not taken over yet": asked again until the timeout.
 #: ``_NOENT`` is librdkafka's "no leaders found" while the metadata lacks the new partitions.
-_NOT_YET = ("_NOENT", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "REPLICA_NOT_AVAILABLE",
-            "UNKNOWN_LEADER_EPOCH", "FENCED_LEADER_EPOCH", "OFFSET_NOT_AVAILABLE",
+_NOT_YET = ("_NOENT", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
+            "REPLICA_NOT_AVAILABLE", "UNKNOWN_LEADER_EPOCH", "FENCED_LEADER_EPOCH", "OFFSET_NOT_AVAILABLE",
             "_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "_TIMED_OUT", "REQUEST_TIMED_OUT")
 
 

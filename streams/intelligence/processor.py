@@ -56,7 +56,7 @@ from connectors.kafka.native import NativeCodec
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
 from connectors.settings import Settings
-from connectors.validation import ValueRules, check
+from connectors.validation import INVALID_VALUE, ValueRules, check, screen
 from streams import metrics
 from streams.intelligence._time import utc
 from streams.intelligence.alerts import (
@@ -224,7 +224,11 @@ class IntelligenceProcessor:
         # tolerance, out of range, too old) never reaches a rule either.
         self._decoder = NativeCodec(self.codec)
         self._value_rules = ValueRules.from_settings(settings)
-        self._future_tolerance_ms = self._value_rules.future_tolerance_ms
+        # The first value check of a process pays pyarrow's set-up (about 0.3 s): paid here, once,
+        # on a one-row table of nulls per source, not by the first alert.
+        for event in {TOPIC_EVENTS[t] for t in SOURCES}:
+            empty = self._decoder.decode_batch_arrow([], event).table
+            check(pa.Table.from_pylist([{}], schema=empty.schema), event, np.full(1, -1, np.int64), self._value_rules)
         #: Set once the processor is active and caught up, or standing by behind an active one.
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -323,8 +327,9 @@ class IntelligenceProcessor:
 
         started = time.monotonic()
         base = client_config(self.settings)
-        self._txn = Producer({**producer_config(self.settings), "transactional.id": f"{group_id(self.settings)}.state",
-                              "linger.ms": 5, "retry.backoff.ms": 10, "compression.type": "none"})
+        self._txn = Producer(producer_config(self.settings, **{
+            "transactional.id": f"{group_id(self.settings)}.state",
+            "linger.ms": 5, "retry.backoff.ms": 10, "compression.type": "none"}))
         self._txn.init_transactions(60)  # fences a previous holder's state writes
         checkpoint = self._read_checkpoint()
         self.rules = Rules(self.config, checkpoint["rules"] if checkpoint else None)
@@ -351,11 +356,6 @@ class IntelligenceProcessor:
                 self._positions[(topic, partition)] = start
                 self._catch_up_to[(topic, partition)] = high
                 assignment.append(TopicPartition(topic, partition, start))
-        # The first value check of a process pays pyarrow's set-up (about 0.3 s): paid here, on a
-        # one-row table of nulls per source, not by the first alert.
-        for event in {TOPIC_EVENTS[t] for t in SOURCES}:
-            empty = self._decoder.decode_batch_arrow([], event).table
-            check(pa.Table.from_pylist([{}], schema=empty.schema), event, np.full(1, -1, np.int64), self._value_rules)
         self._suppress = self._already_produced(checkpoint["time_ms"] - TAIL_MARGIN_MS if checkpoint else None)
         self._producer = Producer(producer_config(self.settings, **{"linger.ms": 0}))
         self._source.assign(assignment)
@@ -515,20 +515,17 @@ class IntelligenceProcessor:
             self._checkpoint()  # never with windows closed in the state but not yet produced
 
     def _invalid(self, batch: list[Any]) -> set[int]:
-        """Positions in ``batch`` of the messages the sinks' value rules refuse (decoded per topic
-        with the native decoder, checked per column: the same decision as the sinks')."""
+        """Positions in ``batch`` of the messages the sinks' value rules refuse (:func:`screen`, per
+        topic: the same decision as the sinks'). Undecodable ones are left to :meth:`_process`."""
         by_topic: dict[str, list[int]] = {}
         for index, msg in enumerate(batch):
             if msg.error() is None:
                 by_topic.setdefault(msg.topic(), []).append(index)
         invalid: set[int] = set()
         for topic, indices in by_topic.items():
-            event = TOPIC_EVENTS[self._catalogue[topic]]
-            result = self._decoder.decode_batch_arrow([batch[i].value() for i in indices], event)
-            failed = {f.index for f in result.failures}  # left to _process: counted undecodable
-            decoded = [i for n, i in enumerate(indices) if n not in failed]
-            kafka_ms = np.array([ms if kind else -1 for kind, ms in (batch[i].timestamp() for i in decoded)], np.int64)
-            invalid.update(decoded[bad.row] for bad in check(result.table, event, kafka_ms, self._value_rules))
+            screened = screen(self._decoder, [batch[i] for i in indices], TOPIC_EVENTS[self._catalogue[topic]],
+                              self._value_rules)
+            invalid.update(indices[index] for index, error_class, _ in screened.failures if error_class == INVALID_VALUE)
         return invalid
 
     def _process(self, msg: Any, now_ms: int, invalid: bool = False) -> None:
@@ -551,7 +548,7 @@ class IntelligenceProcessor:
             return
         # A producer's clock (or its Kafka timestamp) far ahead of ours must not move event time:
         # the watermark would leave every later event behind it.
-        if event.event_time.timestamp() * 1000 > now_ms + self._future_tolerance_ms:
+        if event.event_time.timestamp() * 1000 > now_ms + self._value_rules.future_tolerance_ms:
             self.stats["future"] += 1
             return
         self.stats["events"] += 1

@@ -69,7 +69,7 @@ from connectors.sink import (
     SinkBatch,
     batch_token,
 )
-from connectors.validation import INVALID_VALUE, ValueRules, check
+from connectors.validation import ValueRules, screen
 
 log = logging.getLogger(__name__)
 
@@ -367,22 +367,10 @@ class SinkRunner:
         """
         parts = [p for p in parts if p]
         messages = list(chain.from_iterable(parts))
-        n = len(messages)
-        result = self.decoder.decode_batch_arrow(list(map(Message.value, messages)), event)
-        failures = [(f.index, f.error_class, f.message) for f in result.failures]
-        table = result.table
+        screened = screen(self.decoder, messages, event, self.rules)
+        table, positions, failures = screened.table, screened.positions, screened.failures
         partitions = np.repeat(np.array([p[0].partition() for p in parts], np.int32), [len(p) for p in parts])
-        offsets = np.fromiter(map(Message.offset, messages), np.int64, n)
-        kafka_ms = np.array([ms if kind else -1 for kind, ms in map(Message.timestamp, messages)], np.int64)
-        positions = np.arange(n)  # of each table row, in ``messages``
-        if failures:
-            positions = np.delete(positions, [index for index, _, _ in failures])
-        invalid = check(table, event, kafka_ms[positions], self.rules)
-        if invalid:
-            rows = [i.row for i in invalid]
-            failures += [(int(positions[i.row]), INVALID_VALUE, i.message) for i in invalid]
-            table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))))
-            positions = np.delete(positions, rows)
+        offsets = np.fromiter(map(Message.offset, messages), np.int64, len(messages))
         if failures and self._dead_letters_enabled:
             for index, error_class, message in sorted(failures):
                 bad = messages[index]

@@ -13,6 +13,7 @@ import pytest
 from connectors.kafka.codec import decode
 from connectors.kafka.events import LlmCall, Telemetry
 from connectors.kafka.producer import DeliveryError, EventProducer
+from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import load_settings
 from tests.integration.topics import end_offsets, read_topics
@@ -143,10 +144,9 @@ def _round(own, kind: str, seed: int) -> list[str]:
             codec = default_codec()
             raw = Producer(client_config(own, **{"enable.idempotence": True, "acks": "all", "linger.ms": 20}))
             acked: list = []
+            topics = {event: topic_name(own, base) for base, event in TOPIC_EVENTS.items()}
             for event in events:
-                topic = topic_name(own, {"task_event": "agent.tasks", "llm_call": "agent.llm_calls",
-                                         "telemetry": "agent.telemetry"}[event.EVENT])
-                raw.produce(topic, codec.encode(event.EVENT, event.to_record()), key=event.agent_id,
+                raw.produce(topics[event.EVENT], codec.encode(event.EVENT, event.to_record()), key=event.agent_id,
                             on_delivery=lambda err, msg: acked.append((err, msg.topic(), msg.partition(), msg.offset())))
                 raw.poll(0)
             assert raw.flush(30) == 0
