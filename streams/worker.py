@@ -3,7 +3,10 @@
 Each sink role (``lake``, ``clickhouse``) is a batch loop (:class:`streams.sinks.runner.SinkRunner`)
 hosted by the Faust app as a service in its own thread: the sinks need whole batches per call,
 which a batch consumer gives them, while Faust supplies the worker's lifecycle, signals and
-logging. Several workers share the partitions through each role's consumer group.
+logging. A worker with both sink roles reads for both through one consumer
+(:class:`streams.sinks.feed.SharedFeed`, group ``ezstream.sinks``), each sink writing in a thread
+of its own; a worker with one sink role (``--only lake``) consumes in that role's group. Several
+workers share the partitions through the group of their layout, which must be the same for all.
 
 The process that owns the embedded ClickHouse engine (chDB allows one engine per data folder per
 process) also serves ``ezstream sql`` queries on a loopback port, see :mod:`streams.query_server`.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import faust
 import mode
@@ -21,6 +25,7 @@ import mode
 from connectors.errors import ConfigError
 from connectors.settings import Settings
 from streams.app import create_app
+from streams.sinks.feed import SINK_ROLES, SharedFeed
 from streams.sinks.runner import SinkRunner
 
 log = logging.getLogger(__name__)
@@ -94,10 +99,14 @@ class RunnerService(mode.Service):
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 120)
 
 
-def build_app(settings: Settings, roles: list[str]) -> tuple[faust.App, list[SinkRunner]]:
+def build_app(settings: Settings, roles: list[str]) -> tuple[faust.App, list[Any]]:
     """The Faust app of a worker with ``roles``, and the sink loops it hosts."""
     app = create_app(settings, app_id=f"{settings.topic_prefix}ezstream.worker")
     runners = [make_runner(settings, role) for role in roles]
+    if all(role in roles for role in SINK_ROLES):
+        # Both sinks read through one consumer: each message is fetched and buffered once.
+        lanes = [r for r in runners if r.name in SINK_ROLES]
+        runners = [SharedFeed(settings, lanes)] + [r for r in runners if r.name not in SINK_ROLES]
     for runner in runners:
         app.service(RunnerService(runner))
     if "clickhouse" in roles:

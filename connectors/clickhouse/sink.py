@@ -46,11 +46,16 @@ from connectors.sink import PARTITION_COLUMN, OffsetRange, ResumePoint, Sink, Si
 
 #: Settings of every insert. ``async_insert`` is off because chDB turns it on by default, and an
 #: asynchronous insert is buffered (not durable when the call returns) and deduplicated by other
-#: rules than the token.
+#: rules than the token. ``optimize_on_insert`` is off: the rollups and the task state are filled
+#: by views that already GROUP BY their table's key, so merging each inserted block again by that
+#: key does nothing but cost (about a fifth of an insert into task_events with its views, see
+#: bench/clickhouse_write.py); every read of those tables merges by key anyway (-Merge, GROUP BY,
+#: the resume points' GROUP BY of ingest_batches).
 INSERT_SETTINGS: dict[str, int] = {
     "insert_deduplicate": 1,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "async_insert": 0,
+    "optimize_on_insert": 0,
 }
 
 #: Added to every insert on a cluster (``EZ_CLICKHOUSE_CLUSTER``), where the tables written are

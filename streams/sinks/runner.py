@@ -29,6 +29,13 @@ the reading leaves it to the next start.
 A dead letter the DLQ refuses for good (see :class:`~connectors.kafka.dlq.DeadLetterRefused`)
 halts its source partition with an error naming it: the partition is paused and nothing past
 the letter is recorded, while the other partitions go on.
+
+A loop either consumes for itself (a worker with one sink role) or is a lane of a
+:class:`~streams.sinks.feed.SharedFeed`, which consumes once for every sink of a worker and
+hands each lane the same messages: the lane then buffers, flushes and writes in its own thread
+as above, and asks the feed for what touches the consumer (pausing, committing). Either way a
+rebalance is served only between two steps of the loop (a flush, a replay) or while a write
+backs off, never during a write.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import chain, groupby
 from typing import Any
@@ -180,12 +188,43 @@ class SinkRunner:
         #: Set once the sink is set up and the consumer subscribed.
         self.ready = threading.Event()
         self.stats = RunnerStats()
+        #: The shared consumer this loop is a lane of (:meth:`attach`); None: it consumes itself.
+        self._feed: Any = None
+        #: Guards the buffers, epochs, replays and halts, which a feed's thread changes too.
+        self._lock = threading.RLock()
+        #: Held for the whole of a step (a flush, a replay) except while a write backs off: a
+        #: rebalance waits for it, so it is never served in the middle of a write.
+        self._busy = threading.Lock()
+        self._in_step = False
+        #: Set by a feed when it handed this lane messages.
+        self._wake = threading.Event()
+        #: Set once the sink is set up (a feed subscribes only when every lane's is).
+        self.set_up = threading.Event()
+
+    def attach(self, feed: Any) -> None:
+        """Make this loop a lane of ``feed``, which consumes for it (see :mod:`streams.sinks.feed`)."""
+        self._feed = feed
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the loop to finish: it writes what it holds if the sink allows, then returns."""
         self._stop.set()
+        self._wake.set()
+
+    @contextmanager
+    def _step(self) -> Iterator[None]:
+        with self._exclusive():
+            self._in_step = True
+            try:
+                yield
+            finally:
+                self._in_step = False
+
+    def _exclusive(self) -> Any:
+        """The step lock of a lane, which a feed's thread shares; a loop of its own serves
+        rebalances in its own thread, between steps or while a write backs off: nothing to lock."""
+        return self._busy if self._feed is not None else nullcontext()
 
     def run(self) -> None:
         """Run until :meth:`stop`; raises only on errors that retrying cannot fix."""
@@ -193,37 +232,35 @@ class SinkRunner:
 
         self._retry(self.sink.setup, "setting up")
         self._dlq = DeadLetters(self.settings, self.sink.name)
-        self._consumer = Consumer(client_config(self.settings, **{
-            "group.id": self.group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            # Bounded prefetch: memory stays flat however far behind the loop is.
-            "queued.max.messages.kbytes": 32768,
-            "fetch.max.bytes": 16 * 1024 * 1024,
-            "max.poll.interval.ms": 600_000,
-            # A worker killed with -9 gives up its partitions after this, not after 45 s.
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 2_000,
-            # Per-partition lag for the metrics.
-            "statistics.interval.ms": 5_000,
-            "stats_cb": metrics.lag_from_statistics(self.group),
-        }))
-        self._consumer.subscribe(list(self._catalogue), on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        self.ready.set()
+        self.set_up.set()
+        if self._feed is None:
+            from streams.sinks.feed import check_layout
+
+            check_layout(self.settings, shared=False)
+            self._consumer = Consumer(client_config(self.settings, **consumer_settings(self.group)))
+            self._consumer.subscribe(list(self._catalogue), on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            self.ready.set()
+        # A short wait: consume() returns early only with a full fetch, so at moderate rates this
+        # timeout is how late a due batch is noticed (0.5 s gave p99 2.2 s of freshness at 10,000
+        # events/s, 0.1 s gives 1.7 s; an idle loop wakes 10 times a second).
+        wait_s = min(0.1, self.policy.max_age_s / 2)
         try:
             while not self._stop.is_set():
                 if self._replays:
-                    self._replay()
+                    with self._step():
+                        self._replay()
                     continue
-                # A short wait: consume() returns early only with a full fetch, so at moderate rates
-                # this timeout is how late a due batch is noticed (0.5 s gave p99 2.2 s of freshness
-                # at 10,000 events/s, 0.1 s gives 1.7 s; an idle loop wakes 10 times a second).
-                self._poll(timeout_s=min(0.1, self.policy.max_age_s / 2))
+                if self._feed is None:
+                    self._poll(timeout_s=wait_s)
+                else:
+                    self._wake.wait(wait_s)
+                    self._wake.clear()
                 if self._due():
-                    self._flush()
-            self._flush()
+                    with self._step():
+                        self._flush()
+            with self._step():
+                self._flush()
             for ranges in self._replays.values():
                 log.info("%s: leaving the replay of offsets %s to the next start", self.sink.name, spans(ranges))
         except _Abandoned as exc:
@@ -233,7 +270,8 @@ class SinkRunner:
             log.info("%s: stopping after %d messages, %d rows in %d writes, %d dead letters, %d retries; "
                      "seconds fetching %.1f, decoding %.1f, writing %.1f", self.sink.name, st.consumed,
                      st.written_rows, st.batches, st.dead_letters, st.retries, st.poll_s, st.decode_s, st.write_s)
-            self._consumer.close()
+            if self._consumer is not None:
+                self._consumer.close()
             self._dlq.close()
             self.sink.close()
 
@@ -242,43 +280,35 @@ class SinkRunner:
     def _poll(self, timeout_s: float) -> None:
         started = time.monotonic()
         messages = self._consumer.consume(self.fetch_messages, timeout=timeout_s)
-        if not messages:
-            return
-        now = time.monotonic()
-        if any(map(Message.error, messages)):
-            messages = self._without_errors(messages)
-        # librdkafka hands a fetch over as runs of one partition, in offset order: each run is
-        # checked and buffered as a whole, the fields read in bulk (``map`` over the C methods),
-        # with no Python code per message.
-        per_topic: dict[str, int] = {}
-        offsets = list(map(Message.offset, messages))
-        start = 0
-        for key, run in groupby(zip(map(Message.topic, messages), map(Message.partition, messages))):
-            end = start + len(list(run))
-            per_topic[key[0]] = per_topic.get(key[0], 0) + end - start
-            buffer = self._buffers.get(key)
-            if buffer is not None:  # else revoked in this very call: its new owner reads it again
-                self._buffer(buffer, messages[start:end], offsets[start:end], now)
-            start = end
-        self.stats.consumed += len(messages)
-        for topic, count in per_topic.items():
-            metrics.EVENTS_IN.labels(self.sink.name, self._catalogue.get(topic, topic)).inc(count)
+        if messages:
+            self.take(fetched_runs(messages, self.sink.name), time.monotonic())
         self.stats.poll_s += time.monotonic() - started
 
-    def _without_errors(self, messages: list[Any]) -> list[Any]:
-        """``messages`` without the error events, which are logged (or raised, when fatal)."""
-        from confluent_kafka import KafkaError, KafkaException
+    def take(self, runs: list[tuple[tuple[str, int], list[Any], list[int]]], now: float) -> None:
+        """Buffer the ``runs`` of a fetch (see :func:`fetched_runs`): what this loop holds of them."""
+        per_topic: dict[str, int] = {}
+        with self._lock:
+            for key, run, offsets in runs:
+                per_topic[key[0]] = per_topic.get(key[0], 0) + len(run)
+                buffer = self._buffers.get(key)
+                if buffer is not None:  # else revoked in this very call: its new owner reads it again
+                    self._buffer(buffer, run, offsets, now)
+        self.stats.consumed += sum(per_topic.values())
+        for topic, count in per_topic.items():
+            metrics.EVENTS_IN.labels(self.sink.name, self._catalogue.get(topic, topic)).inc(count)
+        self._wake.set()
 
-        kept = []
-        for msg in messages:
-            err = msg.error()
-            if err is None:
-                kept.append(msg)
-            elif err.fatal():
-                raise KafkaException(err)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("%s: consumer error: %s", self.sink.name, err.str())
-        return kept
+    def buffered(self) -> tuple[int, int]:
+        """Rows and bytes buffered and not yet taken by a flush."""
+        with self._lock:
+            return (sum(len(b.messages) for b in self._buffers.values()),
+                    sum(b.nbytes for b in self._buffers.values()))
+
+    def over_bound(self) -> bool:
+        """Whether this loop holds a full batch it has not taken yet: a feed then stops reading for
+        it, as a loop of its own does while it writes, so memory stays bounded."""
+        rows, nbytes = self.buffered()
+        return rows >= self.policy.max_rows or nbytes >= self.policy.max_bytes
 
     @staticmethod
     def _buffer(buffer: _PartitionBuffer, run: list[Any], offsets: list[int], now: float) -> None:
@@ -303,12 +333,13 @@ class SinkRunner:
     def _due(self) -> bool:
         rows = nbytes = 0
         oldest = None
-        for buffer in self._buffers.values():
-            if not buffer.messages or buffer.waits_for is not None:
-                continue
-            rows += len(buffer.messages)
-            nbytes += buffer.nbytes
-            oldest = buffer.since if oldest is None else min(oldest, buffer.since)
+        with self._lock:
+            for buffer in self._buffers.values():
+                if not buffer.messages or buffer.waits_for is not None:
+                    continue
+                rows += len(buffer.messages)
+                nbytes += buffer.nbytes
+                oldest = buffer.since if oldest is None else min(oldest, buffer.since)
         if oldest is None:
             return False
         return (rows >= self.policy.max_rows or nbytes >= self.policy.max_bytes
@@ -321,19 +352,22 @@ class SinkRunner:
         flush_started = time.monotonic()
         batch_bytes = 0
         batches: dict[str, list[tuple[OffsetRange, list[Any]]]] = {}
-        self._building = {}
-        for (topic, partition), buffer in self._buffers.items():
-            if not buffer.messages or buffer.waits_for is not None:
-                continue
-            taken, buffer.messages = buffer.messages, []
-            last = taken[-1].offset()
-            rng = OffsetRange(topic, partition, buffer.next_offset, last)
-            _check_offsets(rng, taken)
-            batch_bytes += buffer.nbytes
-            buffer.nbytes = 0
-            buffer.next_offset = last + 1
-            self._building[(topic, partition)] = buffer.epoch
-            batches.setdefault(topic, []).append((rng, taken))
+        with self._lock:
+            self._building = {}
+            for (topic, partition), buffer in self._buffers.items():
+                if not buffer.messages or buffer.waits_for is not None:
+                    continue
+                taken, buffer.messages = buffer.messages, []
+                last = taken[-1].offset()
+                rng = OffsetRange(topic, partition, buffer.next_offset, last)
+                _check_offsets(rng, taken)
+                batch_bytes += buffer.nbytes
+                buffer.nbytes = 0
+                buffer.next_offset = last + 1
+                self._building[(topic, partition)] = buffer.epoch
+                batches.setdefault(topic, []).append((rng, taken))
+        if self._feed is not None:
+            self._feed.taken()
         if not batches:
             return
 
@@ -452,15 +486,18 @@ class SinkRunner:
         from confluent_kafka import TopicPartition
 
         key = (topic, partition)
-        self._buffers.pop(key, None)
-        self._halted.add(key)
+        with self._lock:
+            self._buffers.pop(key, None)
+            self._halted.add(key)
         self._dlq.discard(topic, partition)
         self.stats.halted[f"{topic}[{partition}]"] = why
         metrics.HALTED_PARTITIONS.labels(self.sink.name).set(len(self._halted))
         log.error("%s: %s[%d] halted: a dead letter was refused for good, so its offsets are not recorded "
                   "and the partition waits for an operator (the other partitions go on): %s",
                   self.sink.name, topic, partition, why, extra={"topic": topic, "partition": partition})
-        if self._consumer is not None:
+        if self._feed is not None:
+            self._feed.halt(topic, partition)
+        elif self._consumer is not None:
             self._consumer.pause([TopicPartition(topic, partition)])
 
     def _owned(self, batch: SinkBatch, whole: bool = False) -> SinkBatch:
@@ -487,8 +524,9 @@ class SinkRunner:
         return SinkBatch(batch.table, batch.event, rows, owned)
 
     def _current(self, topic: str, partition: int) -> bool:
-        buffer = self._buffers.get((topic, partition))
-        return buffer is not None and buffer.epoch == self._building.get((topic, partition))
+        with self._lock:
+            buffer = self._buffers.get((topic, partition))
+            return buffer is not None and buffer.epoch == self._building.get((topic, partition))
 
     def _commit(self, ranges: list[OffsetRange]) -> None:
         """Commit the group's offsets after the sink's write: for lag monitoring only."""
@@ -497,9 +535,13 @@ class SinkRunner:
         for r in ranges:
             self._dlq.forget_below(r.topic, r.partition, r.last + 1)  # recorded: never read again here
         # A replayed batch may hold partitions another member owns: their offsets are its to commit.
-        offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for r in ranges
-                   if (r.topic, r.partition) in self._buffers]
+        with self._lock:
+            offsets = [TopicPartition(r.topic, r.partition, r.last + 1) for r in ranges
+                       if (r.topic, r.partition) in self._buffers]
         if not offsets:
+            return
+        if self._feed is not None:
+            self._feed.commit(self, offsets)
             return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=True)
@@ -524,36 +566,64 @@ class SinkRunner:
                 metrics.RETRIES.labels(self.sink.name).inc()
                 log.warning("%s: %s failed (%s); retrying in %.1f s", self.sink.name, what, exc, delay)
                 self._pause(True)
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    if self._consumer is not None:
-                        self._poll_paused(min(0.5, end - time.monotonic()))
-                    else:
-                        time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+                if self._feed is not None:
+                    self._back_off(delay)
+                else:
+                    end = time.monotonic() + delay
+                    while time.monotonic() < end:
+                        if self._consumer is not None:
+                            self._poll_paused(min(0.5, end - time.monotonic()))
+                        else:
+                            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
                 delay = min(delay * 2, self.settings.sink_retry_max_seconds)
                 continue
             self._pause(False)
             return result
+
+    def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` seconds as a lane of a feed, which serves rebalances meanwhile: the step
+        lets them in while it waits, and checks the partitions it holds again when it goes on."""
+        stepping = self._in_step
+        if stepping:
+            self._in_step = False
+            self._busy.release()
+        try:
+            self._stop.wait(delay)
+        finally:
+            if stepping:
+                self._busy.acquire()
+                self._in_step = True
 
     def _poll_paused(self, timeout_s: float) -> None:
         # Paused partitions deliver nothing; this serves heartbeats and rebalance callbacks.
         self._poll(max(timeout_s, 0.0))
 
     def _pause(self, paused: bool) -> None:
-        if self._consumer is None or paused == self.stats.paused:
+        if paused == self.stats.paused:
             return
-        assignment = [tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in self._halted]
-        if assignment:
-            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+        if self._feed is not None:
+            # The feed pauses its whole assignment while any of its lanes backs off.
+            self._feed.hold(self, paused)
+            with self._lock:
+                held = len(self._buffers)
+        elif self._consumer is None:
+            return
+        else:
+            assignment = [tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in self._halted]
+            if assignment:
+                (self._consumer.pause if paused else self._consumer.resume)(assignment)
+            held = len(assignment)
         self.stats.paused = paused
-        metrics.PAUSED_PARTITIONS.labels(self.sink.name).set(len(assignment) if paused else 0)
+        metrics.PAUSED_PARTITIONS.labels(self.sink.name).set(held if paused else 0)
 
     # -- replaying recorded batches ------------------------------------------------------------
 
     def _replay(self) -> None:
         """Rebuild and write each recorded batch the resume points named, whole, then let its
         partitions go on; returns early, leaving the rest to the next start, when asked to stop."""
-        for token, ranges in list(self._replays.items()):
+        with self._lock:
+            replays = list(self._replays.items())
+        for token, ranges in replays:
             messages = read_ranges(self.settings, ranges, group=f"{self.group}.replay", stop=self._stop,
                                    who=self.sink.name, fetch_messages=self.fetch_messages)
             if messages is None:
@@ -567,15 +637,27 @@ class SinkRunner:
             written = self._write(SinkBatch(table, event, rows, ranges), messages, whole=True)
             log.info("%s: wrote the recorded batch %s again (%d rows)", self.sink.name, spans(ranges), rows.num_rows)
             self._commit(written)
-            self._replays.pop(token, None)
-            for buffer in self._buffers.values():
-                if buffer.waits_for == token:
-                    buffer.waits_for = None
-                    buffer.since = time.monotonic()
+            with self._lock:
+                self._replays.pop(token, None)
+                for buffer in self._buffers.values():
+                    if buffer.waits_for == token:
+                        buffer.waits_for = None
+                        buffer.since = time.monotonic()
 
     # -- rebalancing ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        starts = self.assign(partitions)
+        for tp in partitions:
+            tp.offset = starts[(tp.topic, tp.partition)]
+        consumer.assign(partitions)
+        if self.stats.paused:
+            consumer.pause(partitions)
+
+    def assign(self, partitions: list[Any]) -> dict[tuple[str, int], int]:
+        """Take ``partitions`` (a rebalance's assignment): read the sink's resume points, start a
+        buffer (a new epoch) for each; where to read each from (an offset, or ``OFFSET_BEGINNING``).
+        Waits for the step under way to end."""
         from confluent_kafka import OFFSET_BEGINNING
 
         by_topic: dict[str, list[int]] = {}
@@ -585,39 +667,46 @@ class SinkRunner:
         for topic, parts in by_topic.items():
             found = self._retry_in_callback(lambda t=topic, p=parts: self.sink.resume_points(t, p))
             points.update({(topic, p): rp for p, rp in found.items()})
-        self._epoch += 1
-        for tp in partitions:
-            point = points.get((tp.topic, tp.partition))
-            tp.offset = point.next_offset if point else OFFSET_BEGINNING
-            # A partition halted here before gets another chance with its new assignment.
-            self._halted.discard((tp.topic, tp.partition))
-            waits_for = None
-            if point is not None and point.replay:
-                waits_for = batch_token(point.replay)
-                self._replays[waits_for] = point.replay
-            self._buffers[(tp.topic, tp.partition)] = _PartitionBuffer(
-                next_offset=point.next_offset if point else 0, epoch=self._epoch, waits_for=waits_for)
-        log.info("%s: assigned %s", self.sink.name, _describe(partitions, with_offsets=True))
-        if self._replays:
-            log.info("%s: recorded batches to write again first: %s", self.sink.name,
-                     "; ".join(spans(r) for r in self._replays.values()))
-        consumer.assign(partitions)
-        if self.stats.paused:
-            consumer.pause(partitions)
+        starts = {}
+        with self._exclusive(), self._lock:
+            self._epoch += 1
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                point = points.get(key)
+                starts[key] = point.next_offset if point else OFFSET_BEGINNING
+                # A partition halted here before gets another chance with its new assignment.
+                self._halted.discard(key)
+                waits_for = None
+                if point is not None and point.replay:
+                    waits_for = batch_token(point.replay)
+                    self._replays[waits_for] = point.replay
+                self._buffers[key] = _PartitionBuffer(
+                    next_offset=point.next_offset if point else 0, epoch=self._epoch, waits_for=waits_for)
+            log.info("%s: assigned %s", self.sink.name, _describe(partitions, with_offsets=True, starts=starts))
+            if self._replays:
+                log.info("%s: recorded batches to write again first: %s", self.sink.name,
+                         "; ".join(spans(r) for r in self._replays.values()))
+        self._wake.set()
+        return starts
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        for tp in partitions:
-            self._buffers.pop((tp.topic, tp.partition), None)
-            self._halted.discard((tp.topic, tp.partition))
-            if self._dlq is not None:
-                # Letters still pending for the partition are its new owner's to send again.
-                self._dlq.discard(tp.topic, tp.partition)
-        # A replay none of whose partitions is held here any more is their new owners' to do.
-        for token, ranges in list(self._replays.items()):
-            if not any((r.topic, r.partition) in self._buffers for r in ranges):
-                del self._replays[token]
-        log.info("%s: revoked %s", self.sink.name, _describe(partitions, with_offsets=False))
+        self.revoke(partitions)
         consumer.unassign()
+
+    def revoke(self, partitions: list[Any]) -> None:
+        """Give ``partitions`` up, with what is buffered of them; waits for the step under way to end."""
+        with self._exclusive(), self._lock:
+            for tp in partitions:
+                self._buffers.pop((tp.topic, tp.partition), None)
+                self._halted.discard((tp.topic, tp.partition))
+                if self._dlq is not None:
+                    # Letters still pending for the partition are its new owner's to send again.
+                    self._dlq.discard(tp.topic, tp.partition)
+            # A replay none of whose partitions is held here any more is their new owners' to do.
+            for token, ranges in list(self._replays.items()):
+                if not any((r.topic, r.partition) in self._buffers for r in ranges):
+                    del self._replays[token]
+        log.info("%s: revoked %s", self.sink.name, _describe(partitions, with_offsets=False))
 
     def _retry_in_callback(self, action: Callable[[], Any]) -> Any:
         # Inside a rebalance callback the consumer must not be polled: plain back-off.
@@ -642,10 +731,66 @@ def _check_offsets(rng: OffsetRange, messages: list[Any]) -> None:
                            "outside its range: refusing to record it")
 
 
-def _describe(partitions: list[Any], with_offsets: bool) -> str:
+def consumer_settings(group: str) -> dict[str, Any]:
+    """The settings of a sink loop's consumer in ``group`` (a loop's own, or a feed's)."""
+    return {
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        # Bounded prefetch: memory stays flat however far behind the loop is.
+        "queued.max.messages.kbytes": 32768,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+        "max.poll.interval.ms": 600_000,
+        # A worker killed with -9 gives up its partitions after this, not after 45 s.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        # Per-partition lag for the metrics.
+        "statistics.interval.ms": 5_000,
+        "stats_cb": metrics.lag_from_statistics(group),
+    }
+
+
+def fetched_runs(messages: list[Any], who: str) -> list[tuple[tuple[str, int], list[Any], list[int]]]:
+    """A fetch as runs of one partition: ((topic, partition), messages, their offsets).
+
+    librdkafka hands a fetch over as runs of one partition, in offset order: each run is checked
+    and buffered as a whole, the fields read in bulk (``map`` over the C methods), with no Python
+    code per message. Error events are logged and left out; a fatal one is raised.
+    """
+    if any(map(Message.error, messages)):
+        messages = _without_errors(messages, who)
+    offsets = list(map(Message.offset, messages))
+    runs = []
+    start = 0
+    for key, run in groupby(zip(map(Message.topic, messages), map(Message.partition, messages))):
+        end = start + len(list(run))
+        runs.append((key, messages[start:end], offsets[start:end]))
+        start = end
+    return runs
+
+
+def _without_errors(messages: list[Any], who: str) -> list[Any]:
+    """``messages`` without the error events, which are logged (or raised, when fatal)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    kept = []
+    for msg in messages:
+        err = msg.error()
+        if err is None:
+            kept.append(msg)
+        elif err.fatal():
+            raise KafkaException(err)
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: consumer error: %s", who, err.str())
+    return kept
+
+
+def _describe(partitions: list[Any], with_offsets: bool, starts: dict[tuple[str, int], int] | None = None) -> str:
     """``topic[0@12,1@start]; other[2]``: short enough for one log line."""
     by_topic: dict[str, list[str]] = {}
     for tp in partitions:
-        where = "" if not with_offsets else f"@{tp.offset}" if tp.offset >= 0 else "@start"
+        offset = starts[(tp.topic, tp.partition)] if starts is not None else tp.offset
+        where = "" if not with_offsets else f"@{offset}" if offset >= 0 else "@start"
         by_topic.setdefault(tp.topic, []).append(f"{tp.partition}{where}")
     return "; ".join(f"{topic}[{','.join(parts)}]" for topic, parts in sorted(by_topic.items())) or "nothing"

@@ -27,6 +27,7 @@ from connectors.kafka.dlq import (
     replay,
 )
 from connectors.kafka.topics import dlq_topic, topic_name
+from streams.sinks.feed import shared_group
 from tests.conftest import wait_for
 from tests.integration.topics import read_topics
 from tests.integration.pipeline import Truth, clickhouse_totals, expected, lake_totals, produce_simulated, wait_exact
@@ -171,9 +172,9 @@ def test_a_partition_assigned_again_during_a_retry_is_not_written_twice(pipe, wo
     # The store fails the first batches' records for a while (about 20 s of back-off)…
     worker = workers(pipe, failpoints="clickhouse.before_record=1:fail*12")
     wait_for(lambda: "retrying in" in worker.log.read_text(), 60, "the sink retrying")
-    # …and meanwhile another member joins the group and leaves: every partition goes away and
-    # comes back to the same worker, in a new assignment.
-    probe = Consumer(client_config(pipe, **{"group.id": f"{pipe.topic_prefix}ezstream.clickhouse",
+    # …and meanwhile another member joins the group (the worker's one consumer for both sinks)
+    # and leaves: every partition goes away and comes back to the same worker, in a new assignment.
+    probe = Consumer(client_config(pipe, **{"group.id": shared_group(pipe),
                                             "enable.auto.commit": False, "session.timeout.ms": 10_000}))
     assigned = []
     probe.subscribe([topic_name(pipe, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pyarrow as pa
+import pytest
 
 from connectors.errors import TerminalError, TransientError
 from connectors.kafka.dlq import ERROR_CLASS, read_dead_letters
@@ -96,3 +97,80 @@ def test_refused_rows_go_to_the_dlq_and_the_partitions_move_on(stack, stack_over
     agents = {a for t in sink.rows for a in t["agent_id"].to_pylist()}
     assert "research-07" not in agents and len(agents) > 10
     assert sink.count() + refused == 2000
+
+
+class OtherSink(RecordingSink):
+    name = "clickhouse"
+
+
+def test_a_shared_feed_reads_once_and_each_lane_writes_from_its_own_record(stack, stack_overrides, unique):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connectors.kafka import client_config
+    from streams.sinks.feed import SharedFeed, sink_group
+
+    settings = load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.", "topic_partitions": 2,
+                                "sink_retry_max_seconds": 0.5})
+    ensure_topics(settings, catalogue(settings))
+    truth = Truth()
+    produce_simulated(settings, 2000, seed=22, truth=truth)
+    topic = topic_name(settings, "agent.llm_calls")
+    # One sink has written part of a partition already: its lane resumes there, the other from the
+    # start, and the feed reads the partition once, from the lower of the two.
+    ahead = RecordingSink(transient=3)  # and it fails its first writes, so the feed holds
+    ahead.recorded[(topic, 0)] = 99
+    behind = OtherSink()
+    policy = FlushPolicy(max_rows=300, max_bytes=1 << 30, max_age_s=0.3)
+    lanes = [SinkRunner(settings, sink, policy=policy, dead_letters=sink is ahead) for sink in (ahead, behind)]
+    feed = SharedFeed(settings, lanes)
+    thread = threading.Thread(target=feed.run, daemon=True)
+    thread.start()
+    topics = [topic_name(settings, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
+    probe = Consumer(client_config(settings, **{"group.id": f"probe.{unique}"}))
+    try:
+        ends = {(t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] - 1
+                for t in topics for p in range(2)}
+        wait_for(lambda: all(s.recorded.get(k, -1) == v for s in (ahead, behind) for k, v in ends.items() if v >= 0),
+                 90, "both lanes recording every partition to its end")
+    finally:
+        feed.stop()
+        thread.join(60)
+    assert not thread.is_alive()
+    skipped = 100  # offsets 0..99 of llm_calls[0], recorded by the lane that is ahead before it started
+    assert behind.count() == 2000 and ahead.count() == 2000 - skipped
+    for sink in (ahead, behind):
+        ids = [i for t in sink.rows for i in t["event_id"].to_pylist()]
+        assert len(ids) == len(set(ids))  # nothing written twice
+    assert feed.consumed == 2000  # each message fetched once for both lanes
+    assert lanes[0].stats.retries >= 3 and lanes[1].stats.retries == 0
+    # Each lane's offsets are committed to its sink's own group, as a loop of its own commits them.
+    for lane in lanes:
+        reader = Consumer(client_config(settings, **{"group.id": sink_group(settings, lane.name)}))
+        try:
+            committed = reader.committed([TopicPartition(t, p) for t, p in ends], timeout=10)
+        finally:
+            reader.close()
+        assert {(tp.topic, tp.partition): tp.offset - 1 for tp in committed} == ends
+    probe.close()
+
+
+def test_a_worker_of_the_other_layout_is_refused_at_start(stack, stack_overrides, unique):
+    from confluent_kafka import Consumer
+
+    from connectors.errors import ConfigError
+    from connectors.kafka import client_config
+    from streams.sinks.feed import check_layout, sink_group
+
+    settings = load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.", "topic_partitions": 2})
+    ensure_topics(settings, catalogue(settings))
+    check_layout(settings, shared=True, wait_s=0)  # no one consumes yet
+    member = Consumer(client_config(settings, **{"group.id": sink_group(settings, "lake"), "session.timeout.ms": 10_000}))
+    member.subscribe([topic_name(settings, "agent.tasks")], on_assign=lambda c, parts: assigned.append(parts))
+    assigned: list = []
+    try:
+        wait_for(lambda: member.poll(0.2) is None and assigned, 60, "the lake-only member's assignment", interval_s=0)
+        with pytest.raises(ConfigError, match=rf"{sink_group(settings, 'lake')} \(1 members\).*--only lake"):
+            check_layout(settings, shared=True, wait_s=0)
+        check_layout(settings, shared=False, wait_s=0)  # the same layout: fine
+    finally:
+        member.close()
