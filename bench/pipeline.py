@@ -10,7 +10,10 @@ a lake and ClickHouse folder of its own under ``$EZ_HOME/bench``. Prints, assert
 2. the raw confluent-kafka consume rate of the same topics in the same run, and the ratio;
 3. freshness at a fixed rate: event time (= send time) -> ``ingested_at`` in ClickHouse, p50/p99;
 4. the workers' peak RSS, and their RSS every 5 s while they catch up;
-5. with ``--peers``, ``bench/peers.py`` on the same events: ClickHouse's own Kafka table engine.
+5. catch-up: the workers stopped, N more events produced, the workers started again: from their
+   being ready to the last event durable, what they do with a backlog (as the raw consume rate
+   is measured), with the workers' and the broker's CPU seconds meanwhile;
+6. with ``--peers``, ``bench/peers.py`` on the same events: ClickHouse's own Kafka table engine.
 
     .venv/bin/python bench/pipeline.py --events 300000 [--split] [--peers]
 """
@@ -99,6 +102,25 @@ def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (its threads included); 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kafka_pid(settings) -> int | None:
+    """The local broker's pid (``ezstream up``), if this machine runs it."""
+    try:
+        return int((settings.home / "run" / "kafka.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
@@ -134,19 +156,31 @@ def main() -> None:
            "EZ_CLICKHOUSE_FLUSH_SECONDS": str(args.clickhouse_flush_seconds)}
     home.mkdir(parents=True, exist_ok=True)
     role_sets = [["lake"], ["clickhouse"]] if args.split else [["lake", "clickhouse"]]
-    workers = []
-    for roles in role_sets:
-        name = "-".join(roles)
-        with open(home / f"worker-{name}.log", "wb") as log:
-            workers.append((home / "run" / f"worker-{name}.ready", subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--only", ",".join(roles)],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
-    try:
-        for ready, worker in workers:
+
+    def start_workers(phase: str) -> list[tuple[Path, subprocess.Popen]]:
+        started = []
+        for roles in role_sets:
+            name = "-".join(roles)
+            with open(home / f"worker-{name}-{phase}.log", "wb") as log:
+                started.append((home / "run" / f"worker-{name}.ready", subprocess.Popen(
+                    [sys.executable, "-m", "streams.cli", "worker", "--only", ",".join(roles)],
+                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
+        for ready, worker in started:
             while not ready.exists():
                 if worker.poll() is not None:
                     raise SystemExit(f"worker exited; see the logs in {home}")
-                time.sleep(0.2)
+                time.sleep(0.05)
+        return started
+
+    def stop_workers(running) -> None:
+        for _, worker in running:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+        for _, worker in running:
+            worker.wait(120)
+
+    workers = start_workers("first")
+    try:
 
         started = time.perf_counter()
         produce(settings, events)
@@ -187,11 +221,25 @@ def main() -> None:
             WHERE event_time >= '{mark.strftime('%Y-%m-%d %H:%M:%S')}'""")
         fresh_count, (p50, p99) = rows[0]
         rss = sum(peak_rss_mb(worker.pid) for _, worker in workers)
+        stop_workers(workers)
+
+        print(f"catch-up phase: {args.events:,} more events produced, then the workers started…", flush=True)
+        produce(settings, encoded_events(args.events, seed=13, start=datetime(2026, 11, 27, tzinfo=timezone.utc)))
+        workers = start_workers("catch-up")
+        broker_cpu = cpu_seconds(kafka_pid(base))
+        worker_cpu = sum(cpu_seconds(worker.pid) for _, worker in workers)
+        started = time.perf_counter()
+        caught_up: dict[str, float] = {}
+        while len(caught_up) < len(groups):
+            for role, group in zip(("lake", "clickhouse"), groups):
+                if role not in caught_up and not lag(settings, group):
+                    caught_up[role] = time.perf_counter() - started
+            time.sleep(0.05)
+        catch_up = max(caught_up.values())
+        worker_cpu = sum(cpu_seconds(worker.pid) for _, worker in workers) - worker_cpu
+        broker_cpu = cpu_seconds(kafka_pid(base)) - broker_cpu
     finally:
-        for _, worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for _, worker in workers:
-            worker.wait(120)
+        stop_workers(workers)
 
     n = args.events
     layout = "a worker per sink" if args.split else "one worker, both sinks"
@@ -204,6 +252,10 @@ def main() -> None:
     print(f"freshness at {args.fresh_rate:,.0f}/s ({fresh_count:,} rows): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     print(f"worker peak RSS (sum of workers):       {rss:>10.0f} MiB")
     print(f"worker RSS every 5 s while writing:     {', '.join(f'{m:.0f}' for m in timeline)} MiB")
+    print(f"catch-up from a backlog of {n:,}:      {n / catch_up:>10,.0f} events/s  ({catch_up:.1f} s from the "
+          f"workers' start; lake {caught_up['lake']:.1f} s, ClickHouse {caught_up['clickhouse']:.1f} s; CPU s: "
+          f"workers {worker_cpu:.1f}, broker {broker_cpu:.1f})")
+    print(f"catch-up / raw consume:                 {n / catch_up / raw:>10.2f}")
     if args.peers:
         print("\npeer, same events, after the workers stopped:", flush=True)
         peers = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), "--events", str(n)], cwd=REPO,
