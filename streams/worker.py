@@ -128,6 +128,14 @@ def run_worker(settings: Settings, roles: list[str], loglevel: str = "info") -> 
     # A refused login or an untrusted certificate fails here, once and clearly, instead of
     # librdkafka retrying it in every consumer of the worker.
     check_connection(settings, timeout_s=settings.start_timeout_s)
+    if "clickhouse" in roles:
+        from connectors.clickhouse import is_embedded
+
+        if is_embedded(settings):
+            # Loading the embedded engine's library takes seconds and holds the interpreter lock:
+            # done here, before Faust's event loop runs, not in the sink's thread while it runs
+            # (which stalled the loop, and Faust's own consumer missed its heartbeats).
+            import chdb  # noqa: F401
     app, runners = build_app(settings, roles)
     if settings.metrics_port is not None:
         from streams.metrics import serve
