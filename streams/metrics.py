@@ -46,6 +46,12 @@ WINDOWS_CLOSED = Counter("ezstream_windows_closed", "Closed LLM-call windows pro
                          registry=REGISTRY)
 LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rule (still in lake and ClickHouse).",
                     ["rule"], registry=REGISTRY)
+ALERTS_STATE_ENTRIES = Gauge("ezstream_alerts_state_entries",
+                             "Entries the alerts role's state holds per rule (subjects, days, buckets, firing "
+                             "conditions, open windows), as of its latest checkpoint.", ["rule"], registry=REGISTRY)
+ALERTS_CHECKPOINT_BYTES = Gauge("ezstream_alerts_checkpoint_bytes",
+                                "Size of the alerts role's latest checkpoint on its state topic (compressed).",
+                                registry=REGISTRY)
 
 INFERENCE_REQUESTS = Counter("ezstream_inference_requests", "Inference requests read (decoded), answerable or not.",
                              registry=REGISTRY)

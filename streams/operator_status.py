@@ -206,6 +206,11 @@ def format_view(view: dict[str, Any]) -> str:
         state = "active" if alerts.get("active") else "standing by / stopped"
         lines += ["", f"alerts role: {state}, caught up: {alerts.get('caught_up')}, "
                       f"checkpoint {alerts.get('snapshot')}, late events {alerts.get('late_events')}"]
+        held = alerts.get("state")
+        if held:
+            lines.append(f"alerts state: {sum(held['entries'].values()):,} entries "
+                         f"({', '.join(f'{rule} {n:,}' for rule, n in sorted(held['entries'].items()))}), "
+                         f"checkpoint {held['checkpoint_bytes']:,} bytes")
     for what, error in view["errors"].items():
         lines.append(f"({what}: {error})")
     return "\n".join(lines)

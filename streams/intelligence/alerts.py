@@ -129,7 +129,16 @@ def _duration_text(ms: float) -> str:
     seconds = round(ms / 1000)
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h{minutes:02d}m"
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+#: How long the rules keep what an agent, a task or a firing condition with no news left behind:
+#: the default of every ``forget_after_ms``. Past it the state goes (a firing alert resolves,
+#: saying so), so the state, and each checkpoint of it, is bounded by what a week brings.
+FORGET_AFTER_MS = 7 * DAY_MS
 
 
 # --------------------------------------------------------------------------------------- budget
@@ -348,6 +357,10 @@ class BudgetRule:
             )
         return alerts
 
+    def size(self) -> int:
+        """Entries held: days of spend per tenant and agent, and firing conditions."""
+        return len(self._spend) + len(self._firing)
+
     def to_dict(self) -> dict[str, Any]:
         """The rule's state (not its budgets) as a JSON-friendly dict."""
         return {
@@ -431,6 +444,10 @@ class _SlidingCounts:
                 sums[i] += count
         return sums
 
+    def size(self) -> int:
+        """Buckets held, over all subjects."""
+        return sum(map(len, self._buckets.values()))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "clock_ms": self.clock_ms,
@@ -465,6 +482,10 @@ class _SlidingCountRule:
         self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
         self._firing: dict[str, _Condition] = {}
 
+    def size(self) -> int:
+        """Entries held: buckets of counts and firing conditions."""
+        return self._counts.size() + len(self._firing)
+
     def to_dict(self) -> dict[str, Any]:
         """The rule's state as a JSON-friendly dict."""
         return {
@@ -497,6 +518,8 @@ class ErrorRateConfig:
     resolve_rate: float = 0.1
     #: Fewer calls in the window decide nothing: a rate over three calls is noise.
     min_calls: int = 20
+    #: A firing provider/model with no call for this long (by the wall clock) is forgotten.
+    forget_after_ms: int = FORGET_AFTER_MS
     #: Identity of the alerts (a provider's model concerns no single agent).
     origin: Origin = Origin()
 
@@ -506,13 +529,38 @@ class ErrorRateRule(_SlidingCountRule):
 
     Fires when the rate exceeds ``fire_rate`` over at least ``min_calls`` calls; resolves when
     it falls below ``resolve_rate`` over at least ``min_calls`` calls. A provider that stopped
-    receiving calls gives no evidence of recovery, so its alert stays firing.
+    receiving calls gives no evidence of recovery, so its alert stays firing, until it had no
+    call for ``forget_after_ms``: then :meth:`tick` resolves it as forgotten.
     """
 
     def __init__(self, config: ErrorRateConfig = ErrorRateConfig()) -> None:
         if not config.resolve_rate <= config.fire_rate:
             raise ValueError("resolve_rate must not exceed fire_rate")
+        if config.forget_after_ms < config.window_ms:
+            raise ValueError(f"[error_rate] forget_after_seconds must be at least window_seconds ({config.window_ms // 1000})")
         super().__init__(config)
+
+    def tick(self, now_ms: int) -> list[Alert]:
+        """Forget the firing subjects with no call for ``forget_after_ms`` before ``now_ms`` (wall
+        clock): each resolves, saying why."""
+        alerts: list[Alert] = []
+        for subject in sorted(self._firing):
+            condition = self._firing[subject]
+            quiet = now_ms - condition.last_seen_ms
+            if quiet < self.config.forget_after_ms:
+                continue
+            del self._firing[subject]
+            alerts.append(condition.alert(
+                "resolved",
+                at_ms=now_ms,
+                message=(f"{subject}: no call for {_duration_text(quiet)} (since "
+                         f"{_utc_text(condition.last_seen_ms)}); forgotten after "
+                         f"{_duration_text(self.config.forget_after_ms)} without evidence of recovery"),
+                value=quiet / 1000,
+                threshold=self.config.forget_after_ms / 1000,
+                window=(condition.last_seen_ms, now_ms),
+            ))
+        return alerts
 
     def observe(self, call: LlmCall) -> list[Alert]:
         """Count the call; the alert its provider/model raises or clears, if any."""
@@ -673,16 +721,22 @@ class SilentAgentConfig:
 
     #: An agent without telemetry for this long is silent.
     silent_after_ms: int = 120_000
+    #: An agent without telemetry for this long is forgotten (its silence resolves, saying so).
+    forget_after_ms: int = FORGET_AFTER_MS
 
 
 class SilentAgentRule:
     """Agents that stopped sending telemetry, judged by the wall clock on :meth:`tick`.
 
     Only agents that reported at least once are known. The silence is measured from the event
-    time of an agent's latest telemetry; it fires once and resolves on the next telemetry.
+    time of an agent's latest telemetry; it fires once and resolves on the next telemetry. An
+    agent silent for ``forget_after_ms`` is forgotten (retired agents must not stay in the state
+    for ever): its silence resolves as forgotten, and a later report of it starts afresh.
     """
 
     def __init__(self, config: SilentAgentConfig = SilentAgentConfig()) -> None:
+        if config.forget_after_ms < config.silent_after_ms:
+            raise ValueError("[silent_agent] forget_after_seconds must be at least silent_after_seconds")
         self.config = config
         # agent_id -> latest telemetry: time, agent_type, tenant_id, trace_id
         self._last: dict[str, dict[str, Any]] = {}
@@ -753,7 +807,30 @@ class SilentAgentRule:
                     window=(last["at_ms"], now_ms),
                 )
             )
+        forget_before = now_ms - self.config.forget_after_ms
+        for agent_id in sorted(agent for agent, last in self._last.items() if last["at_ms"] <= forget_before):
+            last = self._last.pop(agent_id)
+            condition = self._firing.pop(agent_id)  # fired above, if not before
+            silence = now_ms - last["at_ms"]
+            alerts.append(
+                condition.alert(
+                    "resolved",
+                    at_ms=now_ms,
+                    message=(
+                        f"agent {agent_id}: no telemetry for {_duration_text(silence)} (since "
+                        f"{_utc_text(last['at_ms'])}); forgotten after "
+                        f"{_duration_text(self.config.forget_after_ms)}, a later report starts afresh"
+                    ),
+                    value=silence / 1000,
+                    threshold=self.config.forget_after_ms / 1000,
+                    window=(last["at_ms"], now_ms),
+                )
+            )
         return alerts
+
+    def size(self) -> int:
+        """Entries held: agents known and firing conditions."""
+        return len(self._last) + len(self._firing)
 
     def to_dict(self) -> dict[str, Any]:
         """The rule's state as a JSON-friendly dict."""
@@ -789,6 +866,8 @@ class StuckTaskConfig:
     #: SLA per queue in seconds, over :data:`DEFAULT_TASK_SLA_S`; an unknown queue gets the
     #: ``normal`` queue's.
     sla_s: Mapping[str, float] = field(default_factory=dict)
+    #: A task running this long with no news is forgotten (its stuck alert resolves, saying so).
+    forget_after_ms: int = FORGET_AFTER_MS
 
     def sla_ms(self, queue: str) -> int:
         """The SLA of ``queue`` in milliseconds."""
@@ -800,10 +879,15 @@ class StuckTaskRule:
     """Started tasks with no terminal status within their queue's SLA, judged on :meth:`tick`.
 
     A task stuck on ``high_priority`` is critical, elsewhere a warning. It resolves when the
-    task completes, fails, is cancelled or starts another attempt.
+    task completes, fails, is cancelled or starts another attempt; a task that ran for
+    ``forget_after_ms`` with none of these (its agent died with it) is forgotten: its alert
+    resolves as forgotten, and a late terminal event of it changes nothing.
     """
 
     def __init__(self, config: StuckTaskConfig = StuckTaskConfig()) -> None:
+        longest = max(config.sla_ms(queue) for queue in {*DEFAULT_TASK_SLA_S, *config.sla_s})
+        if config.forget_after_ms <= longest:
+            raise ValueError(f"[stuck_task] forget_after_seconds must be more than the longest SLA ({longest / 1000:g} s)")
         self.config = config
         # task_id -> the running attempt: started_ms, attempt, queue, agent_id, agent_type,
         # tenant_id, trace_id
@@ -883,7 +967,30 @@ class StuckTaskRule:
                     window=(running["started_ms"], now_ms),
                 )
             )
+        forget_before = now_ms - self.config.forget_after_ms
+        for task_id in sorted(task for task, running in self._running.items()
+                              if running["started_ms"] <= forget_before):
+            running = self._running.pop(task_id)
+            condition = self._firing.pop(task_id)  # fired above, if not before
+            ran = now_ms - running["started_ms"]
+            alerts.append(
+                condition.alert(
+                    "resolved",
+                    at_ms=now_ms,
+                    message=(
+                        f"task {task_id} on {running['queue']} (attempt {running['attempt']}): no news for "
+                        f"{_duration_text(ran)}; forgotten after {_duration_text(self.config.forget_after_ms)}"
+                    ),
+                    value=ran / 1000,
+                    threshold=self.config.forget_after_ms / 1000,
+                    window=(running["started_ms"], now_ms),
+                )
+            )
         return alerts
+
+    def size(self) -> int:
+        """Entries held: running tasks and firing conditions."""
+        return len(self._running) + len(self._firing)
 
     def to_dict(self) -> dict[str, Any]:
         """The rule's state as a JSON-friendly dict."""

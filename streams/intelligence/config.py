@@ -17,6 +17,7 @@ it (a typo must not silently keep a default)::
     fire_rate = 0.2
     resolve_rate = 0.1
     min_calls = 20
+    forget_after_seconds = 604800  # a firing provider/model with no call this long is forgotten
 
     [rate_limit_storm]
     window_seconds = 60
@@ -26,9 +27,17 @@ it (a typo must not silently keep a default)::
 
     [silent_agent]
     silent_after_seconds = 120
+    forget_after_seconds = 604800  # an agent silent this long is forgotten
+
+    [stuck_task]
+    forget_after_seconds = 604800  # a task running this long with no news is forgotten
 
     [stuck_task.sla_seconds]  # per queue, over the defaults of the ClickHouse stuck-task query
     high_priority = 60
+
+What the rules keep is bounded: days of spend go when the day is over, sliding counts when they
+leave their window, windows when they close, and agents, tasks and firing conditions with no news
+for their ``forget_after_seconds`` (a week by default; firing alerts resolve, saying so).
 
 Budgets are the ones of ``EZ_BUDGETS_FILE`` (shared with the daily cost report).
 """
@@ -51,7 +60,9 @@ from streams.intelligence.alerts import (
     RateLimitStormConfig,
     RateLimitStormRule,
     SilentAgentConfig,
+    SilentAgentRule,
     StuckTaskConfig,
+    StuckTaskRule,
 )
 from streams.intelligence.windows import WindowStore
 
@@ -92,6 +103,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, int, type]]] = {
         "fire_rate": ("fire_rate", 1, float),
         "resolve_rate": ("resolve_rate", 1, float),
         "min_calls": ("min_calls", 1, int),
+        "forget_after_seconds": ("forget_after_ms", 1000, int),
     },
     "rate_limit_storm": {
         "window_seconds": ("window_ms", 1000, int),
@@ -99,7 +111,10 @@ _SECTIONS: dict[str, dict[str, tuple[str, int, type]]] = {
         "fire_count": ("fire_count", 1, int),
         "resolve_count": ("resolve_count", 1, int),
     },
-    "silent_agent": {"silent_after_seconds": ("silent_after_ms", 1000, int)},
+    "silent_agent": {
+        "silent_after_seconds": ("silent_after_ms", 1000, int),
+        "forget_after_seconds": ("forget_after_ms", 1000, int),
+    },
 }
 
 
@@ -140,13 +155,16 @@ def load_config(settings: Settings) -> IntelligenceConfig:
         if unknown:
             raise ConfigError(f"alerts config {path}: unknown section(s) {unknown}")
     stuck = data.get("stuck_task", {})
-    unknown = sorted(set(stuck) - {"sla_seconds"})
+    unknown = sorted(set(stuck) - {"sla_seconds", "forget_after_seconds"})
     if unknown:
         raise ConfigError(f"alerts config {path}: unknown key(s) {unknown} in [stuck_task]")
     sla = {
         queue: float(_number(path, f"stuck_task.sla_seconds.{queue}", seconds, 1, float))
         for queue, seconds in stuck.get("sla_seconds", {}).items()
     }
+    stuck_forget = ({"forget_after_ms": _number(path, "stuck_task.forget_after_seconds",
+                                                stuck["forget_after_seconds"], 1000, int)}
+                    if "forget_after_seconds" in stuck else {})
     try:
         config = IntelligenceConfig(
             windows=WindowConfig(**_section(path, data, "windows")),
@@ -154,11 +172,13 @@ def load_config(settings: Settings) -> IntelligenceConfig:
             error_rate=ErrorRateConfig(**_section(path, data, "error_rate")),
             rate_limit_storm=RateLimitStormConfig(**_section(path, data, "rate_limit_storm")),
             silent_agent=SilentAgentConfig(**_section(path, data, "silent_agent")),
-            stuck_task=StuckTaskConfig(sla_s=sla),
+            stuck_task=StuckTaskConfig(sla_s=sla, **stuck_forget),
         )
         # The rules check their own consistency (e.g. resolve above fire): fail here, at start.
         ErrorRateRule(config.error_rate)
         RateLimitStormRule(config.rate_limit_storm)
+        SilentAgentRule(config.silent_agent)
+        StuckTaskRule(config.stuck_task)
         WindowStore(size_ms=config.windows.size_ms, grace_ms=config.windows.grace_ms)
         return config
     except ValueError as exc:

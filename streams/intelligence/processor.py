@@ -157,8 +157,15 @@ class Rules:
 
     def tick(self, now_ms: int) -> list[Alert]:
         """The alerts the wall clock raises or clears."""
-        return (self.budget.tick(now_ms) + self.rate_limit.tick(now_ms) + self.silent.tick(now_ms)
-                + self.stuck.tick(now_ms))
+        return (self.budget.tick(now_ms) + self.error_rate.tick(now_ms) + self.rate_limit.tick(now_ms)
+                + self.silent.tick(now_ms) + self.stuck.tick(now_ms))
+
+    def size(self) -> dict[str, int]:
+        """Entries each rule holds (subjects, days, buckets, firing conditions; open windows): what
+        the state and its checkpoints grow with."""
+        return {"budget": self.budget.size(), "error_rate": self.error_rate.size(),
+                "rate_limit_storm": self.rate_limit.size(), "silent_agent": self.silent.size(),
+                "stuck_task": self.stuck.size(), "windows": self.windows.size()}
 
     @property
     def late_events(self) -> dict[str, int]:
@@ -611,9 +618,12 @@ class IntelligenceProcessor:
             "late_events": self.rules.late_events,
             "stats": dict(self.stats),
             "caught_up": self._caught_up,
+            "entries": self.rules.size(),
         }
         for rule, late in state["late_events"].items():
             metrics.LATE_EVENTS.labels(rule).set(late)
+        for rule, entries in state["entries"].items():
+            metrics.ALERTS_STATE_ENTRIES.labels(rule).set(entries)
         self._dirty = False
         self._last_checkpoint = time.monotonic()
         self._checkpoint_idle.clear()
@@ -652,6 +662,7 @@ class IntelligenceProcessor:
             raise TransientError(f"alerts: {remaining} output(s) not delivered within 30 s; not checkpointing")
         failpoint("alerts.before_checkpoint")  # outputs durable, the state that led to them not yet
         payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
+        metrics.ALERTS_CHECKPOINT_BYTES.set(len(payload))
         chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
         txn.begin_transaction()
         for i, chunk in enumerate(chunks):
@@ -664,6 +675,7 @@ class IntelligenceProcessor:
             "active": True, "caught_up": state["caught_up"] or self._caught_up, "snapshot": state["snapshot"],
             "positions": state["positions"], "late_events": state["late_events"],
             "stats": {**state["stats"], "checkpoints": self._checkpoints_written},
+            "state": {"entries": state["entries"], "checkpoint_bytes": len(payload)},
         })
         self._commit_positions(state["positions"])
 

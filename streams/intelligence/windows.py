@@ -271,6 +271,10 @@ class WindowStore:
                 closed.append(_closed(key, start, start + self.size_ms, agg))
         return closed
 
+    def size(self) -> int:
+        """Open windows held (one per key and window start)."""
+        return sum(map(len, self._open.values()))
+
     def to_dict(self) -> dict[str, Any]:
         """The store's whole state as a JSON-friendly dict, for a changelog-backed table."""
         return {

@@ -213,6 +213,10 @@ def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
     samples = scrape(intel.metrics_port)
     assert total(samples, "ezstream_alerts_total", kind="budget", state="firing") == 5
     assert total(samples, "ezstream_events_in_total", role="alerts", topic="agent.llm_calls") == send.count
+    # What the state holds, as of the checkpoint the processed count was read from: the five
+    # firing conditions and the days of spend behind them; and the checkpoint's size.
+    assert total(samples, "ezstream_alerts_state_entries", rule="budget") >= 5
+    assert total(samples, "ezstream_alerts_checkpoint_bytes") > 0
 
 
 def test_error_rate_spike_fires_with_enough_volume_then_resolves(intel, start):

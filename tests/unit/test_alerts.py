@@ -416,3 +416,111 @@ def test_alert_ids_are_stable_across_replays_and_origins():
     assert [(a.alert_id, a.event_id) for a in first] == [(a.alert_id, a.event_id) for a in replay]
     assert first[0].alert_id == alert_id("error_rate", "openai/gpt-4", str(T0 - 40 * S))
     assert len({a.event_id for a in first}) == len(first)
+
+
+# ------------------------------------------------------------------------------- bounded state
+
+
+def test_an_agent_silent_past_the_retention_is_forgotten_and_its_silence_resolves():
+    rule = SilentAgentRule(SilentAgentConfig(silent_after_ms=120 * S, forget_after_ms=3_600 * S))
+    rule.observe(telemetry(T0, "a1"))
+    rule.observe(telemetry(T0 + 3_500 * S, "a2"))
+    fired = rule.tick(T0 + 120 * S)
+    assert [(a.subject, a.state) for a in fired] == [("a1", "firing")]
+    assert rule.tick(T0 + 3_599 * S) == [] and rule.size() == 3  # a1, a2 and a1's firing condition
+
+    forgotten = rule.tick(T0 + 3_600 * S)
+    assert summary(forgotten) == [("silent_agent", "resolved", "warning", "a1", 3_600.0, 3_600.0)]
+    assert forgotten[0].alert_id == fired[0].alert_id
+    assert forgotten[0].message == ("agent a1: no telemetry for 1h00m00s (since 2026-11-18 10:00:00Z); "
+                                    "forgotten after 1h00m00s, a later report starts afresh")
+    assert rule.size() == 1  # a2 only
+    # A report of a forgotten agent resolves nothing: its silence starts afresh, with a new alert.
+    assert rule.observe(telemetry(T0 + 4_000 * S, "a1")) == []
+    again = rule.tick(T0 + 4_120 * S)
+    assert [(a.subject, a.state) for a in again] == [("a1", "firing"), ("a2", "firing")]
+    assert all(a.alert_id != fired[0].alert_id for a in again)
+
+    # One tick past both limits (a role down for longer than the retention) reports the silence
+    # and forgets it: every silence is told, and nothing stays.
+    late = SilentAgentRule(SilentAgentConfig(silent_after_ms=120 * S, forget_after_ms=3_600 * S))
+    late.observe(telemetry(T0, "a3"))
+    assert [a.state for a in late.tick(T0 + DAY_MS)] == ["firing", "resolved"] and late.size() == 0
+
+
+def test_a_task_running_past_the_retention_is_forgotten_and_a_late_end_changes_nothing():
+    rule = StuckTaskRule(StuckTaskConfig(forget_after_ms=2 * DAY_MS))
+    rule.observe(task(T0, "t1", "started", "high_priority"))
+    rule.observe(task(T0, "t2", "started", "normal"))
+    assert [a.subject for a in rule.tick(T0 + 1_800 * S)] == ["t1", "t2"]
+    rule.observe(task(T0 + 2 * DAY_MS - 600 * S, "t3", "started", "batch"))
+
+    forgotten = rule.tick(T0 + 2 * DAY_MS)
+    assert [(a.subject, a.state, a.value) for a in forgotten] == [
+        ("t1", "resolved", 2 * 86_400.0), ("t2", "resolved", 2 * 86_400.0)]
+    assert forgotten[0].message == ("task t1 on high_priority (attempt 1): no news for 2d00h00m; "
+                                    "forgotten after 2d00h00m")
+    assert rule.size() == 1  # t3, within the retention
+    assert rule.observe(task(T0 + 2 * DAY_MS + S, "t1", "completed")) == [] and rule.size() == 1
+
+
+def test_an_error_rate_with_no_more_calls_resolves_once_forgotten():
+    rule = ErrorRateRule(ErrorRateConfig(min_calls=4, forget_after_ms=DAY_MS))
+    fired = [a for i in range(4) for a in rule.observe(call(T0 + i * S, status="error"))]
+    assert [a.state for a in fired] == ["firing"]
+    assert rule.tick(T0 + 3 * S + DAY_MS - 1) == []
+    forgotten = rule.tick(T0 + 3 * S + DAY_MS)
+    assert [(a.alert_id, a.state) for a in forgotten] == [(fired[0].alert_id, "resolved")]
+    assert "without evidence of recovery" in forgotten[0].message
+    assert rule.tick(T0 + 2 * DAY_MS) == []
+
+
+def test_the_state_of_a_month_of_ever_new_agents_and_tasks_stays_bounded():
+    """Thirty simulated days; every hour new agents report a few times and go quiet for good, new
+    tasks start (one in five never ends), new tenants spend, and one new model per day fails
+    enough to fire its error rate and then gets no call again. The rules are ticked every hour
+    (wall clock = event time) and the windows closed after each hour's events, as the processor
+    does. What the state holds levels off once the retention has passed."""
+    from streams.intelligence.config import IntelligenceConfig
+    from streams.intelligence.processor import Rules
+
+    config = IntelligenceConfig(budget=BudgetConfig(BUDGETS))
+    rules = Rules(config)
+    hour = 3_600 * S
+    sizes: list[int] = []
+    entries: list[int] = []
+    alerts: list[Alert] = []
+    closed = 0
+    for day in range(30):
+        for h in range(24):
+            at = DAY + day * DAY_MS + h * hour
+            for a in range(20):
+                agent = f"agent-{day}-{h}-{a}"
+                for k in range(3):
+                    alerts += rules.observe(telemetry(at + k * 60 * S + a * S, agent), at)
+                alerts += rules.observe(call(at + a * S, agent_id=agent, tenant_id=f"tenant-{day}",
+                                             cost_usd=0.5, call_id=f"c-{agent}"), at)
+            for t in range(30):
+                task_id = f"task-{day}-{h}-{t}"
+                alerts += rules.observe(task(at + t * S, task_id, "started"), at)
+                if t % 5:
+                    alerts += rules.observe(task(at + t * S + 600 * S, task_id, "completed"), at)
+            if h == 12:
+                for i in range(25):
+                    alerts += rules.observe(call(at + i * S, model=f"model-{day}", status="error"), at)
+            closed += len(rules.windows.close_due())  # as the processor does after each batch
+            alerts += rules.tick(at + hour - S)
+        sizes.append(len(json.dumps(rules.to_dict())))
+        entries.append(sum(rules.size().values()))
+    print("checkpoint JSON bytes per day:", sizes)
+    # Growth for the seven days of the retention, then flat: what arrives is what is forgotten.
+    settled = sizes[8:]
+    assert max(settled) <= 1.05 * min(settled), sizes
+    assert max(entries[8:]) <= 1.05 * min(entries[8:]), entries
+    assert sizes[-1] < 1.5 * sizes[6], sizes
+    size = rules.size()
+    assert size["silent_agent"] <= 2 * 20 * 24 * 7  # a week of agents, and their silences firing
+    assert size["stuck_task"] <= 2 * 6 * 24 * 8
+    assert closed > 0 and size["windows"] <= 20 * 3
+    kinds = {(a.kind, a.state) for a in alerts}
+    assert {("silent_agent", "resolved"), ("stuck_task", "resolved"), ("error_rate", "resolved")} <= kinds

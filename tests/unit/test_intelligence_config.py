@@ -37,12 +37,15 @@ def test_file_overrides_in_seconds_and_budgets(tmp_path):
     config = load_config(settings_with(
         tmp_path,
         rules="[windows]\nsize_seconds = 30\nidle_seconds = 5\n[error_rate]\nfire_rate = 0.5\nmin_calls = 3\n"
-              "[stuck_task.sla_seconds]\nhigh_priority = 60\n",
+              "[silent_agent]\nforget_after_seconds = 86400\n"
+              "[stuck_task]\nforget_after_seconds = 172800\n[stuck_task.sla_seconds]\nhigh_priority = 60\n",
         budgets="[agent]\ndaily_usd = 2.5\n",
     ))
     assert (config.windows.size_ms, config.windows.idle_ms, config.windows.grace_ms) == (30_000, 5_000, 10_000)
     assert (config.error_rate.fire_rate, config.error_rate.min_calls) == (0.5, 3)
     assert config.stuck_task.sla_ms("high_priority") == 60_000
+    assert (config.silent_agent.forget_after_ms, config.stuck_task.forget_after_ms) == (86_400_000, 172_800_000)
+    assert config.error_rate.forget_after_ms == 7 * 86_400_000
     assert config.budget.budgets.daily_usd("agent", "dev-01") == 2.5
 
 
@@ -53,6 +56,11 @@ def test_file_overrides_in_seconds_and_budgets(tmp_path):
     ("[error_rate]\nmin_calls = 2.5\n", "error_rate.min_calls"),
     ("[silent_agent]\nsilent_after_seconds = \"soon\"\n", "silent_agent.silent_after_seconds"),
     ("[stuck_task]\nsla = 3\n", "sla"),
+    ("[silent_agent]\nsilent_after_seconds = 600\nforget_after_seconds = 300\n",
+     r"\[silent_agent\] forget_after_seconds"),
+    ("[stuck_task]\nforget_after_seconds = 3600\n", r"\[stuck_task\] forget_after_seconds .*86400"),
+    ("[error_rate]\nforget_after_seconds = 30\n", r"\[error_rate\] forget_after_seconds"),
+    ("[stuck_task]\nforget_after_seconds = -1\n", "stuck_task.forget_after_seconds"),
     ("not toml at all [", "rules.toml"),
 ])
 def test_a_bad_file_fails_at_start_naming_what_is_wrong(tmp_path, rules, named):

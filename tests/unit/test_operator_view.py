@@ -1,0 +1,22 @@
+"""`ezstream status`'s text: what an operator reads of the alerts role."""
+
+from __future__ import annotations
+
+from streams.operator_status import format_view
+
+
+def view(alerts):
+    return {"services": [], "workers": [], "lag": [], "last_write": {}, "dlq": {}, "errors": {}, "alerts": alerts}
+
+
+def test_the_alerts_role_line_says_how_big_its_state_is():
+    text = format_view(view({"active": True, "caught_up": True, "snapshot": 7, "late_events": {"windows": 1},
+                             "state": {"entries": {"silent_agent": 1200, "budget": 40, "windows": 3},
+                                       "checkpoint_bytes": 52_431}}))
+    assert "alerts role: active, caught up: True, checkpoint 7, late events {'windows': 1}" in text
+    assert "alerts state: 1,243 entries (budget 40, silent_agent 1,200, windows 3), checkpoint 52,431 bytes" in text
+
+
+def test_a_status_file_from_before_the_state_size_is_still_shown():
+    text = format_view(view({"active": False, "caught_up": False, "snapshot": 2, "late_events": {}}))
+    assert "alerts role: standing by / stopped" in text and "alerts state" not in text
