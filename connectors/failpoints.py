@@ -8,6 +8,8 @@
   step) and makes that call return True, so the loop that passed it stops at once too;
 - ``name=N:fail*K`` raises :class:`~connectors.errors.TransientError` at passes N to N+K-1 (a
   store that is unavailable for a while at that step).
+- ``name=N:crash`` raises :class:`FailpointCrash` (a bug, not a store's error) at pass N (``*K``
+  for passes N to N+K-1): the role running it crashes, and its worker starts it again.
 
 Unset (always, outside those tests), a failpoint is one dictionary lookup.
 """
@@ -22,6 +24,10 @@ from dataclasses import dataclass
 from connectors.errors import TransientError
 
 _ENV = "EZ_FAILPOINTS"
+
+
+class FailpointCrash(RuntimeError):
+    """A crash that a failpoint caused (``name=N:crash``)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,10 @@ def failpoint(name: str) -> bool:
     if point.action == "fail":
         if point.at <= passes < point.at + point.times:
             raise TransientError(f"failpoint {name}: pass {passes} fails (EZ_FAILPOINTS)")
+        return False
+    if point.action == "crash":
+        if point.at <= passes < point.at + point.times:
+            raise FailpointCrash(f"failpoint {name}: pass {passes} crashes (EZ_FAILPOINTS)")
         return False
     if passes != point.at:
         return False

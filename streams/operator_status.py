@@ -100,7 +100,11 @@ def workers(settings: Settings) -> list[dict[str, Any]]:
         except (ValueError, OSError):
             pid, alive = None, False
         ready = (settings.run_dir / f"{name}.ready").exists()
-        found.append({"name": name, "pid": pid, "alive": alive, "ready": ready})
+        try:  # what each role of the worker is doing: running, or restarting after a crash
+            roles = json.loads((settings.run_dir / f"{name}.roles.json").read_text()) if alive else {}
+        except (OSError, ValueError):
+            roles = {}
+        found.append({"name": name, "pid": pid, "alive": alive, "ready": ready, "roles": roles})
     return found
 
 
@@ -183,6 +187,9 @@ def format_view(view: dict[str, Any]) -> str:
         for w in view["workers"]:
             state = "ready" if w["alive"] and w["ready"] else "starting" if w["alive"] else "dead"
             lines.append(f"{w['name']:<34} {w['pid'] or '-':>8}  {state}")
+            for role, r in sorted(w.get("roles", {}).items()):
+                restarts = f", {r['restarts']} restart(s), last: {r['last_error']}" if r.get("restarts") else ""
+                lines.append(f"  role {role:<27} {'':>8}  {r.get('state')} since {r.get('since')}{restarts}")
     totals: dict[tuple[str, str], list[int]] = {}
     for row in view["lag"]:
         entry = totals.setdefault((row["group"], row["topic"]), [0, 0, 0])

@@ -8,6 +8,12 @@ logging. A worker with both sink roles reads for both through one consumer
 of its own; a worker with one sink role (``--only lake``) consumes in that role's group. Several
 workers share the partitions through the group of their layout, which must be the same for all.
 
+Each loop is a :class:`Role` run by a :class:`RoleSupervisor`: a role that crashes is logged,
+counted (``ezstream_role_restarts``) and started afresh after a back-off (1 s doubling to 60 s),
+while the worker's other roles go on; ``ezstream status`` shows each role's state and restarts
+(``$EZ_HOME/run/worker-<roles>.roles.json``). A bad configuration is not retried: it stops the
+worker with its message, as at start.
+
 The process that owns the embedded ClickHouse engine (chDB allows one engine per data folder per
 process) also serves ``ezstream sql`` queries on a loopback port, see :mod:`streams.query_server`.
 """
@@ -15,15 +21,19 @@ process) also serves ``ezstream sql`` queries on a loopback port, see :mod:`stre
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import faust
 import mode
 
 from connectors.errors import ConfigError
 from connectors.settings import Settings
+from streams import metrics
 from streams.app import create_app
 from streams.sinks.feed import SINK_ROLES, SharedFeed
 from streams.sinks.runner import SinkRunner
@@ -65,50 +75,166 @@ def make_runner(settings: Settings, role: str):
     return SinkRunner(settings, ClickHouseSink(settings, group))
 
 
-class RunnerService(mode.Service):
-    """Runs a blocking loop in its own thread for as long as the Faust worker runs."""
+class Role(Protocol):
+    """A loop the worker runs in a thread of its own: a sink loop, the sinks' shared feed, the
+    alerts processor."""
 
-    def __init__(self, runner: SinkRunner, **kwargs) -> None:
+    #: The role's name (``lake``, ``clickhouse``, ``sinks``, ``alerts``).
+    name: str
+    #: Set once the role is set up and reading.
+    ready: threading.Event
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; an exception is a crash."""
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (from another thread)."""
+
+
+#: Back-off before a crashed role starts again: doubling from the first to the last.
+RESTART_BACKOFF_S = (1.0, 60.0)
+#: A role that ran this long before crashing starts again after the first back-off.
+HEALTHY_AFTER_S = 60.0
+
+
+class Roles:
+    """What every role of a worker is doing, for ``ezstream status``:
+    ``$EZ_HOME/run/worker-<roles>.roles.json``."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._roles: dict[str, dict[str, Any]] = {}
+
+    def set(self, name: str, **changes: Any) -> None:
+        with self._lock:
+            self._roles.setdefault(name, {"state": "starting", "restarts": 0, "last_error": None})
+            self._roles[name].update(changes, since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._roles, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+
+    def get(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._roles.get(name, {}))
+
+
+class RoleSupervisor(mode.Service):
+    """Runs a :class:`Role` in its own thread for as long as the Faust worker runs, and starts
+    it afresh (a new instance from ``factory``) when it crashes, after a back-off, while the
+    worker's other roles go on. A :class:`ConfigError` stops the worker instead: a bad setting
+    does not get better by restarting."""
+
+    def __init__(self, role: Role, factory: Callable[[], Role], roles: Roles, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.runner = runner
+        self.role = role
+        self.factory = factory
+        self.roles = roles
+        self.restarts = 0
+        #: Guards which instance is current and whether it crashed, against the ready watcher.
+        self._role_lock = threading.Lock()
+        self._role_crashed = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def label(self) -> str:
-        return f"role:{self.runner.name}"
+        return f"role:{self.role.name}"
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
-
-        def run() -> None:
-            try:
-                self.runner.run()
-            except BaseException as exc:  # noqa: BLE001  the worker must stop, loudly, on any crash
-                log.exception("%s crashed", self.label)
-                loop.call_soon_threadsafe(self._crash_soon, exc)
-
-        self._thread = threading.Thread(target=run, name=self.label, daemon=True)
+        self.roles.set(self.role.name, state="starting")
+        metrics.ROLE_UP.labels(self.role.name).set(1)
+        self._thread = threading.Thread(target=self._supervise, args=(loop,), name=self.label, daemon=True)
         self._thread.start()
+
+    def _supervise(self, loop: asyncio.AbstractEventLoop) -> None:
+        name = self.role.name
+        delay = RESTART_BACKOFF_S[0]
+        while True:
+            started = time.monotonic()
+            threading.Thread(target=self._running, args=(self.role,), name=f"{self.label}:ready",
+                             daemon=True).start()
+            try:
+                self.role.run()
+                return
+            except BaseException as exc:  # noqa: BLE001  a crash of one role must not stop the others
+                if self._stopping.is_set():
+                    log.exception("%s failed while stopping", self.label)
+                    return
+                if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+                    log.exception("%s crashed; stopping the worker", self.label)
+                    loop.call_soon_threadsafe(self._crash_soon, exc)
+                    return
+                if time.monotonic() - started >= HEALTHY_AFTER_S:
+                    delay = RESTART_BACKOFF_S[0]
+                with self._role_lock:
+                    self._role_crashed = True
+                self.restarts += 1
+                metrics.ROLE_RESTARTS.labels(name).inc()
+                metrics.ROLE_UP.labels(name).set(0)
+                error = f"{type(exc).__name__}: {exc}"
+                self.roles.set(name, state="restarting", restarts=self.restarts, last_error=error)
+                log.exception("%s crashed (restart %d in %.0f s; the worker's other roles go on)",
+                              self.label, self.restarts, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_BACKOFF_S[1])
+            try:
+                role = self.factory()
+                with self._role_lock:
+                    self.role, self._role_crashed = role, False
+                if self._stopping.is_set():
+                    return
+            except Exception as exc:  # noqa: BLE001  setting up again failed: the next back-off
+                self.roles.set(name, last_error=f"{type(exc).__name__}: {exc}")
+                log.exception("%s could not be set up again", self.label)
+                if isinstance(exc, ConfigError):
+                    loop.call_soon_threadsafe(self._crash_soon, exc)
+                    return
+                continue
+
+    def _running(self, role: Role) -> None:
+        """Say the role runs once it is ready (not while an instance that crashed is current)."""
+        while not self._stopping.is_set() and role is self.role:
+            if role.ready.wait(0.5):
+                with self._role_lock:
+                    if role is self.role and not self._role_crashed:
+                        self.roles.set(role.name, state="running")
+                        metrics.ROLE_UP.labels(role.name).set(1)
+                return
 
     def _crash_soon(self, exc: BaseException) -> None:
         asyncio.ensure_future(self.crash(exc))
 
     async def on_stop(self) -> None:
-        self.runner.stop()
+        self._stopping.set()
+        self.role.stop()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 120)
+        self.roles.set(self.role.name, state="stopped")
+
+
+def role_factories(settings: Settings, roles: list[str]) -> list[Callable[[], Role]]:
+    """How to make each loop of a worker with ``roles`` (again, after a crash)."""
+    if all(role in roles for role in SINK_ROLES):
+        # Both sinks read through one consumer: each message is fetched and buffered once.
+        factories: list[Callable[[], Role]] = [
+            lambda: SharedFeed(settings, [make_runner(settings, role) for role in roles if role in SINK_ROLES])]
+        return factories + [lambda r=role: make_runner(settings, r) for role in roles if role not in SINK_ROLES]
+    return [lambda r=role: make_runner(settings, r) for role in roles]
 
 
 def build_app(settings: Settings, roles: list[str]) -> tuple[faust.App, list[Any]]:
-    """The Faust app of a worker with ``roles``, and the sink loops it hosts."""
+    """The Faust app of a worker with ``roles``, and the loops it hosts (made now: a bad setting
+    fails here, at start)."""
     app = create_app(settings, app_id=f"{settings.topic_prefix}ezstream.worker")
-    runners = [make_runner(settings, role) for role in roles]
-    if all(role in roles for role in SINK_ROLES):
-        # Both sinks read through one consumer: each message is fetched and buffered once.
-        lanes = [r for r in runners if r.name in SINK_ROLES]
-        runners = [SharedFeed(settings, lanes)] + [r for r in runners if r.name not in SINK_ROLES]
-    for runner in runners:
-        app.service(RunnerService(runner))
+    factories = role_factories(settings, roles)
+    runners = [factory() for factory in factories]
+    states = Roles(settings.run_dir / f"worker-{'-'.join(roles)}.roles.json")
+    for runner, factory in zip(runners, factories):
+        app.service(RoleSupervisor(runner, factory, states))
     if "clickhouse" in roles:
         from connectors.clickhouse import is_embedded
         from streams.query_server import QueryService

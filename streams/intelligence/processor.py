@@ -299,6 +299,7 @@ class IntelligenceProcessor:
         })
         self._lease.subscribe([self._state_topic], on_assign=self._on_assign,
                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        crashed = False
         try:
             while not self._stopping.is_set():
                 self._lease.poll(0 if self._active else 0.2)  # the lease's messages are ignored
@@ -308,9 +309,15 @@ class IntelligenceProcessor:
                     self._deactivate(checkpoint=True)
                 if self._active:
                     self._step()
+        except BaseException:
+            crashed = True
+            raise
         finally:
             if self._active:
-                self._deactivate(checkpoint=True)
+                # After a crash the state may stand anywhere in a batch: no checkpoint of it; the
+                # next active processor (this role started again, or a standby) replays from the
+                # last one, as after a kill -9.
+                self._deactivate(checkpoint=not crashed)
             self._lease.close()
             if self._webhook is not None:
                 self._webhook.close()
@@ -494,6 +501,7 @@ class IntelligenceProcessor:
             for index, msg in enumerate(batch):
                 self._process(msg, now_ms, index in invalid)
             self._closed_windows.extend((closed, "watermark") for closed in self.rules.windows.close_due())
+            failpoint("alerts.after_batch")
         # A minute's end closes hundreds of windows at once: a few per turn keeps the alerts quick.
         for _ in range(min(WINDOWS_PER_TURN, len(self._closed_windows))):
             self._emit_window(*self._closed_windows.popleft())

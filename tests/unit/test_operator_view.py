@@ -20,3 +20,16 @@ def test_the_alerts_role_line_says_how_big_its_state_is():
 def test_a_status_file_from_before_the_state_size_is_still_shown():
     text = format_view(view({"active": False, "caught_up": False, "snapshot": 2, "late_events": {}}))
     assert "alerts role: standing by / stopped" in text and "alerts state" not in text
+
+
+def test_a_worker_shows_each_role_and_the_restarts_of_one_that_crashed():
+    text = format_view({**view(None), "workers": [{
+        "name": "worker-lake-clickhouse-alerts", "pid": 4242, "alive": True, "ready": True, "roles": {
+            "sinks": {"state": "running", "restarts": 0, "last_error": None, "since": "2026-12-04T17:00:00Z"},
+            "alerts": {"state": "restarting", "restarts": 2, "last_error": "RuntimeError: boom",
+                       "since": "2026-12-04T17:05:00Z"}}}]})
+    lines = text.splitlines()
+    worker = lines.index(next(line for line in lines if line.startswith("worker-lake-clickhouse-alerts")))
+    assert lines[worker + 1].split() == ["role", "alerts", "restarting", "since", "2026-12-04T17:05:00Z,", "2",
+                                         "restart(s),", "last:", "RuntimeError:", "boom"]
+    assert lines[worker + 2].split() == ["role", "sinks", "running", "since", "2026-12-04T17:00:00Z"]
