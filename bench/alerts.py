@@ -6,19 +6,27 @@ fresh topics (a new ``EZ_TOPIC_PREFIX``) under ``$EZ_HOME/bench``, sends LLM cal
 of the per-agent daily budget, and times each of those calls from ``produce()`` to its budget
 alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
 
+0. throughput: ``--events`` events of the simulator's mix (tasks, LLM calls, telemetry; event
+   times in the last minutes) produced first, then an alerts worker started: events/s from its
+   activation to its having read them all (its log), and to its first checkpoint covering them
+   with no closed window left to produce (its status file; checkpoints every 0.2 s here): every
+   alert and window of those events on Kafka. With its CPU seconds meanwhile: the role is one
+   thread of Python, so events per CPU second is its rate on one core;
 1. the raw-Kafka baseline measured in the same run: the same traffic through a plain
    confluent-kafka forwarder process (consume, produce the tagged messages to an output topic,
    no decoding, no rules), timed the same way: the two Kafka hops any processor pays;
 2. the alert path through the alerts role, p50/p99/max;
 3. the worker's RSS at the end.
 
-    .venv/bin/python bench/alerts.py --rate 1000 --seconds 30
+    .venv/bin/python bench/alerts.py --rate 1000 --seconds 30 [--events 300000] [--rate 20000 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -27,7 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -36,7 +44,10 @@ from connectors.kafka import client_config
 from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall
 from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
+from connectors.kafka.producer import PRODUCER_DEFAULTS
 from connectors.settings import load_settings
+from streams.intelligence.processor import SOURCES
+from streams.simulate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 #: Client settings of both paths: no lingering, so latency is the pipeline's, not batching's.
@@ -225,10 +236,80 @@ def run_alerts(settings, home: Path, rate: float, seconds: float) -> tuple[Timer
     return timer, rss
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_throughput(base, events: int) -> None:
+    """Pre-produce ``events`` of the simulator's mix, start an alerts worker, time its catch-up."""
+    prefix = f"bench.alerts.tp.{int(time.time())}."
+    settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
+    ensure_topics(settings, catalogue(settings))
+    home = Path(tempfile.mkdtemp(prefix="alerts-tp-", dir=base.home / "bench"))
+    (home / "budgets.toml").write_text("[tenant]\ndaily_usd = 50.0\n[agent]\ndaily_usd = 2.0\n")
+    codec = default_codec()
+    producer = Producer(client_config(settings, **PRODUCER_DEFAULTS))
+    start = datetime.now(timezone.utc) - timedelta(seconds=events / 5000 + 120)
+    sources = 0
+    for event in generate(21, start_time=start, count=events, rate=5000):
+        sources += event.TOPIC in SOURCES
+        while True:
+            try:
+                producer.produce(topic_name(settings, event.TOPIC), key=event.agent_id,
+                                 value=codec.encode(event.EVENT, event.to_record()))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(120) == 0
+    env = {**os.environ, "EZ_TOPIC_PREFIX": prefix, "EZ_BUDGETS_FILE": str(home / "budgets.toml"),
+           "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "EZ_TOPIC_PARTITIONS": str(settings.topic_partitions),
+           "EZ_ALERTS_CHECKPOINT_SECONDS": "0.2", "PYTHONPATH": str(REPO)}
+    log_path = home / "worker.log"
+    status_path = home / "run" / f"alerts-{prefix}.status.json"
+
+    def all_out() -> bool:
+        try:
+            status = json.loads(status_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return (sum(status.get("positions", {}).values()) >= sources
+                and status.get("state", {}).get("pending_windows") == 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--only", "alerts", "--home", str(home)],
+                            cwd=REPO, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    marks: dict[str, tuple[float, float]] = {}  # log line -> (time seen, worker CPU seconds then)
+    try:
+        deadline = time.monotonic() + 600
+        while "all out" not in marks:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the alerts worker did not catch up; see {log_path}")
+            text = log_path.read_text(errors="replace")
+            for mark, pattern in (("active", r"alerts: active from checkpoint"), ("caught up", r"alerts: caught up")):
+                if mark not in marks and re.search(pattern, text):
+                    marks[mark] = (time.perf_counter(), cpu_seconds(proc.pid))
+            if "caught up" in marks and all_out():
+                marks["all out"] = (time.perf_counter(), cpu_seconds(proc.pid))
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    for mark, what in (("caught up", "read"), ("all out", "all outputs out")):
+        seconds = marks[mark][0] - marks["active"][0]
+        cpu = marks[mark][1] - marks["active"][1]
+        print(f"{'alerts role, ' + what:<34} {sources / seconds:>9,.0f} events/s   ({sources:,} events in "
+              f"{seconds:.1f} s; CPU {cpu:.1f} s: {sources / max(cpu, 1e-9):,.0f} events per CPU second)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each run")
+    parser.add_argument("--events", type=int, default=300_000,
+                        help="events of the throughput phase (0: skip it)")
     args = parser.parse_args()
 
     base = load_settings()
@@ -237,6 +318,8 @@ def main() -> None:
     ensure_topics(settings, catalogue(settings))
     home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench" if (base.home / "bench").exists()
                                  else None))
+    if args.events:
+        run_throughput(base, args.events)
     tagged = int(args.seconds * args.rate / 100)
     print(f"alert path at {args.rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
           f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")

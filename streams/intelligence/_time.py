@@ -9,8 +9,11 @@ _MS = timedelta(milliseconds=1)
 DAY_MS = 86_400_000
 
 
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch of an aware datetime (naive ones are taken as UTC)."""
+def epoch_ms(moment: datetime | int) -> int:
+    """Milliseconds since the epoch of an aware datetime (naive ones are taken as UTC); epoch
+    milliseconds as they are (the rows the alerts role decodes carry those)."""
+    if isinstance(moment, int):
+        return moment
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     # Integer timedelta division: float timestamps can be off by one millisecond.

@@ -408,6 +408,9 @@ class _SlidingCounts:
         self.clock_ms = 0
         # subject -> bucket start -> counters
         self._buckets: dict[str, dict[int, list[int]]] = {}
+        #: The window start buckets were last dropped for: the clock moves on every call, the
+        #: window only once per bucket, and the sweep over every subject is done only then.
+        self._swept_start: int | None = None
 
     def bounds(self) -> tuple[int, int]:
         """The window ``[start, end)`` at the clock."""
@@ -417,7 +420,7 @@ class _SlidingCounts:
     def add(self, subject: str, at_ms: int, counts: list[int]) -> bool:
         """Count ``counts`` at ``at_ms``; False (nothing counted) when that is before the window."""
         self.advance(at_ms)
-        if at_ms < self.bounds()[0]:
+        if at_ms < self._swept_start:  # the window's start, as advance() left it
             return False
         buckets = self._buckets.setdefault(subject, {})
         bucket = buckets.setdefault(at_ms - at_ms % self.bucket_ms, [0] * len(counts))
@@ -429,6 +432,9 @@ class _SlidingCounts:
         """Move the clock to ``now_ms`` (never back); buckets that left the window are dropped."""
         self.clock_ms = max(self.clock_ms, now_ms)
         start = self.bounds()[0]
+        if start == self._swept_start:
+            return
+        self._swept_start = start
         for subject in list(self._buckets):
             buckets = self._buckets[subject]
             for bucket in [b for b in buckets if b < start]:
@@ -573,14 +579,20 @@ class ErrorRateRule(_SlidingCountRule):
         if calls < self.config.min_calls:
             return []
         rate = errors / calls
+        condition = self._firing.get(subject)
+        if condition is None and rate <= self.config.fire_rate:
+            return []
+        if condition is not None and rate >= self.config.resolve_rate:
+            condition.last_seen_ms = max(condition.last_seen_ms, at)
+            return []
+        # An alert: its text (most calls raise or clear nothing, and skip this).
         window = self._counts.bounds()
         seconds = self.config.window_ms // 1000
         numbers = (
             f"{errors} of {calls} calls failed ({rate:.1%}) "
             f"in the {seconds} s to {_utc_text(window[1])}"
         )
-        condition = self._firing.get(subject)
-        if condition is None and rate > self.config.fire_rate:
+        if condition is None:
             condition = self._firing[subject] = _Condition(
                 alert_id=alert_id("error_rate", subject, str(window[0])),
                 kind="error_rate",
@@ -604,11 +616,6 @@ class ErrorRateRule(_SlidingCountRule):
                     window=window,
                 )
             ]
-        if condition is None:
-            return []
-        if rate >= self.config.resolve_rate:
-            condition.last_seen_ms = max(condition.last_seen_ms, at)
-            return []
         del self._firing[subject]
         return [
             condition.alert(
@@ -652,6 +659,8 @@ class RateLimitStormRule(_SlidingCountRule):
         if not config.resolve_count <= config.fire_count:
             raise ValueError("resolve_count must not exceed fire_count")
         super().__init__(config)
+        #: The window start the firing storms were last checked at (see :meth:`tick`).
+        self._checked_start: int | None = None
 
     def observe(self, call: LlmCall) -> list[Alert]:
         """Count the call if it was rate limited; the alerts it raises or clears."""
@@ -685,6 +694,11 @@ class RateLimitStormRule(_SlidingCountRule):
     def tick(self, now_ms: int) -> list[Alert]:
         """Move the clock to ``now_ms``; resolves the storms that calmed down."""
         self._counts.advance(now_ms)
+        # A count falls only when a bucket leaves the window: nothing to check before it does.
+        start = self._counts.bounds()[0]
+        if start == self._checked_start:
+            return []
+        self._checked_start = start
         alerts: list[Alert] = []
         for subject in sorted(self._firing):
             (count,) = self._counts.totals(subject, 1)

@@ -13,8 +13,9 @@ State is changelog-backed, as a Faust table is, and exact across restarts:
   windows, counters) *and the source offsets that state reflects* to the compacted state topic,
   in one Kafka transaction. The transactional id is the role's, so a new active processor fences
   the old one's state writes.
-- Before each checkpoint, every alert and window derived so far is flushed to Kafka, so a
-  checkpoint never precedes the output of the events it covers.
+- Before each checkpoint, every alert and window produced so far is flushed to Kafka, so a
+  checkpoint never precedes the output of the events it covers; windows closed but not produced
+  yet (a minute's end closes many; a share goes out per turn) are in the checkpoint itself.
 - On activation the processor loads the latest checkpoint, seeks each source partition to the
   offset recorded with it and replays from there: each event is counted once, whatever the
   consumer group says. Alerts and windows replayed into existence again have the same ids as
@@ -40,12 +41,14 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter, deque
+from collections import Counter, deque, namedtuple
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.errors import EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
@@ -84,8 +87,23 @@ TICK_SECONDS = 1.0
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
 WINDOWS_PER_TURN = 20
 
-_EVENT_CLASSES = {"task_event": TaskEvent, "llm_call": LlmCall, "telemetry": Telemetry}
 _WINDOW_NAMESPACE = uuid.uuid5(ALERT_NAMESPACE, "llm-window")
+
+
+#: A row type per event schema and its columns (see :func:`rows`).
+_ROW_TYPES: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def rows(event: str, table: pa.Table) -> list[Any]:
+    """The rows of a decoded ``event`` table as named tuples with the event's fields, its
+    ``event_time`` in epoch milliseconds: what the rules read, column by column from Arrow."""
+    names = tuple(table.column_names)
+    row_type = _ROW_TYPES.get((event, names))
+    if row_type is None:
+        row_type = _ROW_TYPES[(event, names)] = namedtuple(f"{event}_row", names, rename=True)
+    columns = [(pc.cast(column, pa.int64()) if name == "event_time" else column).to_pylist()
+               for name, column in zip(names, table.columns)]
+    return list(map(row_type._make, zip(*columns)))
 
 
 def state_topic(settings: Settings) -> str:
@@ -147,13 +165,27 @@ class Rules:
             self.windows = WindowStore.from_dict(state["windows"])
 
     def observe(self, event: Any, now_ms: int) -> list[Alert]:
-        """The alerts one decoded event raises or clears."""
+        """The alerts one decoded event (an :class:`LlmCall`, :class:`Telemetry` or
+        :class:`TaskEvent`) raises or clears."""
         if isinstance(event, LlmCall):
-            self.windows.add(event, now_ms=now_ms)
-            return self.budget.observe(event) + self.error_rate.observe(event) + self.rate_limit.observe(event)
+            return self.observe_call(event, now_ms)
         if isinstance(event, Telemetry):
             return self.silent.observe(event)
         return self.stuck.observe(event)
+
+    def observe_call(self, call: Any, now_ms: int) -> list[Alert]:
+        """The alerts one LLM call raises or clears (an :class:`LlmCall`, or a row of the decoded
+        table with the same fields, its ``event_time`` in epoch milliseconds)."""
+        self.windows.add(call, now_ms=now_ms)
+        return self.budget.observe(call) + self.error_rate.observe(call) + self.rate_limit.observe(call)
+
+    def observer(self, event: str) -> Callable[[Any, int], list[Alert]]:
+        """What observes one event of the schema ``event`` (``llm_call``, ``telemetry``,
+        ``task_event``): ``observer(event)(row, now_ms)``."""
+        if event == "llm_call":
+            return self.observe_call
+        rule = self.silent if event == "telemetry" else self.stuck
+        return lambda row, now_ms: rule.observe(row)
 
     def tick(self, now_ms: int) -> list[Alert]:
         """The alerts the wall clock raises or clears."""
@@ -347,6 +379,10 @@ class IntelligenceProcessor:
         self._txn.init_transactions(60)  # fences a previous holder's state writes
         checkpoint = self._read_checkpoint()
         self.rules = Rules(self.config, checkpoint["rules"] if checkpoint else None)
+        # Windows the checkpoint closed but had not produced yet: produced first (those that went
+        # out after it are found on the topic's tail below and not produced twice).
+        self._closed_windows.extend((ClosedWindow(**closed), by)
+                                    for closed, by in (checkpoint or {}).get("pending_windows", []))
         self._snapshot = checkpoint["snapshot"] if checkpoint else 0
         saved = {tuple(k.rsplit(":", 1)): v for k, v in (checkpoint or {}).get("positions", {}).items()}
         self.stats = Counter((checkpoint or {}).get("stats", {}))
@@ -496,14 +532,12 @@ class IntelligenceProcessor:
         first = self._source.poll(0.05)
         if first is not None:
             now_ms = int(time.time() * 1000)
-            batch = [first, *self._source.consume(1000, 0)]
-            invalid = self._invalid(batch)
-            for index, msg in enumerate(batch):
-                self._process(msg, now_ms, index in invalid)
+            self._process([first, *self._source.consume(1000, 0)], now_ms)
             self._closed_windows.extend((closed, "watermark") for closed in self.rules.windows.close_due())
             failpoint("alerts.after_batch")
-        # A minute's end closes hundreds of windows at once: a few per turn keeps the alerts quick.
-        for _ in range(min(WINDOWS_PER_TURN, len(self._closed_windows))):
+        # A minute's end closes hundreds of windows at once: a share per turn keeps the alerts
+        # quick, and the backlog bounded however many windows each batch closes.
+        for _ in range(min(max(WINDOWS_PER_TURN, len(self._closed_windows) // 10), len(self._closed_windows))):
             self._emit_window(*self._closed_windows.popleft())
         self._producer.poll(0)
         if not self._caught_up and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items()):
@@ -525,51 +559,45 @@ class IntelligenceProcessor:
                 self._dirty = True
         if self._checkpoint_error is not None:
             self._check_checkpoint_error()
-        if (self._dirty and not self._closed_windows
-                and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds):
-            self._checkpoint()  # never with windows closed in the state but not yet produced
+        if self._dirty and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds:
+            self._checkpoint()
 
-    def _invalid(self, batch: list[Any]) -> set[int]:
-        """Positions in ``batch`` of the messages the sinks' value rules refuse (:func:`screen`, per
-        topic: the same decision as the sinks'). Undecodable ones are left to :meth:`_process`."""
-        by_topic: dict[str, list[int]] = {}
-        for index, msg in enumerate(batch):
-            if msg.error() is None:
-                by_topic.setdefault(msg.topic(), []).append(index)
-        invalid: set[int] = set()
-        for topic, indices in by_topic.items():
-            screened = screen(self._decoder, [batch[i] for i in indices], TOPIC_EVENTS[self._catalogue[topic]],
-                              self._value_rules)
-            invalid.update(indices[index] for index, error_class, _ in screened.failures if error_class == INVALID_VALUE)
-        return invalid
-
-    def _process(self, msg: Any, now_ms: int, invalid: bool = False) -> None:
-        if msg.error() is not None:
-            if not msg.error().retriable() and msg.error().fatal():
-                raise EzStreamError(f"alerts: consumer failed: {msg.error()}")
-            return
-        topic = msg.topic()
-        self._positions[(topic, msg.partition())] = msg.offset() + 1
-        self._dirty = True
-        if invalid:  # the sinks dead-letter it with the reason
-            self.stats["invalid"] += 1
-            return
-        event_name = TOPIC_EVENTS[self._catalogue[topic]]
-        try:
-            _, record = self.codec.decode(msg.value(), event_name)
-            event = _EVENT_CLASSES[event_name](**record)
-        except Exception:  # noqa: BLE001  the lake role dead-letters it with its error
-            self.stats["undecodable"] += 1
-            return
-        # A producer's clock (or its Kafka timestamp) far ahead of ours must not move event time:
-        # the watermark would leave every later event behind it.
-        if event.event_time.timestamp() * 1000 > now_ms + self._value_rules.future_tolerance_ms:
-            self.stats["future"] += 1
-            return
-        self.stats["events"] += 1
-        metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc()
-        for alert in self.rules.observe(event, now_ms):
-            self._emit_alert(alert)
+    def _process(self, batch: list[Any], now_ms: int) -> None:
+        """Feed a fetch to the rules: the messages of each topic decoded in one call of the native
+        decoder and checked against the sinks' value rules (:func:`screen`: the same decision as
+        the sinks'), the rules fed from the Arrow table's columns, without a model object per event.
+        Topics are fed one after the other: each rule reads one topic, so the order across topics
+        changes nothing."""
+        by_topic: dict[str, list[Any]] = {}
+        for msg in batch:
+            error = msg.error()
+            if error is None:
+                by_topic.setdefault(msg.topic(), []).append(msg)
+            elif not error.retriable() and error.fatal():
+                raise EzStreamError(f"alerts: consumer failed: {error}")
+        future_limit = now_ms + self._value_rules.future_tolerance_ms
+        for topic, messages in by_topic.items():
+            for msg in messages:
+                self._positions[(topic, msg.partition())] = msg.offset() + 1
+            self._dirty = True
+            event = TOPIC_EVENTS[self._catalogue[topic]]
+            screened = screen(self._decoder, messages, event, self._value_rules)
+            for _, error_class, _ in screened.failures:
+                # The lake role dead-letters them with the reason.
+                self.stats["invalid" if error_class == INVALID_VALUE else "undecodable"] += 1
+            observe = self.rules.observer(event)
+            counted = 0
+            for row in rows(event, screened.table):
+                # A producer's clock far ahead of ours must not move event time: the watermark
+                # would leave every later event behind it.
+                if row.event_time > future_limit:
+                    self.stats["future"] += 1
+                    continue
+                counted += 1
+                for alert in observe(row, now_ms):
+                    self._emit_alert(alert)
+            self.stats["events"] += counted
+            metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc(counted)
 
     def _emit_alert(self, alert: Alert) -> None:
         if alert.event_id in self._suppress:
@@ -623,6 +651,8 @@ class IntelligenceProcessor:
             "time_ms": int(time.time() * 1000),
             "positions": {f"{t}:{p}": offset for (t, p), offset in self._positions.items()},
             "rules": self.rules.to_dict(),
+            # Closed but not produced yet: in the state, so a backlog never holds checkpoints off.
+            "pending_windows": [[asdict(closed), by] for closed, by in self._closed_windows],
             "late_events": self.rules.late_events,
             "stats": dict(self.stats),
             "caught_up": self._caught_up,
@@ -683,7 +713,8 @@ class IntelligenceProcessor:
             "active": True, "caught_up": state["caught_up"] or self._caught_up, "snapshot": state["snapshot"],
             "positions": state["positions"], "late_events": state["late_events"],
             "stats": {**state["stats"], "checkpoints": self._checkpoints_written},
-            "state": {"entries": state["entries"], "checkpoint_bytes": len(payload)},
+            "state": {"entries": state["entries"], "checkpoint_bytes": len(payload),
+                      "pending_windows": len(state["pending_windows"])},
         })
         self._commit_positions(state["positions"])
 

@@ -30,6 +30,18 @@ from streams.intelligence._time import epoch_ms
 RELATIVE_ACCURACY = 0.01
 
 
+#: One mapping per accuracy, shared by every sketch (it holds constants only): building one is
+#: most of the cost of a sketch, and most windows see one or two calls.
+_MAPPINGS: dict[float, LogarithmicMapping] = {}
+
+
+def _mapping(relative_accuracy: float) -> LogarithmicMapping:
+    mapping = _MAPPINGS.get(relative_accuracy)
+    if mapping is None:
+        mapping = _MAPPINGS[relative_accuracy] = LogarithmicMapping(relative_accuracy)
+    return mapping
+
+
 class LatencySketch:
     """Mergeable latency quantiles: a DDSketch that serializes to a JSON-friendly dict.
 
@@ -49,7 +61,7 @@ class LatencySketch:
         self._store = DenseStore() if _store is None else _store
         self._relative_accuracy = relative_accuracy
         self._sketch = BaseDDSketch(
-            mapping=LogarithmicMapping(relative_accuracy),
+            mapping=_mapping(relative_accuracy),
             store=self._store,
             negative_store=DenseStore(),
             zero_count=_zero_count,

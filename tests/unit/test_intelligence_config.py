@@ -97,3 +97,41 @@ def test_window_ids_are_stable_and_distinct():
     assert window_event(first, "watermark").event_id == window_event(first, "idle").event_id
     assert window_event(first, "watermark").event_id != window_event(second, "watermark").event_id
     assert window_event(first, "watermark").window_start == T0
+
+
+def test_rules_fed_from_the_native_decoders_rows_give_the_same_alerts_and_state_as_from_events():
+    """The alerts role feeds its rules rows of the native decoder's tables (no model object per
+    event): over simulated traffic with failing and rate-limited bursts and budgets that fire,
+    every alert (ids, numbers, texts) and the whole state equal those of the events themselves."""
+    from connectors.kafka.codec import default_codec
+    from connectors.kafka.native import NativeCodec
+    from streams.intelligence.alerts import BudgetConfig, Budgets
+    from streams.intelligence.processor import rows
+    from streams.simulate import generate
+
+    config = IntelligenceConfig(budget=BudgetConfig(Budgets(tenant_daily_usd=20.0, agent_daily_usd=0.5)))
+    codec, native = default_codec(), NativeCodec()
+    events = list(generate(5, start_time=T0, count=20_000, rate=200))
+    # Bursts of failures and rate limits, so error-rate and storm alerts fire and resolve.
+    for i, event in enumerate(events):
+        if isinstance(event, LlmCall) and 4_000 <= i < 6_000:
+            event.status = "rate_limited" if i % 2 else "error"
+    assert {type(e).__name__ for e in events} == {"LlmCall", "TaskEvent", "Telemetry"}
+    now_ms = int((T0 + timedelta(days=1)).timestamp() * 1000)
+    by_events, by_rows = Rules(config), Rules(config)
+    expected, got = [], []
+    for start in range(0, len(events), 1000):
+        chunk = events[start:start + 1000]
+        for event in chunk:
+            expected += by_events.observe(event, now_ms)
+        for name in ("llm_call", "telemetry", "task_event"):
+            mine = [e for e in chunk if e.EVENT == name]
+            batch = native.decode_batch_arrow([codec.encode(name, e.to_record()) for e in mine], name)
+            assert not batch.failures
+            observe = by_rows.observer(name)
+            for row in rows(name, batch.table):
+                got += observe(row, now_ms)
+    assert {a.kind for a in expected} >= {"budget", "error_rate", "rate_limit_storm"}
+    key = lambda a: (a.alert_id, a.state)  # noqa: E731  topics are fed one after the other
+    assert sorted(got, key=key) == sorted(expected, key=key)
+    assert by_rows.to_dict() == by_events.to_dict()

@@ -173,3 +173,21 @@ def test_aggregates_merge_and_round_trip():
 def test_bad_window_settings_are_refused():
     with pytest.raises(ValueError):
         WindowStore(size_ms=0)
+
+
+def test_a_closed_window_waiting_to_be_produced_survives_a_checkpoint_as_it_was():
+    """The alerts role checkpoints closed windows it has not produced yet (asdict, JSON) and
+    produces them after a restart from ``ClosedWindow(**saved)``: the same window, sketch included."""
+    from dataclasses import asdict
+
+    from streams.intelligence.processor import window_event
+    from streams.intelligence.windows import ClosedWindow
+
+    store = WindowStore(size_ms=60_000, grace_ms=0)
+    for i, latency in enumerate((120.0, 80.0, 3_000.0)):
+        store.add(call(T0 + i * 1000, latency_ms=latency, cost_usd=0.125 * i), now_ms=0)
+    (closed,) = store.close_due(T0 + 60_000)
+    saved = json.loads(json.dumps([[asdict(closed), "watermark"]]))
+    restored = [(ClosedWindow(**window), by) for window, by in saved]
+    assert restored == [(closed, "watermark")]
+    assert window_event(restored[0][0], "watermark") == window_event(closed, "watermark")
