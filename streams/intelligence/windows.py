@@ -244,7 +244,13 @@ class WindowStore:
         arrival = Arrival.IN_GRACE if end <= self.watermark_ms else Arrival.ON_TIME
         self.watermark_ms = max(self.watermark_ms, at)
         key = WindowKey(call.tenant_id, call.agent_id, call.provider, call.model)
-        self._open.setdefault(start, {}).setdefault(key, WindowAggregate()).add(call)
+        window = self._open.get(start)
+        if window is None:
+            window = self._open[start] = {}
+        aggregate = window.get(key)
+        if aggregate is None:  # not setdefault: a new aggregate (and its sketch) per call costs
+            aggregate = window[key] = WindowAggregate()
+        aggregate.add(call)
         return arrival
 
     def close_due(self, watermark_ms: int | None = None) -> list[ClosedWindow]:
