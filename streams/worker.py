@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import faust
 import mode
 
+from connectors.backoff import Backoff
 from connectors.errors import ConfigError
 from connectors.settings import Settings
 from streams import metrics
@@ -151,7 +152,7 @@ class RoleSupervisor(mode.Service):
 
     def _supervise(self, loop: asyncio.AbstractEventLoop) -> None:
         name = self.role.name
-        delay = RESTART_BACKOFF_S[0]
+        backoff = Backoff(*RESTART_BACKOFF_S)
         while True:
             started = time.monotonic()
             threading.Thread(target=self._running, args=(self.role,), name=f"{self.label}:ready",
@@ -168,7 +169,8 @@ class RoleSupervisor(mode.Service):
                     loop.call_soon_threadsafe(self._crash_soon, exc)
                     return
                 if time.monotonic() - started >= HEALTHY_AFTER_S:
-                    delay = RESTART_BACKOFF_S[0]
+                    backoff.reset()
+                delay = backoff.next()
                 with self._role_lock:
                     self._role_crashed = True
                 self.restarts += 1
@@ -178,22 +180,25 @@ class RoleSupervisor(mode.Service):
                 self.roles.set(name, state="restarting", restarts=self.restarts, last_error=error)
                 log.exception("%s crashed (restart %d in %.0f s; the worker's other roles go on)",
                               self.label, self.restarts, delay)
-            if self._stopping.wait(delay):
-                return
-            delay = min(delay * 2, RESTART_BACKOFF_S[1])
-            try:
-                role = self.factory()
+            while True:  # a new instance, after the back-off (and again while setting up fails)
+                if self._stopping.wait(delay):
+                    return
+                try:
+                    role = self.factory()
+                except Exception as exc:  # noqa: BLE001  setting up again failed: the next back-off
+                    if isinstance(exc, ConfigError):
+                        log.exception("%s could not be set up again; stopping the worker", self.label)
+                        loop.call_soon_threadsafe(self._crash_soon, exc)
+                        return
+                    delay = backoff.next()
+                    self.roles.set(name, last_error=f"{type(exc).__name__}: {exc}")
+                    log.exception("%s could not be set up again (next try in %.0f s)", self.label, delay)
+                    continue
                 with self._role_lock:
                     self.role, self._role_crashed = role, False
-                if self._stopping.is_set():
-                    return
-            except Exception as exc:  # noqa: BLE001  setting up again failed: the next back-off
-                self.roles.set(name, last_error=f"{type(exc).__name__}: {exc}")
-                log.exception("%s could not be set up again", self.label)
-                if isinstance(exc, ConfigError):
-                    loop.call_soon_threadsafe(self._crash_soon, exc)
-                    return
-                continue
+                break
+            if self._stopping.is_set():
+                return
 
     def _running(self, role: Role) -> None:
         """Say the role runs once it is ready (not while an instance that crashed is current)."""

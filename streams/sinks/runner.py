@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Message
 
+from connectors.backoff import Backoff
 from connectors.errors import TerminalError, TransientError
 from connectors.failpoints import failpoint
 from streams import metrics
@@ -554,7 +555,7 @@ class SinkRunner:
         Consumption is paused meanwhile, and the consumer keeps being polled so the group
         membership stays alive and rebalances are served.
         """
-        delay = 0.5
+        backoff = self._backoff()
         while True:
             try:
                 result = action()
@@ -562,6 +563,7 @@ class SinkRunner:
                 if self._stop.is_set():
                     # Nothing of this batch is recorded, so a restart reads it again.
                     raise _Abandoned(f"{what}: {exc}") from None
+                delay = backoff.next()
                 self.stats.retries += 1
                 metrics.RETRIES.labels(self.sink.name).inc()
                 log.warning("%s: %s failed (%s); retrying in %.1f s", self.sink.name, what, exc, delay)
@@ -575,7 +577,6 @@ class SinkRunner:
                             self._poll_paused(min(0.5, end - time.monotonic()))
                         else:
                             time.sleep(min(0.5, max(0.0, end - time.monotonic())))
-                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
                 continue
             self._pause(False)
             return result
@@ -710,16 +711,20 @@ class SinkRunner:
 
     def _retry_in_callback(self, action: Callable[[], Any]) -> Any:
         # Inside a rebalance callback the consumer must not be polled: plain back-off.
-        delay = 0.5
+        backoff = self._backoff()
         while True:
             try:
                 return action()
             except TransientError as exc:
                 if self._stop.is_set():
                     raise
+                delay = backoff.next()
                 log.warning("%s: reading resume points failed (%s); retrying in %.1f s", self.sink.name, exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
+
+    def _backoff(self) -> Backoff:
+        """Retries of a store call: 0.5 s doubling to ``EZ_SINK_RETRY_MAX_SECONDS``."""
+        return Backoff(min(0.5, self.settings.sink_retry_max_seconds), self.settings.sink_retry_max_seconds)
 
 
 def _check_offsets(rng: OffsetRange, messages: list[Any]) -> None:
