@@ -116,10 +116,6 @@ class Roles:
             tmp.write_text(json.dumps(self._roles, indent=1, sort_keys=True))
             tmp.replace(self.path)
 
-    def get(self, name: str) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._roles.get(name, {}))
-
 
 class RoleSupervisor(mode.Service):
     """Runs a :class:`Role` in its own thread for as long as the Faust worker runs, and starts

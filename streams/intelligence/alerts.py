@@ -125,6 +125,13 @@ def _utc_text(ms: int) -> str:
     return utc(ms).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _forgotten(condition: _Condition, since_ms: int, now_ms: int, forget_after_ms: int, message: str) -> Alert:
+    """The resolve of a firing ``condition`` whose subject had no news since ``since_ms``, for
+    ``forget_after_ms`` or more at ``now_ms`` (wall clock): its state is dropped with it."""
+    return condition.alert("resolved", at_ms=now_ms, message=message, value=(now_ms - since_ms) / 1000,
+                           threshold=forget_after_ms / 1000, window=(since_ms, now_ms))
+
+
 def _duration_text(ms: float) -> str:
     seconds = round(ms / 1000)
     minutes, seconds = divmod(seconds, 60)
@@ -556,16 +563,10 @@ class ErrorRateRule(_SlidingCountRule):
             if quiet < self.config.forget_after_ms:
                 continue
             del self._firing[subject]
-            alerts.append(condition.alert(
-                "resolved",
-                at_ms=now_ms,
-                message=(f"{subject}: no call for {_duration_text(quiet)} (since "
-                         f"{_utc_text(condition.last_seen_ms)}); forgotten after "
-                         f"{_duration_text(self.config.forget_after_ms)} without evidence of recovery"),
-                value=quiet / 1000,
-                threshold=self.config.forget_after_ms / 1000,
-                window=(condition.last_seen_ms, now_ms),
-            ))
+            alerts.append(_forgotten(
+                condition, condition.last_seen_ms, now_ms, self.config.forget_after_ms,
+                f"{subject}: no call for {_duration_text(quiet)} (since {_utc_text(condition.last_seen_ms)}); "
+                f"forgotten after {_duration_text(self.config.forget_after_ms)} without evidence of recovery"))
         return alerts
 
     def observe(self, call: LlmCall) -> list[Alert]:
@@ -825,21 +826,11 @@ class SilentAgentRule:
         for agent_id in sorted(agent for agent, last in self._last.items() if last["at_ms"] <= forget_before):
             last = self._last.pop(agent_id)
             condition = self._firing.pop(agent_id)  # fired above, if not before
-            silence = now_ms - last["at_ms"]
-            alerts.append(
-                condition.alert(
-                    "resolved",
-                    at_ms=now_ms,
-                    message=(
-                        f"agent {agent_id}: no telemetry for {_duration_text(silence)} (since "
-                        f"{_utc_text(last['at_ms'])}); forgotten after "
-                        f"{_duration_text(self.config.forget_after_ms)}, a later report starts afresh"
-                    ),
-                    value=silence / 1000,
-                    threshold=self.config.forget_after_ms / 1000,
-                    window=(last["at_ms"], now_ms),
-                )
-            )
+            alerts.append(_forgotten(
+                condition, last["at_ms"], now_ms, self.config.forget_after_ms,
+                f"agent {agent_id}: no telemetry for {_duration_text(now_ms - last['at_ms'])} (since "
+                f"{_utc_text(last['at_ms'])}); forgotten after {_duration_text(self.config.forget_after_ms)}, "
+                "a later report starts afresh"))
         return alerts
 
     def size(self) -> int:
@@ -986,20 +977,11 @@ class StuckTaskRule:
                               if running["started_ms"] <= forget_before):
             running = self._running.pop(task_id)
             condition = self._firing.pop(task_id)  # fired above, if not before
-            ran = now_ms - running["started_ms"]
-            alerts.append(
-                condition.alert(
-                    "resolved",
-                    at_ms=now_ms,
-                    message=(
-                        f"task {task_id} on {running['queue']} (attempt {running['attempt']}): no news for "
-                        f"{_duration_text(ran)}; forgotten after {_duration_text(self.config.forget_after_ms)}"
-                    ),
-                    value=ran / 1000,
-                    threshold=self.config.forget_after_ms / 1000,
-                    window=(running["started_ms"], now_ms),
-                )
-            )
+            alerts.append(_forgotten(
+                condition, running["started_ms"], now_ms, self.config.forget_after_ms,
+                f"task {task_id} on {running['queue']} (attempt {running['attempt']}): no news for "
+                f"{_duration_text(now_ms - running['started_ms'])}; forgotten after "
+                f"{_duration_text(self.config.forget_after_ms)}"))
         return alerts
 
     def size(self) -> int:

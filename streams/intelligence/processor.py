@@ -54,7 +54,7 @@ from connectors.errors import EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
 from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.codec import Codec, default_codec
-from connectors.kafka.events import Alert, LlmCall, LlmWindow, TaskEvent, Telemetry
+from connectors.kafka.events import Alert, LlmCall, LlmWindow, Telemetry
 from connectors.kafka.native import NativeCodec
 from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name

@@ -15,6 +15,7 @@ but whose grace has not are applied ("in grace"); events for a closed window are
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -32,14 +33,7 @@ RELATIVE_ACCURACY = 0.01
 
 #: One mapping per accuracy, shared by every sketch (it holds constants only): building one is
 #: most of the cost of a sketch, and most windows see one or two calls.
-_MAPPINGS: dict[float, LogarithmicMapping] = {}
-
-
-def _mapping(relative_accuracy: float) -> LogarithmicMapping:
-    mapping = _MAPPINGS.get(relative_accuracy)
-    if mapping is None:
-        mapping = _MAPPINGS[relative_accuracy] = LogarithmicMapping(relative_accuracy)
-    return mapping
+_mapping = functools.cache(LogarithmicMapping)
 
 
 class LatencySketch:
