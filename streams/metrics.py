@@ -53,6 +53,10 @@ LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rul
 ALERTS_STATE_ENTRIES = Gauge("ezstream_alerts_state_entries",
                              "Entries the alerts role's state holds per rule (subjects, days, buckets, firing "
                              "conditions, open windows), as of its latest checkpoint.", ["rule"], registry=REGISTRY)
+ALERTS_EVENT_TIME_SKEW = Gauge("ezstream_alerts_event_time_skew_seconds",
+                               "How far apart the event times of the LLM-call partitions the alerts role hears "
+                               "from are (windows close on the slowest), as of its latest checkpoint.",
+                               registry=REGISTRY)
 ALERTS_CHECKPOINT_BYTES = Gauge("ezstream_alerts_checkpoint_bytes",
                                 "Size of the alerts role's latest checkpoint on its state topic (compressed).",
                                 registry=REGISTRY)

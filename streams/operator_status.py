@@ -218,6 +218,11 @@ def format_view(view: dict[str, Any]) -> str:
             lines.append(f"alerts state: {sum(held['entries'].values()):,} entries "
                          f"({', '.join(f'{rule} {n:,}' for rule, n in sorted(held['entries'].items()))}), "
                          f"checkpoint {held['checkpoint_bytes']:,} bytes")
+        clock = alerts.get("event_time")
+        if clock and clock.get("low_ms") is not None:
+            low = datetime.fromtimestamp(clock["low_ms"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"alerts event time: {low} UTC on the slowest LLM-call partition, partitions "
+                         f"{clock['skew_ms'] / 1000:,.1f} s apart" + (", catching up" if clock.get("catching_up") else ""))
     for what, error in view["errors"].items():
         lines.append(f"({what}: {error})")
     return "\n".join(lines)

@@ -264,11 +264,18 @@ class BudgetRule:
         # "scope|subject|day_ms|percent" -> the firing condition.
         self._firing: dict[str, _Condition] = {}
 
-    def observe(self, call: LlmCall) -> list[Alert]:
-        """Add the call's cost to its tenant's and agent's day; the alerts it raises or clears."""
+    def observe(self, call: LlmCall, watermark_ms: int | None = None) -> list[Alert]:
+        """Add the call's cost to its tenant's and agent's day; the alerts it raises or clears.
+
+        ``watermark_ms``, when given, is the event time of the call's own stream partition: the
+        call is late only when its day is over by that clock (or resolved), and the clock moves only
+        through :meth:`tick` (the alerts role ticks it with the minimum over the partitions).
+        Without it, the call's own time moves the clock.
+        """
         at = epoch_ms(call.event_time)
         day = at - at % DAY_MS
-        if day + DAY_MS + self.config.grace_ms <= self.clock_ms:
+        # The rule's clock too: a day it resolved (the wall clock ticks it) takes no more calls.
+        if day + DAY_MS + self.config.grace_ms <= max(self.clock_ms, watermark_ms or 0):
             self.late_events += 1
             return []
         alerts: list[Alert] = []
@@ -278,7 +285,7 @@ class BudgetRule:
         )
         for scope, subject in scopes:
             alerts += self._spend_on(scope, subject, day, call, at)
-        return alerts + self.tick(at)
+        return alerts if watermark_ms is not None else alerts + self.tick(at)
 
     def tick(self, now_ms: int) -> list[Alert]:
         """Move the clock to ``now_ms``; resolves the alerts of days that are over."""
@@ -691,6 +698,10 @@ class RateLimitStormRule(_SlidingCountRule):
                 )
                 return [self._alert(condition, "firing", at, count)] + self.tick(at)
         return self.tick(at)
+
+    def firing(self) -> bool:
+        """Whether a storm fires now."""
+        return bool(self._firing)
 
     def tick(self, now_ms: int) -> list[Alert]:
         """Move the clock to ``now_ms``; resolves the storms that calmed down."""

@@ -71,6 +71,7 @@ from streams.intelligence.alerts import (
     StuckTaskRule,
 )
 from streams.intelligence.config import IntelligenceConfig, load_config
+from streams.intelligence.merge import CatchUpMerge, Watermarks
 from streams.intelligence.windows import ClosedWindow, WindowStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ TAIL_MARGIN_MS = 30_000
 TICK_SECONDS = 1.0
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
 WINDOWS_PER_TURN = 20
+#: While catching up, a partition whose calls the merge holds more of than this is paused until
+#: the others' fetches let them go: the merge's memory stays bounded.
+MERGE_HOLD_ROWS = 50_000
 
 _WINDOW_NAMESPACE = uuid.uuid5(ALERT_NAMESPACE, "llm-window")
 
@@ -173,11 +177,21 @@ class Rules:
             return self.silent.observe(event)
         return self.stuck.observe(event)
 
-    def observe_call(self, call: Any, now_ms: int) -> list[Alert]:
+    def observe_call(self, call: Any, now_ms: int, watermark_ms: int | None = None) -> list[Alert]:
         """The alerts one LLM call raises or clears (an :class:`LlmCall`, or a row of the decoded
-        table with the same fields, its ``event_time`` in epoch milliseconds)."""
-        self.windows.add(call, now_ms=now_ms)
-        return self.budget.observe(call) + self.error_rate.observe(call) + self.rate_limit.observe(call)
+        table with the same fields, its ``event_time`` in epoch milliseconds).
+
+        ``watermark_ms``, when given, is the event time of the call's own partition: windows and
+        budget days judge lateness by it and close only through :meth:`advance`.
+        """
+        self.windows.add(call, now_ms=now_ms, watermark_ms=watermark_ms)
+        return (self.budget.observe(call, watermark_ms) + self.error_rate.observe(call)
+                + self.rate_limit.observe(call))
+
+    def advance(self, low_ms: int) -> tuple[list[Alert], list[ClosedWindow]]:
+        """Move event time to ``low_ms``, the minimum over the partitions' watermarks: the budget
+        days it ends resolve and the windows it passes close."""
+        return self.budget.tick(low_ms), self.windows.close_due(low_ms)
 
     def observer(self, event: str) -> Callable[[Any, int], list[Alert]]:
         """What observes one event of the schema ``event`` (``llm_call``, ``telemetry``,
@@ -188,8 +202,15 @@ class Rules:
         return lambda row, now_ms: rule.observe(row)
 
     def tick(self, now_ms: int) -> list[Alert]:
-        """The alerts the wall clock raises or clears."""
-        return (self.budget.tick(now_ms) + self.error_rate.tick(now_ms) + self.rate_limit.tick(now_ms)
+        """The alerts the wall clock raises or clears.
+
+        The rate-limit window slides on the wall clock only while a storm fires and no call came
+        for the windows' idle period: calls flowing say where event time is, and a stream behind
+        the wall clock (catching up, a producer's slow clock) would see its calls fall out of it.
+        """
+        calm = self.rate_limit.firing() and now_ms - self.windows.last_added_ms >= self.config.windows.idle_ms
+        return (self.budget.tick(now_ms) + self.error_rate.tick(now_ms)
+                + (self.rate_limit.tick(now_ms) if calm else [])
                 + self.silent.tick(now_ms) + self.stuck.tick(now_ms))
 
     def size(self) -> dict[str, int]:
@@ -272,6 +293,7 @@ class IntelligenceProcessor:
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._catalogue = {topic_name(settings, t): t for t in SOURCES}
+        self._calls_topic = topic_name(settings, "agent.llm_calls")
         self._alerts_topic = topic_name(settings, "agent.alerts")
         self._windows_topic = topic_name(settings, "agent.llm_windows")
         self._state_topic = state_topic(settings)
@@ -296,6 +318,10 @@ class IntelligenceProcessor:
         self._txn: Any = None
         self._positions: dict[tuple[str, int], int] = {}
         self._catch_up_to: dict[tuple[str, int], int] = {}
+        #: The backlog's calls in one order while catching up (None once caught up).
+        self._merge: CatchUpMerge | None = None
+        self._paused: set[tuple[str, int]] = set()
+        self._watermarks = Watermarks(self.config.windows.idle_ms / 1000)
         self._caught_up = False
         self._suppress: set[str] = set()
         self._closed_windows: deque[tuple[ClosedWindow, str]] = deque()
@@ -308,6 +334,7 @@ class IntelligenceProcessor:
         self._checkpoint_idle.set()
         self._checkpoint_error: BaseException | None = None
         self._checkpoint_thread: threading.Thread | None = None
+        self._commit_next: dict[str, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -385,6 +412,9 @@ class IntelligenceProcessor:
                                     for closed, by in (checkpoint or {}).get("pending_windows", []))
         self._snapshot = checkpoint["snapshot"] if checkpoint else 0
         saved = {tuple(k.rsplit(":", 1)): v for k, v in (checkpoint or {}).get("positions", {}).items()}
+        self._watermarks = Watermarks(self.config.windows.idle_ms / 1000, {
+            (topic, int(partition)): ms for topic, partition, ms in
+            ((*key.rsplit(":", 1), ms) for key, ms in (checkpoint or {}).get("watermarks", {}).items())})
         self.stats = Counter((checkpoint or {}).get("stats", {}))
 
         self._source = Consumer({
@@ -407,6 +437,8 @@ class IntelligenceProcessor:
                 self._catch_up_to[(topic, partition)] = high
                 assignment.append(TopicPartition(topic, partition, start))
         self._suppress = self._already_produced(checkpoint["time_ms"] - TAIL_MARGIN_MS if checkpoint else None)
+        calls = {tp: end for tp, end in self._catch_up_to.items() if tp[0] == self._calls_topic}
+        self._merge = CatchUpMerge(calls, self._positions, stall_s=self.config.windows.idle_ms / 1000)
         self._producer = Producer(producer_config(self.settings, **{"linger.ms": 0}))
         self._source.assign(assignment)
         self._checkpoint_thread = threading.Thread(target=self._checkpoint_writer, args=(self._txn, self._producer),
@@ -533,14 +565,16 @@ class IntelligenceProcessor:
         if first is not None:
             now_ms = int(time.time() * 1000)
             self._process([first, *self._source.consume(1000, 0)], now_ms)
-            self._closed_windows.extend((closed, "watermark") for closed in self.rules.windows.close_due())
             failpoint("alerts.after_batch")
+        if self._merge is not None:
+            self._release(int(time.time() * 1000))
         # A minute's end closes hundreds of windows at once: a share per turn keeps the alerts
         # quick, and the backlog bounded however many windows each batch closes.
         for _ in range(min(max(WINDOWS_PER_TURN, len(self._closed_windows) // 10), len(self._closed_windows))):
             self._emit_window(*self._closed_windows.popleft())
         self._producer.poll(0)
-        if not self._caught_up and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items()):
+        if (not self._caught_up and self._merge is None
+                and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items())):
             self._caught_up = True
             # Said now, with the positions of the latest checkpoint (activation wrote the status):
             # a takeover that replays nothing writes no checkpoint, and would say "catching up" forever.
@@ -559,6 +593,9 @@ class IntelligenceProcessor:
                 self._dirty = True
         if self._checkpoint_error is not None:
             self._check_checkpoint_error()
+        if self._commit_next is not None:
+            positions, self._commit_next = self._commit_next, None
+            self._commit_positions(positions)
         if self._dirty and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds:
             self._checkpoint()
 
@@ -585,6 +622,9 @@ class IntelligenceProcessor:
             for _, error_class, _ in screened.failures:
                 # The lake role dead-letters them with the reason.
                 self.stats["invalid" if error_class == INVALID_VALUE else "undecodable"] += 1
+            if topic == self._calls_topic:
+                self._calls(topic, messages, screened, now_ms, future_limit)
+                continue
             observe = self.rules.observer(event)
             counted = 0
             for row in rows(event, screened.table):
@@ -598,6 +638,89 @@ class IntelligenceProcessor:
                     self._emit_alert(alert)
             self.stats["events"] += counted
             metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc(counted)
+
+    def _calls(self, topic: str, messages: list[Any], screened: Any, now_ms: int, future_limit: int) -> None:
+        """LLM calls: each with its partition's watermark; while catching up, through the merge."""
+        merge = self._merge
+        kept = iter(screened.positions.tolist())
+        next_kept = next(kept, None)
+        table_rows = iter(rows("llm_call", screened.table))
+        released = []
+        for i, msg in enumerate(messages):
+            row = None
+            if i == next_kept:
+                row = next(table_rows)
+                next_kept = next(kept, None)
+                if row.event_time > future_limit:  # see _process
+                    self.stats["future"] += 1
+                    row = None
+            tp = (topic, msg.partition())
+            if merge is not None:
+                merge.fetched(tp, msg.offset(), row)
+            elif row is not None:
+                released.append((tp, row))
+        if merge is not None:
+            for tp in {(topic, msg.partition()) for msg in messages}:
+                if merge.buffered(tp) > MERGE_HOLD_ROWS:  # bounded: fetch the others first
+                    self._pause(tp)
+            return
+        self._observe_calls(released, now_ms)
+
+    def _observe_calls(self, released: Any, now_ms: int) -> None:
+        """Feed calls (partition, row) to the rules in their order, then move event time on."""
+        watermarks = self._watermarks.of
+        observe = self.rules.observe_call
+        heard = time.monotonic()
+        counted = 0
+        for tp, row in released:
+            own = watermarks.get(tp, 0)
+            for alert in observe(row, now_ms, own):
+                self._emit_alert(alert)
+            if row.event_time > own:
+                watermarks[tp] = row.event_time
+            self._watermarks.heard(tp, heard)
+            counted += 1
+        if counted:
+            self._dirty = True  # also for calls the merge released after their fetch's checkpoint
+            self.stats["events"] += counted
+            metrics.EVENTS_IN.labels(self.name, "agent.llm_calls").inc(counted)
+            self._advance_event_time()
+
+    def _release(self, now_ms: int) -> None:
+        """While catching up: the calls the merge lets go; the end of the merge once all went."""
+        merge = self._merge
+        self._observe_calls(merge.release(), now_ms)
+        for tp in list(self._paused):
+            if merge.buffered(tp) < MERGE_HOLD_ROWS // 4:
+                self._resume(tp)
+        self.stats["catch_up_skew_ms"] = merge.skew_ms
+        if merge.done():
+            self._merge = None
+            for tp in list(self._paused):
+                self._resume(tp)
+
+    def _advance_event_time(self) -> None:
+        """Close what the minimum over the partitions' watermarks passed."""
+        low = self._watermarks.low(self._merge.waiting if self._merge is not None else frozenset())
+        if low is None:
+            return
+        alerts, closed = self.rules.advance(low)
+        for alert in alerts:
+            self._emit_alert(alert)
+        self._closed_windows.extend((window, "watermark") for window in closed)
+
+    def _pause(self, tp: tuple[str, int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        if tp not in self._paused:
+            self._source.pause([TopicPartition(*tp)])
+            self._paused.add(tp)
+
+    def _resume(self, tp: tuple[str, int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        self._source.resume([TopicPartition(*tp)])
+        self._paused.discard(tp)
 
     def _emit_alert(self, alert: Alert) -> None:
         if alert.event_id in self._suppress:
@@ -649,7 +772,11 @@ class IntelligenceProcessor:
         state = {
             "snapshot": self._snapshot,
             "time_ms": int(time.time() * 1000),
-            "positions": {f"{t}:{p}": offset for (t, p), offset in self._positions.items()},
+            # While catching up, a partition's calls held by the merge are not in the rules' state
+            # yet: its position is the first of them.
+            "positions": {f"{t}:{p}": offset if self._merge is None else self._merge.position((t, p), offset)
+                          for (t, p), offset in self._positions.items()},
+            "watermarks": {f"{t}:{p}": ms for (t, p), ms in self._watermarks.of.items()},
             "rules": self.rules.to_dict(),
             # Closed but not produced yet: in the state, so a backlog never holds checkpoints off.
             "pending_windows": [[asdict(closed), by] for closed, by in self._closed_windows],
@@ -657,7 +784,10 @@ class IntelligenceProcessor:
             "stats": dict(self.stats),
             "caught_up": self._caught_up,
             "entries": self.rules.size(),
+            "event_time": {"low_ms": self._watermarks.low(), "skew_ms": self._watermarks.skew(),
+                           "catching_up": self._merge is not None},
         }
+        metrics.ALERTS_EVENT_TIME_SKEW.set(state["event_time"]["skew_ms"] / 1000)
         for rule, late in state["late_events"].items():
             metrics.LATE_EVENTS.labels(rule).set(late)
         for rule, entries in state["entries"].items():
@@ -715,8 +845,11 @@ class IntelligenceProcessor:
             "stats": {**state["stats"], "checkpoints": self._checkpoints_written},
             "state": {"entries": state["entries"], "checkpoint_bytes": len(payload),
                       "pending_windows": len(state["pending_windows"])},
+            "event_time": state["event_time"],
         })
-        self._commit_positions(state["positions"])
+        # Committed by the loop's thread, the consumer's own: from this thread a commit waited
+        # seconds for the loop's poll to return now and then, and held the next checkpoint back.
+        self._commit_next = state["positions"]
 
     def _commit_positions(self, positions: dict[str, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition

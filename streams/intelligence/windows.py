@@ -204,10 +204,11 @@ class Arrival(enum.Enum):
 
 
 class WindowStore:
-    """Tumbling event-time windows of LLM calls for one stream partition.
+    """Tumbling event-time windows of LLM calls.
 
-    The watermark is the greatest event time added: keep one store per partition, whose events
-    are in (roughly) time order per producing agent.
+    Fed one stream partition, the watermark is the greatest event time added. Fed several (the
+    alerts role), each call comes with its partition's watermark and the windows close on the
+    minimum over the partitions (``close_due(minimum)``).
     """
 
     def __init__(self, *, size_ms: int = 60_000, grace_ms: int = 10_000) -> None:
@@ -226,17 +227,26 @@ class WindowStore:
         self.late_events = 0
         self._open: dict[int, dict[WindowKey, WindowAggregate]] = {}
 
-    def add(self, call: LlmCall, *, now_ms: int) -> Arrival:
-        """Count ``call`` in its window; ``now_ms`` is the wall clock (epoch milliseconds)."""
+    def add(self, call: LlmCall, *, now_ms: int, watermark_ms: int | None = None) -> Arrival:
+        """Count ``call`` in its window; ``now_ms`` is the wall clock (epoch milliseconds).
+
+        ``watermark_ms``, when given, is the watermark of the call's own stream partition (the
+        greatest event time of that partition before it): lateness is judged by it, and the
+        store's watermark moves only through :meth:`close_due` (with the minimum over the
+        partitions). So a call is late only by its own partition's time, however far the other
+        partitions ran ahead. Without it the store's own watermark decides and moves with each call.
+        """
         self.last_added_ms = max(self.last_added_ms, now_ms)
         at = epoch_ms(call.event_time)
         start = at - at % self.size_ms
         end = start + self.size_ms
-        if end <= self.closed_until_ms or end + self.grace_ms <= self.watermark_ms:
+        own = self.watermark_ms if watermark_ms is None else watermark_ms
+        if end <= self.closed_until_ms or end + self.grace_ms <= own:
             self.late_events += 1
             return Arrival.TOO_LATE
-        arrival = Arrival.IN_GRACE if end <= self.watermark_ms else Arrival.ON_TIME
-        self.watermark_ms = max(self.watermark_ms, at)
+        arrival = Arrival.IN_GRACE if end <= own else Arrival.ON_TIME
+        if watermark_ms is None:
+            self.watermark_ms = max(self.watermark_ms, at)
         key = WindowKey(call.tenant_id, call.agent_id, call.provider, call.model)
         window = self._open.get(start)
         if window is None:

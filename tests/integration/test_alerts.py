@@ -424,3 +424,69 @@ def test_alerts_also_go_to_the_webhook(intel, start, hook):
     assert "dev-07" in json.loads(body)["text"]
     processed(worker, 1)
     assert "secret-token" not in Path(worker.log).read_text()
+
+
+def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alerts_and_windows(intel, start, make_pipe,
+                                                                                              tmp_path):
+    """Five minutes of calls from nine agents over three partitions (budgets crossed, an error
+    spike, a rate-limit storm across agents, a call late in its own partition) go to a live
+    processor in event-time order, one agent's slot at a time. The same messages then go to
+    fresh topics at once, where a new processor reads them from offset 0: Kafka hands it whole
+    partitions per fetch, minutes apart in event time. Every alert and every closed window is
+    the same, field for field."""
+    # Windows close on event time only: the idle period is longer than the test.
+    (tmp_path / "no-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600"))
+    live = intel.model_copy(update={"alerts_config_file": tmp_path / "no-idle.toml", "alerts_checkpoint_seconds": 0.1})
+    replay = make_pipe(topic_prefix=f"{live.topic_prefix}replay.", budgets_file=live.budgets_file,
+                       alerts_config_file=live.alerts_config_file, alerts_checkpoint_seconds=0.1)
+    t0 = _minute(-20)
+    agents = [f"dev-{i}" for i in range(9)]
+    slots = []
+    for k in range(100):  # a slot: one agent's six calls within 1.2 s, every 3 s
+        agent = agents[k % 9]
+        calls = []
+        for i in range(6):
+            at = t0 + timedelta(seconds=3 * k, milliseconds=200 * i)
+            if 20 <= k < 50:
+                calls.append(call(agent, cost=0.02, provider="groq", model="llama-3", at=at,
+                                  status="error" if k < 30 and i % 2 else "ok"))
+            elif 60 <= k < 63:
+                calls.append(call(agent, cost=0.02, provider="openai", model="gpt-4o", key="openai-07", at=at,
+                                  status="rate_limited"))
+            else:
+                calls.append(call(agent, cost=0.02, at=at, latency=50.0 + 10 * i + k))
+        if k == 50:  # 70 s behind its partition: too late for its window, by that partition alone
+            calls.append(call(agent, cost=0.02, at=t0 + timedelta(seconds=3 * k - 70)))
+        slots.append(calls)
+    count = sum(map(len, slots))
+
+    worker = start(live, name="live")
+    with EventProducer(live) as producer:
+        sent = 0
+        for calls in slots:
+            for c in calls:
+                producer.send(c)
+            producer.flush()
+            sent += len(calls)
+            processed(worker, sent)
+    with EventProducer(replay) as producer:
+        for calls in slots:
+            for c in calls:
+                producer.send(c)
+    assert sum(producer.delivered.values()) == count
+    replaying = start(replay, name="replay")
+    done = wait_for(lambda: (s := processed(replaying, count)).get("caught_up") and s, 60, "the replay to catch up")
+
+    assert done["stats"]["catch_up_skew_ms"] >= 60_000, done["stats"]  # the partitions were minutes apart
+    first = processed(worker, count)
+    assert first["late_events"] == done["late_events"] and done["late_events"]["windows"] == 1
+    by_id = lambda records: sorted(records, key=lambda r: r["event_id"])  # noqa: E731
+    alerts, again = by_id(alerts_of(live)), by_id(alerts_of(replay))
+    kinds = sorted((a["kind"], a["state"]) for a in alerts)
+    assert kinds.count(("budget", "firing")) == 30  # 80, 90 and 100 % of nine agents and of the tenant
+    assert {("error_rate", "firing"), ("error_rate", "resolved"), ("rate_limit_storm", "firing"),
+            ("rate_limit_storm", "resolved")} <= set(kinds), kinds
+    assert again == alerts
+    windows, replayed = by_id(read_topic(live, "agent.llm_windows")), by_id(read_topic(replay, "agent.llm_windows"))
+    assert len(windows) >= 20 and {w["closed_by"] for w in windows} == {"watermark"}
+    assert replayed == windows

@@ -524,3 +524,15 @@ def test_the_state_of_a_month_of_ever_new_agents_and_tasks_stays_bounded():
     assert closed > 0 and size["windows"] <= 20 * 3
     kinds = {(a.kind, a.state) for a in alerts}
     assert {("silent_agent", "resolved"), ("stuck_task", "resolved"), ("error_rate", "resolved")} <= kinds
+
+
+def test_budget_calls_are_late_by_their_partitions_time_and_days_end_on_the_ticked_minimum():
+    rule = BudgetRule(BudgetConfig(BUDGETS, grace_ms=300_000))
+    over = DAY + DAY_MS + 300_000
+    # Another partition is past midnight + grace; this call's partition is not: it counts.
+    assert [a.details["percent"] for a in rule.observe(call(T0, cost_usd=9.5), watermark_ms=DAY + DAY_MS)] == ["80", "90"]
+    assert rule.observe(call(T0, cost_usd=1.0), watermark_ms=over) == []  # late by its own partition
+    assert rule.late_events == 1 and rule.clock_ms == 0  # calls move no clock here: tick does
+    assert [a.state for a in rule.tick(over)] == ["resolved", "resolved"]
+    # The day is resolved: a call for it is late whatever its partition says.
+    assert rule.observe(call(T0, cost_usd=1.0), watermark_ms=DAY) == [] and rule.late_events == 2

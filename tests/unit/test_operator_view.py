@@ -17,6 +17,14 @@ def test_the_alerts_role_line_says_how_big_its_state_is():
     assert "alerts state: 1,243 entries (budget 40, silent_agent 1,200, windows 3), checkpoint 52,431 bytes" in text
 
 
+def test_the_alerts_role_says_where_event_time_stands_and_how_far_apart_its_partitions_are():
+    text = format_view(view({"active": True, "caught_up": False, "snapshot": 3, "late_events": {},
+                             "state": {"entries": {"windows": 3}, "checkpoint_bytes": 100},
+                             "event_time": {"low_ms": 1_796_400_000_000, "skew_ms": 2_500, "catching_up": True}}))
+    assert ("alerts event time: 2026-12-04 16:00:00 UTC on the slowest LLM-call partition, partitions 2.5 s apart, "
+            "catching up") in text
+
+
 def test_a_status_file_from_before_the_state_size_is_still_shown():
     text = format_view(view({"active": False, "caught_up": False, "snapshot": 2, "late_events": {}}))
     assert "alerts role: standing by / stopped" in text and "alerts state" not in text
