@@ -16,11 +16,12 @@ call is late only by its own partition's time.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 Partition = tuple[str, int]
 
@@ -29,20 +30,25 @@ class CatchUpMerge:
     """The calls of the backlog of ``ends`` (partition -> offset the backlog ends at), released
     in one order; rows need an ``event_time`` in epoch milliseconds.
 
-    A partition holds the release back while it has backlog left (its fetched position is before
-    its end) and nothing fetched; one that fetched nothing for ``stall_s`` stops holding it
-    back (a backlog ending in records the consumer never returns, such as aborted transactions).
+    The order is a k-way merge's by (event time, partition) of each partition's next call. Said
+    another way, which is how it is computed: a stable sort of all the calls by (*key*,
+    partition), a call's key being the greatest event time of its partition up to it. Keys never
+    fall along a partition, so a partition's future calls all come after (its latest key, it): a
+    call goes once its (key, partition) is below that bound of every partition with backlog left.
+    A partition with backlog left that fetched nothing for ``stall_s`` stops bounding the others
+    (a backlog ending in records the consumer never returns, such as aborted transactions).
     """
 
     def __init__(self, ends: dict[Partition, int], positions: dict[Partition, int], stall_s: float = 15.0) -> None:
         self._ends = dict(ends)
         self._fetched = {tp: positions[tp] for tp in ends}
-        self._buffers: dict[Partition, deque[tuple[int, Any]]] = {tp: deque() for tp in ends}
-        self._heap: list[tuple[int, Partition]] = []
+        #: Per partition: held calls as chunks of (keys, offsets, rows), in offset order.
+        self._held: dict[Partition, deque[tuple[list[int], list[int], list[Any]]]] = {tp: deque() for tp in sorted(ends)}
+        self._count = {tp: 0 for tp in ends}
+        #: Latest key per partition (None: no call yet, so nothing of the others can go).
+        self._key: dict[Partition, int | None] = {tp: None for tp in ends}
         self._stall_s = stall_s
         self._heard = {tp: time.monotonic() for tp in ends}
-        #: Partitions with backlog left and nothing fetched: the release waits for them.
-        self.waiting = {tp for tp in ends if self._fetched[tp] < self._ends[tp]}
         #: Greatest event time fetched per partition; the partition, least and greatest time of
         #: the run of calls being taken in (a fetch hands over runs of one partition);
         #: ``skew_ms``: how far behind the calls fetched before it from other partitions a call
@@ -52,51 +58,95 @@ class CatchUpMerge:
         self.skew_ms = 0
         self.held = 0
 
-    def fetched(self, tp: Partition, offset: int, row: Any | None) -> None:
-        """Message ``offset`` of ``tp`` was fetched; ``row`` is its call (None when it has none to
-        release: undecodable, invalid, from the future)."""
-        self._fetched[tp] = offset + 1
+    def fetched(self, tp: Partition, end: int, calls: list[tuple[int, Any]]) -> None:
+        """A run of ``tp``'s messages was fetched, up to offset ``end`` (exclusive); ``calls`` are
+        its calls to release, (offset, row) in offset order (messages without one, undecodable,
+        invalid or from the future, are left out)."""
+        self._fetched[tp] = end
         self._heard[tp] = time.monotonic()
-        if row is not None:
-            buffer = self._buffers[tp]
-            if not buffer:
-                heapq.heappush(self._heap, (row.event_time, tp))
-            buffer.append((offset, row))
-            self.held += 1
-            t = row.event_time
-            run = self._run
-            if run is None or run[0] != tp:
-                self._end_run()
-                self._run = (tp, t, t)
-            elif not run[1] <= t <= run[2]:
-                self._run = (tp, min(run[1], t), max(run[2], t))
-        if tp in self.waiting and (self._buffers[tp] or self._fetched[tp] >= self._ends[tp]):
-            self.waiting.discard(tp)
+        if not calls:
+            return
+        key = self._key[tp]
+        keys, times = [], [row.event_time for _, row in calls]
+        for t in times:
+            if key is None or t > key:
+                key = t
+            keys.append(key)
+        self._key[tp] = key
+        self._held[tp].append((keys, [offset for offset, _ in calls], [row for _, row in calls]))
+        self._count[tp] += len(calls)
+        self.held += len(calls)
+        least, most = min(times), max(times)
+        run = self._run
+        if run is None or run[0] != tp:
+            self._end_run()
+            self._run = (tp, least, most)
+        else:
+            self._run = (tp, min(run[1], least), max(run[2], most))
 
-    def release(self) -> Iterator[tuple[Partition, Any]]:
-        """The calls that can go, in the merge's order, each with its partition."""
+    def behind(self) -> set[Partition]:
+        """Partitions with backlog left to fetch or release."""
+        return {tp for tp, end in self._ends.items() if self._fetched[tp] < end or self._count[tp]}
+
+    def release(self) -> list[tuple[Partition, list[Any]]]:
+        """The calls that can go now, in the merge's order: runs of one partition's calls."""
         self._end_run()
         self._expire()
-        heap, buffers = self._heap, self._buffers
-        while heap and not self.waiting:
-            _, tp = heapq.heappop(heap)
-            buffer = buffers[tp]
-            _, row = buffer.popleft()
-            self.held -= 1
-            if buffer:
-                heapq.heappush(heap, (buffer[0][1].event_time, tp))
-            elif self._fetched[tp] < self._ends[tp]:
-                self.waiting.add(tp)
-            yield tp, row
+        bounds = [(self._key[tp], tp) for tp, end in self._ends.items() if self._fetched[tp] < end]
+        if any(key is None for key, _ in bounds):
+            return []  # a partition with backlog and no call yet: anything may come before it
+        bound = min(bounds) if bounds else None
+        keys: list[int] = []
+        order_tp: list[int] = []
+        rows: list[Any] = []
+        partitions: list[Partition] = []
+        for tp, chunks in self._held.items():
+            taken = 0
+            while chunks:
+                chunk_keys, offsets, chunk_rows = chunks[0]
+                if bound is None:
+                    n = len(chunk_keys)
+                elif tp < bound[1]:  # (key, tp) < (bound key, bound tp): key <= bound key
+                    n = bisect.bisect_right(chunk_keys, bound[0])
+                else:
+                    n = bisect.bisect_left(chunk_keys, bound[0])
+                if n == 0:
+                    break
+                keys += chunk_keys[:n]
+                rows += chunk_rows[:n]
+                taken += n
+                if n == len(chunk_keys):
+                    chunks.popleft()
+                else:
+                    chunks[0] = (chunk_keys[n:], offsets[n:], chunk_rows[n:])
+                    break
+            if taken:
+                order_tp += [len(partitions)] * taken
+                partitions.append(tp)
+                self._count[tp] -= taken
+        if not rows:
+            return []
+        self.held -= len(rows)
+        if len(partitions) == 1:
+            return [(partitions[0], rows)]
+        # Stable: equal (key, partition) keep their offset order.
+        order = np.lexsort((np.asarray(order_tp), np.asarray(keys, dtype=np.int64)))
+        which = np.asarray(order_tp)[order]
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        picked = [rows[i] for i in order.tolist()]
+        runs = []
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(picked)]):
+            runs.append((partitions[which[lo]], picked[lo:hi]))
+        return runs
 
     def buffered(self, tp: Partition) -> int:
-        return len(self._buffers.get(tp, ()))
+        return self._count.get(tp, 0)
 
     def position(self, tp: Partition, fetched: int) -> int:
         """Where a restart must read ``tp`` from: its first call not released yet, else
         ``fetched`` (the consumer's position)."""
-        buffer = self._buffers.get(tp)
-        return buffer[0][0] if buffer else fetched
+        chunks = self._held.get(tp)
+        return chunks[0][1][0] if chunks else fetched
 
     def done(self) -> bool:
         """The whole backlog was released."""
@@ -113,12 +163,10 @@ class CatchUpMerge:
         self._fetched_max[tp] = max(self._fetched_max.get(tp, most), most)
 
     def _expire(self) -> None:
-        if not self.waiting:
-            return
         now = time.monotonic()
-        for tp in [tp for tp in self.waiting if now - self._heard[tp] >= self._stall_s]:
-            self.waiting.discard(tp)
-            self._ends[tp] = self._fetched[tp]
+        for tp, end in self._ends.items():
+            if self._fetched[tp] < end and now - self._heard[tp] >= self._stall_s:
+                self._ends[tp] = self._fetched[tp]
 
 
 class Watermarks:

@@ -614,8 +614,6 @@ class IntelligenceProcessor:
                 raise EzStreamError(f"alerts: consumer failed: {error}")
         future_limit = now_ms + self._value_rules.future_tolerance_ms
         for topic, messages in by_topic.items():
-            for msg in messages:
-                self._positions[(topic, msg.partition())] = msg.offset() + 1
             self._dirty = True
             event = TOPIC_EVENTS[self._catalogue[topic]]
             screened = screen(self._decoder, messages, event, self._value_rules)
@@ -625,6 +623,8 @@ class IntelligenceProcessor:
             if topic == self._calls_topic:
                 self._calls(topic, messages, screened, now_ms, future_limit)
                 continue
+            for msg in messages:
+                self._positions[(topic, msg.partition())] = msg.offset() + 1
             observe = self.rules.observer(event)
             counted = 0
             for row in rows(event, screened.table):
@@ -640,46 +640,55 @@ class IntelligenceProcessor:
             metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc(counted)
 
     def _calls(self, topic: str, messages: list[Any], screened: Any, now_ms: int, future_limit: int) -> None:
-        """LLM calls: each with its partition's watermark; while catching up, through the merge."""
-        merge = self._merge
-        kept = iter(screened.positions.tolist())
-        next_kept = next(kept, None)
-        table_rows = iter(rows("llm_call", screened.table))
-        released = []
+        """LLM calls: each with its partition's watermark; while catching up, through the merge.
+        A fetch hands over runs of one partition's messages: the work is per run."""
+        table_rows = rows("llm_call", screened.table)
+        kept = dict(zip(screened.positions.tolist(), table_rows))
+        runs: list[list[Any]] = []  # [partition, end offset, [(offset, row)]]
         for i, msg in enumerate(messages):
-            row = None
-            if i == next_kept:
-                row = next(table_rows)
-                next_kept = next(kept, None)
-                if row.event_time > future_limit:  # see _process
-                    self.stats["future"] += 1
-                    row = None
-            tp = (topic, msg.partition())
-            if merge is not None:
-                merge.fetched(tp, msg.offset(), row)
-            elif row is not None:
-                released.append((tp, row))
-        if merge is not None:
-            for tp in {(topic, msg.partition()) for msg in messages}:
-                if merge.buffered(tp) > MERGE_HOLD_ROWS:  # bounded: fetch the others first
-                    self._pause(tp)
+            partition, offset = msg.partition(), msg.offset()
+            if not runs or runs[-1][0][1] != partition:
+                runs.append([(topic, partition), 0, []])
+            run = runs[-1]
+            run[1] = offset + 1
+            row = kept.get(i)
+            if row is None:
+                continue
+            if row.event_time > future_limit:  # see _process
+                self.stats["future"] += 1
+            else:
+                run[2].append((offset, row))
+        for tp, end, _ in runs:
+            self._positions[tp] = end
+        merge = self._merge
+        if merge is None:
+            self._observe_calls([(tp, [row for _, row in calls]) for tp, _, calls in runs], now_ms)
             return
-        self._observe_calls(released, now_ms)
+        for tp, end, calls in runs:
+            merge.fetched(tp, end, calls)
+            if merge.buffered(tp) > MERGE_HOLD_ROWS:  # bounded: fetch the others first
+                self._pause(tp)
 
-    def _observe_calls(self, released: Any, now_ms: int) -> None:
-        """Feed calls (partition, row) to the rules in their order, then move event time on."""
+    def _observe_calls(self, runs: Any, now_ms: int) -> None:
+        """Feed runs of calls (partition, rows) to the rules in their order, each call with its
+        partition's watermark; then move event time on."""
         watermarks = self._watermarks.of
         observe = self.rules.observe_call
+        emit = self._emit_alert
         heard = time.monotonic()
         counted = 0
-        for tp, row in released:
+        for tp, run in runs:
+            if not run:
+                continue
             own = watermarks.get(tp, 0)
-            for alert in observe(row, now_ms, own):
-                self._emit_alert(alert)
-            if row.event_time > own:
-                watermarks[tp] = row.event_time
+            for row in run:
+                for alert in observe(row, now_ms, own):
+                    emit(alert)
+                if row.event_time > own:
+                    own = row.event_time
+            watermarks[tp] = own
             self._watermarks.heard(tp, heard)
-            counted += 1
+            counted += len(run)
         if counted:
             self._dirty = True  # also for calls the merge released after their fetch's checkpoint
             self.stats["events"] += counted
@@ -701,7 +710,7 @@ class IntelligenceProcessor:
 
     def _advance_event_time(self) -> None:
         """Close what the minimum over the partitions' watermarks passed."""
-        low = self._watermarks.low(self._merge.waiting if self._merge is not None else frozenset())
+        low = self._watermarks.low(self._merge.behind() if self._merge is not None else frozenset())
         if low is None:
             return
         alerts, closed = self.rules.advance(low)
@@ -715,6 +724,7 @@ class IntelligenceProcessor:
         if tp not in self._paused:
             self._source.pause([TopicPartition(*tp)])
             self._paused.add(tp)
+            self.stats["catch_up_pauses"] += 1
 
     def _resume(self, tp: tuple[str, int]) -> None:
         from confluent_kafka import TopicPartition

@@ -15,14 +15,15 @@ SEED = 20261204
 
 
 def backlog(rng: random.Random, partitions: int = 4, per: int = 200) -> dict[tuple[str, int], list[Row]]:
-    """Per partition, calls in roughly time order (a call may be up to 3 s behind the one before)."""
+    """Per partition, calls in roughly time order (a call may be up to 3 s behind the one before;
+    times in steps of 500 ms, so calls of several partitions share one)."""
     out = {}
     for p in range(partitions):
         t = rng.randrange(0, 60_000)
         rows = []
         for i in range(per):
             t += rng.randrange(0, 2_000)
-            rows.append(Row(t - rng.randrange(0, 3_000), f"p{p}-{i}"))
+            rows.append(Row((t - rng.randrange(0, 3_000)) // 500 * 500, f"p{p}-{i}"))  # ties too
         out[("calls", p)] = rows
     return out
 
@@ -37,12 +38,22 @@ def replay(rows: dict, rng: random.Random) -> list[str]:
             tp = rng.choice([tp for tp in rows if left[tp] < len(rows[tp])] or [None])
             if tp is None:
                 break
-            n = rng.randrange(1, 120)
-            for offset in range(left[tp], min(left[tp] + n, len(rows[tp]))):
-                merge.fetched(tp, offset, rows[tp][offset])
-            left[tp] = min(left[tp] + n, len(rows[tp]))
-        out += [row.name for _, row in merge.release()]
+            end = min(left[tp] + rng.randrange(1, 120), len(rows[tp]))
+            merge.fetched(tp, end, [(offset, rows[tp][offset]) for offset in range(left[tp], end)])
+            left[tp] = end
+        out += [row.name for _, run in merge.release() for row in run]
     assert merge.done()
+    return out
+
+
+def k_way(rows: dict) -> list[str]:
+    """The definition: repeatedly the partition whose next call has the least (event time, partition)."""
+    at = {tp: 0 for tp in rows}
+    out = []
+    while live := [tp for tp in rows if at[tp] < len(rows[tp])]:
+        tp = min(live, key=lambda tp: (rows[tp][at[tp]].event_time, tp))
+        out.append(rows[tp][at[tp]].name)
+        at[tp] += 1
     return out
 
 
@@ -54,6 +65,7 @@ def test_the_merge_releases_a_backlog_in_one_order_whatever_the_fetches():
         orders = {tuple(replay(rows, random.Random(rng.random()))) for _ in range(5)}
         assert len(orders) == 1
         (order,) = orders
+        assert list(order) == k_way(rows)
         assert sorted(order) == sorted(r.name for r in sum(rows.values(), []))  # each once
         # Each partition's calls in their own order.
         for tp, partition_rows in rows.items():
@@ -63,12 +75,11 @@ def test_the_merge_releases_a_backlog_in_one_order_whatever_the_fetches():
 def test_a_partition_with_backlog_and_nothing_fetched_holds_the_release():
     a, b = ("calls", 0), ("calls", 1)
     merge = CatchUpMerge({a: 2, b: 1}, {a: 0, b: 0})
-    merge.fetched(a, 0, Row(500, "a0"))
-    merge.fetched(a, 1, Row(700, "a1"))
-    assert list(merge.release()) == []  # b has backlog and nothing fetched
+    merge.fetched(a, 2, [(0, Row(500, "a0")), (1, Row(700, "a1"))])
+    assert merge.release() == []  # b has backlog and nothing fetched
     assert merge.position(a, 2) == 0 and merge.position(b, 0) == 0  # a restart reads a again
-    merge.fetched(b, 0, Row(600, "b0"))
-    assert [row.name for _, row in merge.release()] == ["a0", "b0", "a1"]
+    merge.fetched(b, 1, [(0, Row(600, "b0"))])
+    assert [[row.name for row in run] for _, run in merge.release()] == [["a0"], ["b0"], ["a1"]]
     assert merge.done() and merge.position(a, 2) == 2
     assert merge.skew_ms == 100  # b's call came 100 ms behind what a had already handed over
 
@@ -76,12 +87,12 @@ def test_a_partition_with_backlog_and_nothing_fetched_holds_the_release():
 def test_a_partition_that_fetches_nothing_stops_holding_the_release_after_the_stall_time():
     a, b = ("calls", 0), ("calls", 1)
     merge = CatchUpMerge({a: 1, b: 5}, {a: 0, b: 0}, stall_s=0.05)
-    merge.fetched(a, 0, Row(1, "a0"))
-    assert list(merge.release()) == []
+    merge.fetched(a, 1, [(0, Row(1, "a0"))])
+    assert merge.release() == []
     deadline = time.monotonic() + 5
     released = []
     while not released and time.monotonic() < deadline:
-        released = [row.name for _, row in merge.release()]
+        released = [row.name for _, run in merge.release() for row in run]
     assert released == ["a0"] and merge.done()
 
 
