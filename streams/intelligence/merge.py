@@ -4,10 +4,11 @@ Kafka hands a consumer its partitions in chunks: catching up on a backlog, a fet
 call of one partition before any call of the next. Rules fed in that order would see one
 partition's future before another's past. :class:`CatchUpMerge` holds the calls of a backlog per
 partition and releases them in one order, whatever the fetches were: a k-way merge of the
-partitions by the event time of their next call, which waits while a partition that still has
-backlog has nothing fetched. The order is a function of each partition's sequence alone, so a
-replay from any offset releases the calls of the backlog in the order the first run would
-have, and live traffic, whose calls arrive in about that order, gives the same alerts and windows.
+partitions by the event time of their next call, released only as far as no partition with
+backlog left to fetch can still put a call before it. The order is a function of each
+partition's sequence alone, so a replay releases the calls of a backlog in the same order
+whatever Kafka's fetches were, and live traffic, whose calls arrive in about that order, gives
+the same alerts and windows.
 
 :class:`Watermarks` keeps the event time of each partition (the greatest released) and the
 minimum over the partitions that are not idle: windows and days close on that minimum, and a
