@@ -570,8 +570,10 @@ class IntelligenceProcessor:
             self._release(int(time.time() * 1000))
         # A minute's end closes hundreds of windows at once: a share per turn keeps the alerts
         # quick, and the backlog bounded however many windows each batch closes.
-        for _ in range(min(max(WINDOWS_PER_TURN, len(self._closed_windows) // 10), len(self._closed_windows))):
-            self._emit_window(*self._closed_windows.popleft())
+        if self._closed_windows:
+            for _ in range(min(max(WINDOWS_PER_TURN, len(self._closed_windows) // 10), len(self._closed_windows))):
+                self._emit_window(*self._closed_windows.popleft())
+            self._dirty = True  # the windows still to produce are part of the state
         self._producer.poll(0)
         if (not self._caught_up and self._merge is None
                 and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items())):
