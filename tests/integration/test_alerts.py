@@ -10,6 +10,7 @@ alert derived so far is on Kafka, so reading ``agent.alerts`` to its end then sh
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -433,7 +434,8 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
     processor in event-time order, one agent's slot at a time. The same messages then go to
     fresh topics at once, where a new processor reads them from offset 0: Kafka hands it whole
     partitions per fetch, minutes apart in event time. Every alert and every closed window is
-    the same, field for field."""
+    the same, field for field; and again on a third set of topics, live with the worker killed
+    (-9) twice at seeded random points."""
     # Windows close on event time only: the idle period is longer than the test.
     (tmp_path / "no-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600"))
     live = intel.model_copy(update={"alerts_config_file": tmp_path / "no-idle.toml", "alerts_checkpoint_seconds": 0.1})
@@ -490,3 +492,36 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
     windows, replayed = by_id(read_topic(live, "agent.llm_windows")), by_id(read_topic(replay, "agent.llm_windows"))
     assert len(windows) >= 20 and {w["closed_by"] for w in windows} == {"watermark"}
     assert replayed == windows
+
+    # Once more on fresh topics, live, with the active worker killed (-9) twice at seeded random
+    # points: after the rules took a batch and before its checkpoint, then after alerts went out
+    # and before the checkpoint recording them. Each restart replays from the last checkpoint.
+    seed = int(uuid.uuid4().int % 10_000)
+    print("kill points seed", seed)
+    rng = random.Random(seed)
+    plan = [f"alerts.after_batch={rng.randrange(5, 40)}", f"alerts.before_checkpoint={rng.randrange(5, 40)}", ""]
+    killed = make_pipe(topic_prefix=f"{live.topic_prefix}kills.", budgets_file=live.budgets_file,
+                       alerts_config_file=live.alerts_config_file, alerts_checkpoint_seconds=0.1)
+    deaths = 0
+    worker = start(killed, name="kills-0", failpoints=plan[0])
+    with EventProducer(killed) as producer:
+        sent = 0
+        for calls in slots:
+            for c in calls:
+                producer.send(c)
+            producer.flush()
+            sent += len(calls)
+            while True:
+                try:
+                    processed(worker, sent, timeout_s=30)
+                    break
+                except AssertionError:
+                    if not worker.exited():
+                        raise
+                    assert worker.proc.returncode == -9, (plan, seed)
+                    deaths += 1
+                    worker = start(killed, name=f"kills-{deaths}", failpoints=plan[deaths])
+    assert deaths == 2, (plan, seed)
+    assert processed(worker, count)["late_events"] == first["late_events"]
+    assert by_id(alerts_of(killed)) == alerts, (plan, seed)
+    assert by_id(read_topic(killed, "agent.llm_windows")) == windows, (plan, seed)
