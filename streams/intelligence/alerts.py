@@ -332,9 +332,12 @@ class BudgetRule:
         spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
         alerts: list[Alert] = []
         for percent, severity in BUDGET_THRESHOLDS:
-            key = f"{day_key}|{percent}"
             # Percent as an int keeps 80% of $100 exactly $80 (0.8 * 100 is, 0.9 * 10 is not).
-            if key in self._firing or spend * 100 < budget * percent:
+            # Thresholds rise: under one, under all (most calls; no key built for them).
+            if spend * 100 < budget * percent:
+                break
+            key = f"{day_key}|{percent}"
+            if key in self._firing:
                 continue
             day_text = utc(day).strftime("%Y-%m-%d")
             by_agent = scope == "agent"
@@ -422,6 +425,8 @@ class _SlidingCounts:
         self.clock_ms = 0
         # subject -> bucket start -> counters
         self._buckets: dict[str, dict[int, list[int]]] = {}
+        # subject -> counters summed over its buckets (kept as buckets come and go)
+        self._sums: dict[str, list[int]] = {}
         #: The window start buckets were last dropped for: the clock moves on every call, the
         #: window only once per bucket, and the sweep over every subject is done only then.
         self._swept_start: int | None = None
@@ -436,10 +441,18 @@ class _SlidingCounts:
         self.advance(at_ms)
         if at_ms < self._swept_start:  # the window's start, as advance() left it
             return False
-        buckets = self._buckets.setdefault(subject, {})
-        bucket = buckets.setdefault(at_ms - at_ms % self.bucket_ms, [0] * len(counts))
+        buckets = self._buckets.get(subject)
+        if buckets is None:
+            buckets = self._buckets[subject] = {}
+            self._sums[subject] = [0] * len(counts)
+        start = at_ms - at_ms % self.bucket_ms
+        bucket = buckets.get(start)
+        if bucket is None:
+            bucket = buckets[start] = [0] * len(counts)
+        sums = self._sums[subject]
         for i, count in enumerate(counts):
             bucket[i] += count
+            sums[i] += count
         return True
 
     def advance(self, now_ms: int) -> None:
@@ -451,18 +464,21 @@ class _SlidingCounts:
         self._swept_start = start
         for subject in list(self._buckets):
             buckets = self._buckets[subject]
-            for bucket in [b for b in buckets if b < start]:
-                del buckets[bucket]
+            old = [b for b in buckets if b < start]
+            if not old:
+                continue
+            sums = self._sums[subject]
+            for bucket in old:
+                for i, count in enumerate(buckets.pop(bucket)):
+                    sums[i] -= count
             if not buckets:
                 del self._buckets[subject]
+                del self._sums[subject]
 
     def totals(self, subject: str, width: int) -> list[int]:
         """The subject's ``width`` counters summed over the window."""
-        sums = [0] * width
-        for counts in self._buckets.get(subject, {}).values():
-            for i, count in enumerate(counts):
-                sums[i] += count
-        return sums
+        sums = self._sums.get(subject)
+        return list(sums) if sums is not None else [0] * width
 
     def size(self) -> int:
         """Buckets held, over all subjects."""
@@ -481,8 +497,10 @@ class _SlidingCounts:
         self.clock_ms = data["clock_ms"]
         self._buckets = {
             subject: {int(start): list(counts) for start, counts in buckets}
-            for subject, buckets in data["buckets"].items()
+            for subject, buckets in data["buckets"].items() if buckets
         }
+        self._sums = {subject: [sum(column) for column in zip(*buckets.values())]
+                      for subject, buckets in self._buckets.items()}
 
 
 # ----------------------------------------------------------------------------------- error rate
