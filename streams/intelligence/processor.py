@@ -110,6 +110,17 @@ def rows(event: str, table: pa.Table) -> list[Any]:
     return list(map(row_type._make, zip(*columns)))
 
 
+def _by_key(by_partition: dict[tuple[str, int], int]) -> dict[str, int]:
+    """``{(topic, partition): n}`` as the checkpoint's JSON holds it: ``{"topic:partition": n}``."""
+    return {f"{topic}:{partition}": n for (topic, partition), n in by_partition.items()}
+
+
+def _by_partition(by_key: dict[str, int]) -> dict[tuple[str, int], int]:
+    """The inverse of :func:`_by_key` (topic names may hold ':'; the partition is last)."""
+    return {(topic, int(partition)): n for topic, partition, n in
+            ((*key.rsplit(":", 1), n) for key, n in by_key.items())}
+
+
 def state_topic(settings: Settings) -> str:
     """The compacted topic of the role's checkpoints; its one partition is the lease."""
     return topic_name(settings, "ezstream.alerts.state")
@@ -411,10 +422,9 @@ class IntelligenceProcessor:
         self._closed_windows.extend((ClosedWindow(**closed), by)
                                     for closed, by in (checkpoint or {}).get("pending_windows", []))
         self._snapshot = checkpoint["snapshot"] if checkpoint else 0
-        saved = {tuple(k.rsplit(":", 1)): v for k, v in (checkpoint or {}).get("positions", {}).items()}
-        self._watermarks = Watermarks(self.config.windows.idle_ms / 1000, {
-            (topic, int(partition)): ms for topic, partition, ms in
-            ((*key.rsplit(":", 1), ms) for key, ms in (checkpoint or {}).get("watermarks", {}).items())})
+        saved = _by_partition((checkpoint or {}).get("positions", {}))
+        self._watermarks = Watermarks(self.config.windows.idle_ms / 1000,
+                                      _by_partition((checkpoint or {}).get("watermarks", {})))
         self.stats = Counter((checkpoint or {}).get("stats", {}))
 
         self._source = Consumer({
@@ -432,7 +442,7 @@ class IntelligenceProcessor:
         for topic in self._catalogue:
             for partition in sorted(metadata.topics[topic].partitions):
                 low, high = self._source.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-                start = max(int(saved.get((topic, str(partition)), low)), low)
+                start = max(saved.get((topic, partition), low), low)
                 self._positions[(topic, partition)] = start
                 self._catch_up_to[(topic, partition)] = high
                 assignment.append(TopicPartition(topic, partition, start))
@@ -786,9 +796,9 @@ class IntelligenceProcessor:
             "time_ms": int(time.time() * 1000),
             # While catching up, a partition's calls held by the merge are not in the rules' state
             # yet: its position is the first of them.
-            "positions": {f"{t}:{p}": offset if self._merge is None else self._merge.position((t, p), offset)
-                          for (t, p), offset in self._positions.items()},
-            "watermarks": {f"{t}:{p}": ms for (t, p), ms in self._watermarks.of.items()},
+            "positions": _by_key({tp: offset if self._merge is None else self._merge.position(tp, offset)
+                                  for tp, offset in self._positions.items()}),
+            "watermarks": _by_key(self._watermarks.of),
             "rules": self.rules.to_dict(),
             # Closed but not produced yet: in the state, so a backlog never holds checkpoints off.
             "pending_windows": [[asdict(closed), by] for closed, by in self._closed_windows],
@@ -866,8 +876,8 @@ class IntelligenceProcessor:
     def _commit_positions(self, positions: dict[str, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets = [TopicPartition(t, int(p), o) for t, p, o in
-                   ((*key.rsplit(":", 1), offset) for key, offset in positions.items())]
+        offsets = [TopicPartition(topic, partition, offset)
+                   for (topic, partition), offset in _by_partition(positions).items()]
         try:
             self._source.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:  # monitoring only: the checkpoint holds the truth
@@ -879,7 +889,7 @@ class IntelligenceProcessor:
             "active": self._active,
             "caught_up": self._caught_up,
             "snapshot": self._snapshot,
-            "positions": {f"{t}:{p}": o for (t, p), o in self._positions.items()},
+            "positions": _by_key(self._positions),
             "late_events": self.rules.late_events if self.rules is not None else self._late_events,
             "stats": {**self.stats, "checkpoints": self._checkpoints_written},
         }

@@ -170,6 +170,21 @@ def read_topic(settings, base: str) -> list[dict]:
         consumer.close()
 
 
+def produce_slots(settings, slots: list[list], after_each=None) -> int:
+    """Produce each slot's events in order, flushed slot by slot, calling ``after_each(sent so
+    far)`` after each; how many were delivered."""
+    with EventProducer(settings) as producer:
+        sent = 0
+        for events in slots:
+            for event in events:
+                producer.send(event)
+            producer.flush()
+            sent += len(events)
+            if after_each is not None:
+                after_each(sent)
+    return sum(producer.delivered.values())
+
+
 def alerts_of(settings, kind: str | None = None) -> list[dict]:
     return [a for a in read_topic(settings, "agent.alerts") if kind is None or a["kind"] == kind]
 
@@ -463,19 +478,8 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
     count = sum(map(len, slots))
 
     worker = start(live, name="live")
-    with EventProducer(live) as producer:
-        sent = 0
-        for calls in slots:
-            for c in calls:
-                producer.send(c)
-            producer.flush()
-            sent += len(calls)
-            processed(worker, sent)
-    with EventProducer(replay) as producer:
-        for calls in slots:
-            for c in calls:
-                producer.send(c)
-    assert sum(producer.delivered.values()) == count
+    assert produce_slots(live, slots, lambda sent: processed(worker, sent)) == count
+    assert produce_slots(replay, slots) == count
     replaying = start(replay, name="replay")
     done = wait_for(lambda: (s := processed(replaying, count)).get("caught_up") and s, 60, "the replay to catch up")
 
@@ -504,23 +508,21 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
                        alerts_config_file=live.alerts_config_file, alerts_checkpoint_seconds=0.1)
     deaths = 0
     worker = start(killed, name="kills-0", failpoints=plan[0])
-    with EventProducer(killed) as producer:
-        sent = 0
-        for calls in slots:
-            for c in calls:
-                producer.send(c)
-            producer.flush()
-            sent += len(calls)
-            while True:
-                try:
-                    processed(worker, sent, timeout_s=30)
-                    break
-                except AssertionError:
-                    if not worker.exited():
-                        raise
-                    assert worker.proc.returncode == -9, (plan, seed)
-                    deaths += 1
-                    worker = start(killed, name=f"kills-{deaths}", failpoints=plan[deaths])
+
+    def processed_or_restarted(sent: int) -> None:
+        nonlocal deaths, worker
+        while True:
+            try:
+                processed(worker, sent, timeout_s=30)
+                return
+            except AssertionError:
+                if not worker.exited():
+                    raise
+                assert worker.proc.returncode == -9, (plan, seed)
+                deaths += 1
+                worker = start(killed, name=f"kills-{deaths}", failpoints=plan[deaths])
+
+    assert produce_slots(killed, slots, processed_or_restarted) == count
     assert deaths == 2, (plan, seed)
     assert processed(worker, count)["late_events"] == first["late_events"]
     assert by_id(alerts_of(killed)) == alerts, (plan, seed)
