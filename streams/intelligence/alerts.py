@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -113,12 +113,32 @@ class _Condition:
 def _conditions_to_dict(conditions: Mapping[str, _Condition]) -> dict[str, Any]:
     # A shallow copy per condition (asdict's deep copy is ten times slower): checkpoints of a
     # busy day's state must not stall the alert path. details is the one mutable field.
-    return {key: {**vars(condition), "details": dict(condition.details)}
-            for key, condition in conditions.items()}
+    return {key: _condition_dict(condition) for key, condition in conditions.items()}
 
 
 def _conditions_from_dict(data: Mapping[str, Any]) -> dict[str, _Condition]:
     return {key: _Condition(**value) for key, value in data.items()}
+
+
+def changes(source: Mapping[str, Any], keys: set[str], encode: Callable[[Any], Any] = dict) -> dict[str, Any]:
+    """What became of ``keys`` of ``source`` since the last delta: each key's value as
+    ``to_dict`` writes it, None for a key no longer there; ``keys`` is emptied."""
+    out = {key: (encode(source[key]) if key in source else None) for key in keys}
+    keys.clear()
+    return out
+
+
+def merge_changes(target: dict[str, Any], delta: Mapping[str, Any]) -> None:
+    """Apply :func:`changes` to ``target``, a map as ``to_dict`` wrote it."""
+    for key, value in delta.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
+def _condition_dict(condition: _Condition) -> dict[str, Any]:
+    return {**vars(condition), "details": dict(condition.details)}
 
 
 def _utc_text(ms: int) -> str:
@@ -263,6 +283,9 @@ class BudgetRule:
         self._days: dict[int, set[str]] = {}
         # "scope|subject|day_ms|percent" -> the firing condition.
         self._firing: dict[str, _Condition] = {}
+        # Keys of _spend and _firing changed since the last delta().
+        self._changed_spend: set[str] = set()
+        self._changed_firing: set[str] = set()
 
     def observe(self, call: LlmCall, watermark_ms: int | None = None) -> list[Alert]:
         """Add the call's cost to its tenant's and agent's day; the alerts it raises or clears.
@@ -300,6 +323,7 @@ class BudgetRule:
         ended = [key.rsplit("|", 1) for key in self._firing if key.rsplit("|", 1)[0] in over]
         for day_key, percent in sorted(ended, key=lambda parts: (parts[0], int(parts[1]))):
             condition = self._firing.pop(f"{day_key}|{percent}")
+            self._changed_firing.add(f"{day_key}|{percent}")
             spend = self._spend[day_key]
             budget = float(condition.details["budget_usd"])
             alerts.append(
@@ -318,6 +342,7 @@ class BudgetRule:
             )
         for key in over:
             del self._spend[key]
+        self._changed_spend |= over
         return alerts
 
     def _spend_on(
@@ -330,6 +355,7 @@ class BudgetRule:
         if day_key not in self._spend:
             self._days.setdefault(day, set()).add(day_key)
         spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
+        self._changed_spend.add(day_key)
         alerts: list[Alert] = []
         for percent, severity in BUDGET_THRESHOLDS:
             # Percent as an int keeps 80% of $100 exactly $80 (0.8 * 100 is, 0.9 * 10 is not).
@@ -341,6 +367,7 @@ class BudgetRule:
                 continue
             day_text = utc(day).strftime("%Y-%m-%d")
             by_agent = scope == "agent"
+            self._changed_firing.add(key)
             condition = self._firing[key] = _Condition(
                 alert_id=alert_id("budget", subject, f"{scope}|{day_text}|{percent}"),
                 kind="budget",
@@ -387,6 +414,23 @@ class BudgetRule:
             "firing": _conditions_to_dict(self._firing),
         }
 
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last delta, in :meth:`to_dict`'s shape: the scalars, and of the
+        maps only the entries changed (None: gone). :meth:`apply_delta` adds it to a state."""
+        return {
+            "clock_ms": self.clock_ms,
+            "late_events": self.late_events,
+            "spend": changes(self._spend, self._changed_spend, float),
+            "firing": changes(self._firing, self._changed_firing, _condition_dict),
+        }
+
+    @staticmethod
+    def apply_delta(data: dict[str, Any], delta: Mapping[str, Any]) -> None:
+        """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
+        data["clock_ms"], data["late_events"] = delta["clock_ms"], delta["late_events"]
+        merge_changes(data["spend"], delta["spend"])
+        merge_changes(data["firing"], delta["firing"])
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config: BudgetConfig) -> BudgetRule:
         """The rule in the state :meth:`to_dict` described, with the current configuration."""
@@ -430,6 +474,8 @@ class _SlidingCounts:
         #: The window start buckets were last dropped for: the clock moves on every call, the
         #: window only once per bucket, and the sweep over every subject is done only then.
         self._swept_start: int | None = None
+        #: Subjects whose buckets changed since the last delta().
+        self.changed: set[str] = set()
 
     def bounds(self) -> tuple[int, int]:
         """The window ``[start, end)`` at the clock."""
@@ -453,6 +499,7 @@ class _SlidingCounts:
         for i, count in enumerate(counts):
             bucket[i] += count
             sums[i] += count
+        self.changed.add(subject)
         return True
 
     def advance(self, now_ms: int) -> None:
@@ -467,6 +514,7 @@ class _SlidingCounts:
             old = [b for b in buckets if b < start]
             if not old:
                 continue
+            self.changed.add(subject)
             sums = self._sums[subject]
             for bucket in old:
                 for i, count in enumerate(buckets.pop(bucket)):
@@ -487,11 +535,12 @@ class _SlidingCounts:
     def to_dict(self) -> dict[str, Any]:
         return {
             "clock_ms": self.clock_ms,
-            "buckets": {
-                subject: [[start, list(counts)] for start, counts in sorted(buckets.items())]
-                for subject, buckets in self._buckets.items()
-            },
+            "buckets": {subject: _bucket_list(buckets) for subject, buckets in self._buckets.items()},
         }
+
+    def delta(self) -> dict[str, Any]:
+        """The clock, and the buckets of the subjects changed since the last delta."""
+        return {"clock_ms": self.clock_ms, "buckets": changes(self._buckets, self.changed, _bucket_list)}
 
     def load(self, data: Mapping[str, Any]) -> None:
         self.clock_ms = data["clock_ms"]
@@ -501,6 +550,10 @@ class _SlidingCounts:
         }
         self._sums = {subject: [sum(column) for column in zip(*buckets.values())]
                       for subject, buckets in self._buckets.items()}
+
+
+def _bucket_list(buckets: Mapping[int, list[int]]) -> list[list[Any]]:
+    return [[start, list(counts)] for start, counts in sorted(buckets.items())]
 
 
 # ----------------------------------------------------------------------------------- error rate
@@ -519,6 +572,8 @@ class _SlidingCountRule:
         self.late_events = 0
         self._counts = _SlidingCounts(config.window_ms, config.bucket_ms)
         self._firing: dict[str, _Condition] = {}
+        #: Subjects of _firing changed since the last delta().
+        self._changed_firing: set[str] = set()
 
     def size(self) -> int:
         """Entries held: buckets of counts and firing conditions."""
@@ -531,6 +586,22 @@ class _SlidingCountRule:
             "counts": self._counts.to_dict(),
             "firing": _conditions_to_dict(self._firing),
         }
+
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last delta (see :meth:`BudgetRule.delta`)."""
+        return {
+            "late_events": self.late_events,
+            "counts": self._counts.delta(),
+            "firing": changes(self._firing, self._changed_firing, _condition_dict),
+        }
+
+    @staticmethod
+    def apply_delta(data: dict[str, Any], delta: Mapping[str, Any]) -> None:
+        """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
+        data["late_events"] = delta["late_events"]
+        data["counts"]["clock_ms"] = delta["counts"]["clock_ms"]
+        merge_changes(data["counts"]["buckets"], delta["counts"]["buckets"])
+        merge_changes(data["firing"], delta["firing"])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config: Any = None):
@@ -588,6 +659,7 @@ class ErrorRateRule(_SlidingCountRule):
             if quiet < self.config.forget_after_ms:
                 continue
             del self._firing[subject]
+            self._changed_firing.add(subject)
             alerts.append(_forgotten(
                 condition, condition.last_seen_ms, now_ms, self.config.forget_after_ms,
                 f"{subject}: no call for {_duration_text(quiet)} (since {_utc_text(condition.last_seen_ms)}); "
@@ -610,6 +682,7 @@ class ErrorRateRule(_SlidingCountRule):
             return []
         if condition is not None and rate >= self.config.resolve_rate:
             condition.last_seen_ms = max(condition.last_seen_ms, at)
+            self._changed_firing.add(subject)
             return []
         # An alert: its text (most calls raise or clear nothing, and skip this).
         window = self._counts.bounds()
@@ -618,6 +691,7 @@ class ErrorRateRule(_SlidingCountRule):
             f"{errors} of {calls} calls failed ({rate:.1%}) "
             f"in the {seconds} s to {_utc_text(window[1])}"
         )
+        self._changed_firing.add(subject)
         if condition is None:
             condition = self._firing[subject] = _Condition(
                 alert_id=alert_id("error_rate", subject, str(window[0])),
@@ -700,7 +774,9 @@ class RateLimitStormRule(_SlidingCountRule):
             condition = self._firing.get(subject)
             if condition is not None:
                 condition.last_seen_ms = max(condition.last_seen_ms, at)
+                self._changed_firing.add(subject)
             elif count > self.config.fire_count:
+                self._changed_firing.add(subject)
                 condition = self._firing[subject] = _Condition(
                     alert_id=alert_id("rate_limit_storm", subject, str(self._counts.bounds()[0])),
                     kind="rate_limit_storm",
@@ -734,6 +810,7 @@ class RateLimitStormRule(_SlidingCountRule):
             (count,) = self._counts.totals(subject, 1)
             if count <= self.config.resolve_count:
                 condition = self._firing.pop(subject)
+                self._changed_firing.add(subject)
                 alerts.append(self._alert(condition, "resolved", self._counts.clock_ms, count))
         return alerts
 
@@ -785,6 +862,8 @@ class SilentAgentRule:
         # agent_id -> latest telemetry: time, agent_type, tenant_id, trace_id
         self._last: dict[str, dict[str, Any]] = {}
         self._firing: dict[str, _Condition] = {}
+        # Agents whose entries changed since the last delta() (in _last, _firing or both).
+        self._changed: set[str] = set()
 
     def observe(self, telemetry: Telemetry) -> list[Alert]:
         """Note the agent is alive; resolves its silence, if it was silent."""
@@ -793,6 +872,7 @@ class SilentAgentRule:
         # A redelivered or reordered report is no news of life.
         if last is not None and at <= last["at_ms"]:
             return []
+        self._changed.add(telemetry.agent_id)
         self._last[telemetry.agent_id] = {
             "at_ms": at,
             "agent_type": telemetry.agent_type,
@@ -824,6 +904,7 @@ class SilentAgentRule:
             silence = now_ms - last["at_ms"]
             if agent_id in self._firing or silence < self.config.silent_after_ms:
                 continue
+            self._changed.add(agent_id)
             condition = self._firing[agent_id] = _Condition(
                 alert_id=alert_id("silent_agent", agent_id, str(last["at_ms"])),
                 kind="silent_agent",
@@ -855,6 +936,7 @@ class SilentAgentRule:
         for agent_id in sorted(agent for agent, last in self._last.items() if last["at_ms"] <= forget_before):
             last = self._last.pop(agent_id)
             condition = self._firing.pop(agent_id)  # fired above, if not before
+            self._changed.add(agent_id)
             alerts.append(_forgotten(
                 condition, last["at_ms"], now_ms, self.config.forget_after_ms,
                 f"agent {agent_id}: no telemetry for {_duration_text(now_ms - last['at_ms'])} (since "
@@ -872,6 +954,17 @@ class SilentAgentRule:
             "last": {agent: dict(last) for agent, last in self._last.items()},
             "firing": _conditions_to_dict(self._firing),
         }
+
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last delta (see :meth:`BudgetRule.delta`)."""
+        return {"last": changes(self._last, set(self._changed)),
+                "firing": changes(self._firing, self._changed, _condition_dict)}
+
+    @staticmethod
+    def apply_delta(data: dict[str, Any], delta: Mapping[str, Any]) -> None:
+        """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
+        merge_changes(data["last"], delta["last"])
+        merge_changes(data["firing"], delta["firing"])
 
     @classmethod
     def from_dict(
@@ -927,6 +1020,8 @@ class StuckTaskRule:
         # tenant_id, trace_id
         self._running: dict[str, dict[str, Any]] = {}
         self._firing: dict[str, _Condition] = {}
+        # Tasks whose entries changed since the last delta() (in _running, _firing or both).
+        self._changed: set[str] = set()
 
     def observe(self, event: TaskEvent) -> list[Alert]:
         """Track a started task, forget a finished one; resolves a stuck one that moved on."""
@@ -936,6 +1031,7 @@ class StuckTaskRule:
             # A redelivered start must not restart the SLA clock.
             if running is not None and running["attempt"] == event.attempt:
                 return []
+            self._changed.add(event.task_id)
             self._running[event.task_id] = {
                 "started_ms": at,
                 "attempt": event.attempt,
@@ -948,6 +1044,7 @@ class StuckTaskRule:
             outcome = f"started attempt {event.attempt}"
         elif event.status in _TERMINAL and running is not None:
             del self._running[event.task_id]
+            self._changed.add(event.task_id)
             outcome = event.status
         else:
             return []
@@ -974,6 +1071,7 @@ class StuckTaskRule:
             sla = self.config.sla_ms(running["queue"])
             if task_id in self._firing or ran < sla:
                 continue
+            self._changed.add(task_id)
             condition = self._firing[task_id] = _Condition(
                 alert_id=alert_id("stuck_task", task_id, str(running["attempt"])),
                 kind="stuck_task",
@@ -1006,6 +1104,7 @@ class StuckTaskRule:
                               if running["started_ms"] <= forget_before):
             running = self._running.pop(task_id)
             condition = self._firing.pop(task_id)  # fired above, if not before
+            self._changed.add(task_id)
             alerts.append(_forgotten(
                 condition, running["started_ms"], now_ms, self.config.forget_after_ms,
                 f"task {task_id} on {running['queue']} (attempt {running['attempt']}): no news for "
@@ -1023,6 +1122,17 @@ class StuckTaskRule:
             "running": {task: dict(running) for task, running in self._running.items()},
             "firing": _conditions_to_dict(self._firing),
         }
+
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last delta (see :meth:`BudgetRule.delta`)."""
+        return {"running": changes(self._running, set(self._changed)),
+                "firing": changes(self._firing, self._changed, _condition_dict)}
+
+    @staticmethod
+    def apply_delta(data: dict[str, Any], delta: Mapping[str, Any]) -> None:
+        """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
+        merge_changes(data["running"], delta["running"])
+        merge_changes(data["firing"], delta["firing"])
 
     @classmethod
     def from_dict(

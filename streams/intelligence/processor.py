@@ -242,6 +242,24 @@ class Rules:
                 "rate_limit": self.rate_limit.to_dict(), "silent": self.silent.to_dict(),
                 "stuck": self.stuck.to_dict(), "windows": self.windows.to_dict()}
 
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last delta (or since the state was loaded): each rule's scalars
+        and its changed entries, in :meth:`to_dict`'s shape. A :meth:`to_dict` taken right after a
+        delta, plus every later delta through :meth:`apply_delta`, is the state of now."""
+        return {"budget": self.budget.delta(), "error_rate": self.error_rate.delta(),
+                "rate_limit": self.rate_limit.delta(), "silent": self.silent.delta(),
+                "stuck": self.stuck.delta(), "windows": self.windows.delta()}
+
+    @staticmethod
+    def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
+        """Bring ``state`` (a :meth:`to_dict`) to the state after ``delta`` (a :meth:`delta`)."""
+        BudgetRule.apply_delta(state["budget"], delta["budget"])
+        ErrorRateRule.apply_delta(state["error_rate"], delta["error_rate"])
+        RateLimitStormRule.apply_delta(state["rate_limit"], delta["rate_limit"])
+        SilentAgentRule.apply_delta(state["silent"], delta["silent"])
+        StuckTaskRule.apply_delta(state["stuck"], delta["stuck"])
+        WindowStore.apply_delta(state["windows"], delta["windows"])
+
 
 class Webhook:
     """Posts alerts to the configured webhook from a thread of its own, so a slow or dead

@@ -226,6 +226,8 @@ class WindowStore:
         #: Events that came after their window closed.
         self.late_events = 0
         self._open: dict[int, dict[WindowKey, WindowAggregate]] = {}
+        #: (start, key) of the windows changed (added to or closed) since the last delta().
+        self._changed: set[tuple[int, WindowKey]] = set()
 
     def add(self, call: LlmCall, *, now_ms: int, watermark_ms: int | None = None) -> Arrival:
         """Count ``call`` in its window; ``now_ms`` is the wall clock (epoch milliseconds).
@@ -255,6 +257,7 @@ class WindowStore:
         if aggregate is None:  # not setdefault: a new aggregate (and its sketch) per call costs
             aggregate = window[key] = WindowAggregate()
         aggregate.add(call)
+        self._changed.add((start, key))
         return arrival
 
     def close_due(self, watermark_ms: int | None = None) -> list[ClosedWindow]:
@@ -291,27 +294,53 @@ class WindowStore:
         for start in sorted(s for s in self._open if s + self.size_ms <= limit_ms):
             for key, agg in sorted(self._open.pop(start).items()):
                 closed.append(_closed(key, start, start + self.size_ms, agg))
+                self._changed.add((start, key))
         return closed
 
     def size(self) -> int:
         """Open windows held (one per key and window start)."""
         return sum(map(len, self._open.values()))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The store's whole state as a JSON-friendly dict, for a changelog-backed table."""
-        return {
+    def to_dict(self, windows: bool = True) -> dict[str, Any]:
+        """The store's whole state as a JSON-friendly dict (``windows=False``: its scalars only)."""
+        state: dict[str, Any] = {
             "size_ms": self.size_ms,
             "grace_ms": self.grace_ms,
             "watermark_ms": self.watermark_ms,
             "closed_until_ms": self.closed_until_ms,
             "last_added_ms": self.last_added_ms,
             "late_events": self.late_events,
-            "windows": [
+        }
+        if windows:
+            state["windows"] = [
                 {"start_ms": start, "key": list(key), "totals": agg.to_dict()}
                 for start, aggs in sorted(self._open.items())
                 for key, agg in sorted(aggs.items())
-            ],
-        }
+            ]
+        return state
+
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last delta, in :meth:`to_dict`'s shape: the scalars, and the
+        windows changed (``totals`` None: closed). :meth:`apply_delta` adds it to a state."""
+        windows = []
+        for start, key in sorted(self._changed):
+            aggregate = self._open.get(start, {}).get(key)
+            windows.append({"start_ms": start, "key": list(key),
+                            "totals": None if aggregate is None else aggregate.to_dict()})
+        self._changed.clear()
+        return {**self.to_dict(windows=False), "windows": windows}
+
+    @staticmethod
+    def apply_delta(data: dict[str, Any], delta: dict[str, Any]) -> None:
+        """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
+        windows = {(w["start_ms"], tuple(w["key"])): w for w in data["windows"]}
+        for window in delta["windows"]:
+            slot = (window["start_ms"], tuple(window["key"]))
+            if window["totals"] is None:
+                windows.pop(slot, None)
+            else:
+                windows[slot] = window
+        data.update({**delta, "windows": [windows[slot] for slot in sorted(windows)]})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WindowStore:

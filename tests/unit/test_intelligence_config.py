@@ -135,3 +135,64 @@ def test_rules_fed_from_the_native_decoders_rows_give_the_same_alerts_and_state_
     key = lambda a: (a.alert_id, a.state)  # noqa: E731  topics are fed one after the other
     assert sorted(got, key=key) == sorted(expected, key=key)
     assert by_rows.to_dict() == by_events.to_dict()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_snapshot_plus_the_deltas_after_it_is_exactly_the_state(seed):
+    """The alerts role writes each step's changes (:meth:`Rules.delta`) and now and then the whole
+    state: over simulated traffic with budgets, failure and rate-limit bursts, wall-clock ticks
+    (silent agents, stuck tasks, forgotten subjects), windows closing and days ending, the state
+    at a random snapshot plus every delta after it, through JSON, is the state itself."""
+    import random
+
+    from streams.intelligence.alerts import (BudgetConfig, Budgets, RateLimitStormConfig, SilentAgentConfig,
+                                             StuckTaskConfig)
+    from streams.intelligence.config import WindowConfig
+    from streams.simulate import generate
+
+    print("seed", seed)
+    rng = random.Random(seed)
+    config = IntelligenceConfig(
+        budget=BudgetConfig(Budgets(tenant_daily_usd=20.0, agent_daily_usd=0.5)),
+        silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
+        stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
+                                   forget_after_ms=900_000),
+        rate_limit_storm=RateLimitStormConfig(fire_count=5, resolve_count=1),
+        windows=WindowConfig(size_ms=60_000, grace_ms=5_000, idle_ms=10_000))
+    start = T0 + timedelta(hours=23, minutes=50)  # a day ends within the run
+    events = list(generate(seed, start_time=start, count=12_000, rate=10))
+    for i, event in enumerate(events):
+        if isinstance(event, LlmCall) and 3_000 <= i < 4_000:
+            event.status = "rate_limited" if i % 2 else "error"
+    rules = Rules(config)
+    snapshot_at = rng.randrange(76, 96)  # within the failure burst: conditions fire across it
+    snapshot, kinds, compared = None, set(), 0
+
+    def step_done() -> None:
+        # The step's delta; from the snapshot on, the snapshot plus the deltas is the state.
+        nonlocal snapshot, compared
+        delta = json.loads(json.dumps(rules.delta()))
+        if snapshot is not None:
+            Rules.apply_delta(snapshot, delta)
+            assert snapshot == json.loads(json.dumps(rules.to_dict())), f"step {step}"
+            compared += 1
+        elif step == snapshot_at:
+            snapshot = json.loads(json.dumps(rules.to_dict()))
+
+    for step, begin in enumerate(range(0, len(events), 40)):
+        for event in events[begin:begin + 40]:
+            at = int(event.event_time.timestamp() * 1000)
+            alerts = rules.observe(event, at)
+            if isinstance(event, LlmCall):
+                alerts += rules.advance(at - rng.randrange(0, 20_000))[0]
+            kinds |= {a.kind for a in alerts}
+        kinds |= {a.kind for a in rules.tick(at + rng.randrange(0, 60_000))}
+        if rng.random() < 0.05:
+            rules.windows.close_idle(at + 90_000, config.windows.idle_ms)
+        step_done()
+    # Hours later on the wall clock: every agent, task and firing condition is forgotten.
+    rules.tick(at + 2 * config.stuck_task.forget_after_ms)
+    step_done()
+    assert compared > 100
+    assert {"budget", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"} <= kinds, kinds
+    assert Rules(config, snapshot).to_dict() == rules.to_dict()
