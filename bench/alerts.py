@@ -8,10 +8,10 @@ alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
 
 0. throughput: ``--events`` events of the simulator's mix (tasks, LLM calls, telemetry; event
    times in the last minutes) produced first, then an alerts worker started: events/s from its
-   activation to its having read them all (its log), and to its first checkpoint covering them
-   with no closed window left to produce (its status file; checkpoints every second here): every
-   alert and window of those events on Kafka. With its CPU seconds meanwhile: the role is one
-   thread of Python, so events per CPU second is its rate on one core;
+   activation to its having read them all (its log), and to its first commit covering them with
+   no closed window left to produce (its status file): every alert and window of those events
+   committed on Kafka with the state that produced them. With its CPU seconds meanwhile: the
+   role is one thread of Python, so events per CPU second is its rate on one core;
 1. the raw-Kafka baseline measured in the same run: the same traffic through a plain
    confluent-kafka forwarder process (consume, produce the tagged messages to an output topic,
    no decoding, no rules), timed the same way: the two Kafka hops any processor pays;
@@ -266,7 +266,7 @@ def run_throughput(base, events: int) -> None:
     assert producer.flush(120) == 0
     env = {**os.environ, "EZ_TOPIC_PREFIX": prefix, "EZ_BUDGETS_FILE": str(home / "budgets.toml"),
            "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "EZ_TOPIC_PARTITIONS": str(settings.topic_partitions),
-           "EZ_ALERTS_CHECKPOINT_SECONDS": "1", "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO)}
     log_path = home / "worker.log"
     status_path = home / "run" / f"alerts-{prefix}.status.json"
 
@@ -288,7 +288,7 @@ def run_throughput(base, events: int) -> None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the alerts worker did not catch up; see {log_path}")
             text = log_path.read_text(errors="replace")
-            for mark, pattern in (("active", r"alerts: active from checkpoint"), ("caught up", r"alerts: caught up")):
+            for mark, pattern in (("active", r"alerts: active from commit"), ("caught up", r"alerts: caught up")):
                 if mark not in marks and re.search(pattern, text):
                     marks[mark] = (time.perf_counter(), cpu_seconds(proc.pid))
             if "caught up" in marks and all_out():

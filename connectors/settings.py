@@ -188,8 +188,13 @@ class Settings(BaseSettings):
     )
     alerts_checkpoint_seconds: float = Field(
         default=5.0, gt=0,
-        description="Alerts role: seconds between checkpoints of window and rule state (a restart replays "
-        "at most this much).",
+        description="Alerts role: seconds between snapshots of the whole window and rule state (each step "
+        "commits its changes; a restart reads the latest snapshot and the changes committed after it).",
+    )
+    alerts_commit_ms: int = Field(
+        default=100, gt=0, le=10_000,
+        description="Alerts role: longest a step's transaction stays open when it raised no alert (a step "
+        "with an alert commits at once); alerts and windows are read by read_committed consumers on commit.",
     )
 
     # Inference: `ezstream inference-worker`, a consumer group on inference.requests.

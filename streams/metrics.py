@@ -52,13 +52,14 @@ LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rul
                     ["rule"], registry=REGISTRY)
 ALERTS_STATE_ENTRIES = Gauge("ezstream_alerts_state_entries",
                              "Entries the alerts role's state holds per rule (subjects, days, buckets, firing "
-                             "conditions, open windows), as of its latest checkpoint.", ["rule"], registry=REGISTRY)
+                             "conditions, open windows), as of its latest snapshot.", ["rule"], registry=REGISTRY)
 ALERTS_EVENT_TIME_SKEW = Gauge("ezstream_alerts_event_time_skew_seconds",
                                "How far apart the event times of the LLM-call partitions the alerts role hears "
-                               "from are (windows close on the slowest), as of its latest checkpoint.",
+                               "from are (windows close on the slowest).",
                                registry=REGISTRY)
 ALERTS_CHECKPOINT_BYTES = Gauge("ezstream_alerts_checkpoint_bytes",
-                                "Size of the alerts role's latest checkpoint on its state topic (compressed).",
+                                "Size of the alerts role's latest snapshot of its whole state on its state topic "
+                                "(compressed; each step between snapshots writes only its changes).",
                                 registry=REGISTRY)
 
 INFERENCE_REQUESTS = Counter("ezstream_inference_requests", "Inference requests read (decoded), answerable or not.",

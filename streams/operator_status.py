@@ -212,12 +212,13 @@ def format_view(view: dict[str, Any]) -> str:
     if alerts:
         state = "active" if alerts.get("active") else "standing by / stopped"
         lines += ["", f"alerts role: {state}, caught up: {alerts.get('caught_up')}, "
-                      f"checkpoint {alerts.get('snapshot')}, late events {alerts.get('late_events')}"]
+                      f"commit {alerts.get('commit')} (snapshot {alerts.get('snapshot')}), "
+                      f"late events {alerts.get('late_events')}"]
         held = alerts.get("state")
         if held:
             lines.append(f"alerts state: {sum(held['entries'].values()):,} entries "
                          f"({', '.join(f'{rule} {n:,}' for rule, n in sorted(held['entries'].items()))}), "
-                         f"checkpoint {held['checkpoint_bytes']:,} bytes")
+                         f"snapshot {held.get('snapshot_bytes', 0):,} bytes")
         clock = alerts.get("event_time")
         if clock and clock.get("low_ms") is not None:
             low = datetime.fromtimestamp(clock["low_ms"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

@@ -43,6 +43,7 @@ import uuid
 import zlib
 from collections import Counter, deque, namedtuple
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -78,11 +79,10 @@ log = logging.getLogger(__name__)
 
 #: Catalogue topics the role reads.
 SOURCES = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
-#: Checkpoint payloads are split into messages of at most this many bytes (compressed).
+#: Snapshots are split into messages of at most this many bytes (compressed).
 CHUNK_BYTES = 512 * 1024
-#: Alerts and windows produced up to this long before a checkpoint's time are looked for on
-#: activation (clocks of one host; the margin covers producer buffering).
-TAIL_MARGIN_MS = 30_000
+#: Seconds between writes of the status file (it says what the latest commit holds).
+STATUS_SECONDS = 0.25
 #: Seconds between wall-clock ticks of the rules.
 TICK_SECONDS = 1.0
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
@@ -121,8 +121,15 @@ def _by_partition(by_key: dict[str, int]) -> dict[tuple[str, int], int]:
             ((*key.rsplit(":", 1), n) for key, n in by_key.items())}
 
 
+def _encode_snapshot(state: dict[str, Any]) -> tuple[int, int, list[bytes]]:
+    """A snapshot as the state topic holds it: (snapshot, seq, compressed JSON in chunks)."""
+    payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
+    chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
+    return state["snapshot"], state["seq"], chunks
+
+
 def state_topic(settings: Settings) -> str:
-    """The compacted topic of the role's checkpoints; its one partition is the lease."""
+    """The compacted topic of the role's state (deltas and snapshots); its one partition is the lease."""
     return topic_name(settings, "ezstream.alerts.state")
 
 
@@ -335,16 +342,15 @@ class IntelligenceProcessor:
         self.stats: Counter[str] = Counter()
         self._late_events: dict[str, int] = {}
         self._status_lock = threading.Lock()
-        #: What the status file says now.
-        self._published: dict[str, Any] = {}
-        self._checkpoints_written = 0
         self._reset_active_state()
 
     def _reset_active_state(self) -> None:
         self.rules: Rules | None = None
         self._source: Any = None
-        self._producer: Any = None
+        #: The one producer: every output and state change of a step in one transaction.
         self._txn: Any = None
+        self._in_txn = False
+        self._txn_began = 0.0
         self._positions: dict[tuple[str, int], int] = {}
         self._catch_up_to: dict[tuple[str, int], int] = {}
         #: The backlog's calls in one order while catching up (None once caught up).
@@ -352,18 +358,29 @@ class IntelligenceProcessor:
         self._paused: set[tuple[str, int]] = set()
         self._watermarks = Watermarks(self.config.windows.idle_ms / 1000)
         self._caught_up = False
-        self._suppress: set[str] = set()
+        #: Closed windows not produced yet (part of the state).
         self._closed_windows: deque[tuple[ClosedWindow, str]] = deque()
-        self._snapshot = 0
+        #: Since the last commit: windows closed, how many produced, alerts produced.
+        self._windows_closed: list[list[Any]] = []
+        self._windows_produced = 0
+        self._step_alerts: list[Alert] = []
+        #: Whether the state changed since the last commit.
         self._dirty = False
         self._last_tick = 0.0
-        self._last_checkpoint = time.monotonic()
-        self._checkpoints: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._checkpoint_idle = threading.Event()
-        self._checkpoint_idle.set()
-        self._checkpoint_error: BaseException | None = None
-        self._checkpoint_thread: threading.Thread | None = None
-        self._commit_next: dict[str, int] | None = None
+        #: The number of the latest committed step (its delta's key), and the deltas on the
+        #: state topic not yet covered by a committed snapshot.
+        self._seq = 0
+        self._deltas: set[int] = set()
+        self._committed: dict[str, int] = {}
+        self._commits = 0
+        self._snapshot = 0
+        self._snapshot_bytes = 0
+        self._last_snapshot = time.monotonic()
+        self._encoder: ThreadPoolExecutor | None = None
+        #: The snapshot being encoded: (snapshot, seq, chunks) when done.
+        self._encoded: Future[tuple[int, int, list[bytes]]] | None = None
+        self._status_due = False
+        self._status_written = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -422,7 +439,7 @@ class IntelligenceProcessor:
             # Checkpoint while the state is still ours, so the next holder replays little.
             self._deactivate(checkpoint=True)
 
-    # -- activation: load the checkpoint, find what was already produced, seek, replay ----------
+    # -- activation: load the state, seek, replay -------------------------------------------------
 
     def _activate(self) -> None:
         from confluent_kafka import Consumer, Producer, TopicPartition
@@ -431,23 +448,26 @@ class IntelligenceProcessor:
         base = client_config(self.settings)
         self._txn = Producer(producer_config(self.settings, **{
             "transactional.id": f"{group_id(self.settings)}.state",
-            "linger.ms": 5, "retry.backoff.ms": 10, "compression.type": "none"}))
-        self._txn.init_transactions(60)  # fences a previous holder's state writes
-        checkpoint = self._read_checkpoint()
-        self.rules = Rules(self.config, checkpoint["rules"] if checkpoint else None)
-        # Windows the checkpoint closed but had not produced yet: produced first (those that went
-        # out after it are found on the topic's tail below and not produced twice).
+            "linger.ms": 0, "retry.backoff.ms": 10}))
+        # Fences a previous holder: its open transaction (outputs and state of a step it never
+        # committed) is aborted, so none of it is ever read.
+        self._txn.init_transactions(60)
+        state = self._read_state()
+        self.rules = Rules(self.config, state["rules"] if state else None)
+        # Windows closed but not produced yet: the first outputs of this holder.
         self._closed_windows.extend((ClosedWindow(**closed), by)
-                                    for closed, by in (checkpoint or {}).get("pending_windows", []))
-        self._snapshot = checkpoint["snapshot"] if checkpoint else 0
-        saved = _by_partition((checkpoint or {}).get("positions", {}))
+                                    for closed, by in (state or {}).get("pending_windows", []))
+        self._snapshot = state["snapshot"] if state else 0
+        self._seq = state["seq"] if state else 0
+        self._deltas = set((state or {}).get("deltas", ()))
+        saved = _by_partition((state or {}).get("positions", {}))
         self._watermarks = Watermarks(self.config.windows.idle_ms / 1000,
-                                      _by_partition((checkpoint or {}).get("watermarks", {})))
-        self.stats = Counter((checkpoint or {}).get("stats", {}))
+                                      _by_partition((state or {}).get("watermarks", {})))
+        self.stats = Counter((state or {}).get("stats", {}))
 
         self._source = Consumer({
             **base,
-            "group.id": f"{group_id(self.settings)}.positions",  # commits only: lag for operators
+            "group.id": f"{group_id(self.settings)}.positions",  # offsets for operators' lag
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "fetch.wait.max.ms": 100,
@@ -464,22 +484,21 @@ class IntelligenceProcessor:
                 self._positions[(topic, partition)] = start
                 self._catch_up_to[(topic, partition)] = high
                 assignment.append(TopicPartition(topic, partition, start))
-        self._suppress = self._already_produced(checkpoint["time_ms"] - TAIL_MARGIN_MS if checkpoint else None)
+        self._committed = _by_key(self._positions)
         calls = {tp: end for tp, end in self._catch_up_to.items() if tp[0] == self._calls_topic}
         self._merge = CatchUpMerge(calls, self._positions, stall_s=self.config.windows.idle_ms / 1000)
-        self._producer = Producer(producer_config(self.settings, **{"linger.ms": 0}))
         self._source.assign(assignment)
-        self._checkpoint_thread = threading.Thread(target=self._checkpoint_writer, args=(self._txn, self._producer),
-                                                   name="alerts-checkpoints", daemon=True)
-        self._checkpoint_thread.start()
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="alerts-snapshot")
+        self._last_snapshot = time.monotonic()
         self._active = True
         self._caught_up = False
-        log.info("alerts: active from checkpoint %s (%d partitions, %d outputs already produced) in %.1f s",
-                 self._snapshot or "none", len(assignment), len(self._suppress), time.monotonic() - started)
+        log.info("alerts: active from commit %d (snapshot %s, %d partitions) in %.1f s",
+                 self._seq, self._snapshot or "none", len(assignment), time.monotonic() - started)
         self._write_status()
 
-    def _read_checkpoint(self) -> dict[str, Any] | None:
-        """The latest committed checkpoint on the state topic, None when there is none."""
+    def _read_state(self) -> dict[str, Any] | None:
+        """The state as of the latest committed step: the latest snapshot on the state topic plus
+        the deltas committed after it, in order. None when nothing was ever committed."""
         from confluent_kafka import Consumer, TopicPartition
 
         reader = Consumer({**client_config(self.settings), "group.id": f"{group_id(self.settings)}.recovery",
@@ -487,97 +506,66 @@ class IntelligenceProcessor:
         try:
             tp = TopicPartition(self._state_topic, 0)
             low, high = reader.get_watermark_offsets(tp, timeout=30)
-            if high <= low:
-                return None
-            reader.assign([TopicPartition(self._state_topic, 0, low)])
-            latest: dict[str, Any] = {}
-            deadline = time.monotonic() + 120
-            while True:
-                position = reader.position([tp])[0].offset
-                if position >= high:
-                    break
-                if time.monotonic() > deadline:
-                    raise TransientError(f"reading the alert state from {self._state_topic} took over 120 s")
-                for msg in reader.consume(500, 1.0):
-                    if msg.error() is None and msg.key() is not None:
-                        latest[msg.key().decode()] = msg.value()
+            latest: dict[str, bytes | None] = {}
+            if high > low:
+                reader.assign([TopicPartition(self._state_topic, 0, low)])
+                deadline = time.monotonic() + 120
+                # The position, not the last offset read: the topic ends in a transaction marker.
+                while reader.position([tp])[0].offset < high:
+                    if time.monotonic() > deadline:
+                        raise TransientError(f"reading the alert state from {self._state_topic} took over 120 s")
+                    for msg in reader.consume(500, 1.0):
+                        if msg.error() is None and msg.key() is not None:
+                            latest[msg.key().decode()] = msg.value()
         finally:
             reader.close()
-        if "manifest" not in latest:
+        deltas = sorted(int(key[len("delta-"):]) for key, value in latest.items()
+                        if key.startswith("delta-") and value is not None)
+        if "manifest" in latest and latest["manifest"] is not None:
+            manifest = json.loads(latest["manifest"])
+            try:
+                payload = b"".join(latest[f"chunk-{i}"] for i in range(manifest["chunks"]))
+                state = json.loads(zlib.decompress(payload))
+            except (KeyError, TypeError, zlib.error, ValueError) as exc:
+                raise EzStreamError(f"the alert state on {self._state_topic} is damaged ({exc}); "
+                                    f"delete the topic to start the rules afresh") from exc
+            if state["snapshot"] != manifest["snapshot"]:
+                raise EzStreamError(f"the alert state on {self._state_topic} mixes snapshots "
+                                    f"{state['snapshot']} and {manifest['snapshot']}")
+            state.setdefault("seq", 0)
+        elif deltas:  # the first snapshot was never committed: the deltas from the start
+            state = {"snapshot": 0, "seq": 0, "rules": Rules(self.config).to_dict(), "positions": {},
+                     "watermarks": {}, "pending_windows": [], "stats": {}}
+        else:
             return None
-        manifest = json.loads(latest["manifest"])
-        try:
-            payload = b"".join(latest[f"chunk-{i}"] for i in range(manifest["chunks"]))
-            state = json.loads(zlib.decompress(payload))
-        except (KeyError, zlib.error, ValueError) as exc:
-            raise EzStreamError(f"the alert state on {self._state_topic} is damaged ({exc}); "
-                                f"delete the topic to start the rules afresh") from exc
-        if state["snapshot"] != manifest["snapshot"]:
-            raise EzStreamError(f"the alert state on {self._state_topic} mixes checkpoints "
-                                f"{state['snapshot']} and {manifest['snapshot']}")
+        later = [seq for seq in deltas if seq > state["seq"]]
+        if later and later != list(range(state["seq"] + 1, later[-1] + 1)):
+            raise EzStreamError(f"the alert state on {self._state_topic} misses deltas after "
+                                f"{state['seq']} (has {later[:5]}...); delete the topic to start afresh")
+        for seq in later:
+            delta = json.loads(zlib.decompress(latest[f"delta-{seq:012d}"]))
+            Rules.apply_delta(state["rules"], delta.pop("rules"))
+            pending = state["pending_windows"]
+            del pending[:delta.pop("windows_produced")]
+            pending.extend(delta.pop("windows_closed"))
+            state.update(delta)
+        state["deltas"] = deltas  # on the topic still: removed with the next snapshot
         return state
-
-    def _already_produced(self, since_ms: int | None) -> set[str]:
-        """Event ids on ``agent.alerts`` and ``agent.llm_windows`` produced since ``since_ms``
-        (everything when None): what a replay must not produce again."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        reader = Consumer({**client_config(self.settings), "group.id": f"{group_id(self.settings)}.recovery",
-                           "enable.auto.commit": False})
-        ids: set[str] = set()
-        try:
-            metadata = reader.list_topics(timeout=30)
-            wanted, ends = [], {}
-            for topic in (self._alerts_topic, self._windows_topic):
-                if topic not in metadata.topics:
-                    continue
-                for partition in metadata.topics[topic].partitions:
-                    tp = TopicPartition(topic, partition, OFFSET_BEGINNING if since_ms is None else since_ms)
-                    _, high = reader.get_watermark_offsets(tp, timeout=30)
-                    if high > 0:
-                        wanted.append(tp)
-                        ends[(topic, partition)] = high
-            if not wanted:
-                return ids
-            starts = wanted if since_ms is None else reader.offsets_for_times(wanted, timeout=30)
-            starts = [tp for tp in starts if tp.offset != -1]  # -1: nothing that recent
-            if not starts:
-                return ids
-            reader.assign(starts)
-            pending = {(tp.topic, tp.partition) for tp in starts}
-            deadline = time.monotonic() + 120
-            while pending:
-                if time.monotonic() > deadline:
-                    raise TransientError("reading the tails of the alert topics took over 120 s")
-                for msg in reader.consume(1000, 0.5):
-                    if msg.error() is not None:
-                        continue
-                    try:
-                        _, record = self.codec.decode(msg.value())
-                        ids.add(str(record["event_id"]))
-                    except Exception:  # noqa: BLE001  not ours to judge: the sinks dead-letter it
-                        pass
-                for tp in reader.position([TopicPartition(t, p) for t, p in list(pending)]):
-                    if tp.offset >= ends[(tp.topic, tp.partition)]:
-                        pending.discard((tp.topic, tp.partition))
-        finally:
-            reader.close()
-        return ids
 
     def _deactivate(self, checkpoint: bool) -> None:
         try:
-            if checkpoint and self._dirty:
-                while self._closed_windows:
-                    self._emit_window(*self._closed_windows.popleft())
-                self._checkpoint(wait=True)
+            if checkpoint and (self._dirty or self._in_txn):
+                self._emit_windows(len(self._closed_windows))
+                self._commit()
+            elif self._in_txn:
+                # After a crash the state may stand anywhere in a step: its transaction goes, and
+                # the next holder replays from the last committed one.
+                self._txn.abort_transaction(10)
         except Exception:  # noqa: BLE001  fenced or broker gone: the next holder replays
-            log.exception("alerts: final checkpoint failed; the next active processor replays from the last one")
+            log.exception("alerts: the last step was not committed; the next active processor replays it")
         finally:
-            if self._checkpoint_thread is not None:
-                self._checkpoints.put(None)
-                self._checkpoint_thread.join(120)
-            if self._producer is not None:
-                self._producer.flush(30)
+            if self._encoder is not None:
+                self._encoder.shutdown(wait=True, cancel_futures=True)
             if self._source is not None:
                 self._source.close()
             self._active = False
@@ -599,16 +587,10 @@ class IntelligenceProcessor:
         # A minute's end closes hundreds of windows at once: a share per turn keeps the alerts
         # quick, and the backlog bounded however many windows each batch closes.
         if self._closed_windows:
-            for _ in range(min(max(WINDOWS_PER_TURN, len(self._closed_windows) // 10), len(self._closed_windows))):
-                self._emit_window(*self._closed_windows.popleft())
-            self._dirty = True  # the windows still to produce are part of the state
-        self._producer.poll(0)
-        if (not self._caught_up and self._merge is None
-                and all(self._positions[tp] >= end for tp, end in self._catch_up_to.items())):
+            self._emit_windows(min(max(WINDOWS_PER_TURN, len(self._closed_windows) // 10), len(self._closed_windows)))
+        if not self._caught_up and self._merge is None and self._read_to_catch_up_marks():
             self._caught_up = True
-            # Said now, with the positions of the latest checkpoint (activation wrote the status):
-            # a takeover that replays nothing writes no checkpoint, and would say "catching up" forever.
-            self._write_status({**self._published, "caught_up": True})
+            self._status_due = True  # a takeover that replays nothing commits nothing
             self.ready.set()
             log.info("alerts: caught up; wall-clock rules on")
         now = time.monotonic()
@@ -618,16 +600,26 @@ class IntelligenceProcessor:
             for alert in self.rules.tick(now_ms):
                 self._emit_alert(alert)
                 self._dirty = True
-            for closed in self.rules.windows.close_idle(now_ms, self.config.windows.idle_ms):
-                self._closed_windows.append((closed, "idle"))
-                self._dirty = True
-        if self._checkpoint_error is not None:
-            self._check_checkpoint_error()
-        if self._commit_next is not None:
-            positions, self._commit_next = self._commit_next, None
-            self._commit_positions(positions)
-        if self._dirty and now - self._last_checkpoint >= self.settings.alerts_checkpoint_seconds:
-            self._checkpoint()
+            self._close(self.rules.windows.close_idle(now_ms, self.config.windows.idle_ms), "idle")
+        if self._commit_due():
+            self._commit()
+        elif self._in_txn:
+            self._txn.poll(0)
+        if self._status_due and now - self._status_written >= STATUS_SECONDS:
+            self._status_due = False
+            self._status_written = now
+            self._write_status()
+
+    def _read_to_catch_up_marks(self) -> bool:
+        """Whether every source partition was read up to the offset it had at activation. By the
+        consumer's position: a partition written in transactions ends in a marker, never read."""
+        from confluent_kafka import TopicPartition
+
+        behind = [tp for tp, end in self._catch_up_to.items() if self._positions[tp] < end]
+        if not behind:
+            return True
+        positions = self._source.position([TopicPartition(*tp) for tp in behind])
+        return all(p.offset >= self._catch_up_to[(p.topic, p.partition)] for p in positions)
 
     def _process(self, batch: list[Any], now_ms: int) -> None:
         """Feed a fetch to the rules: the messages of each topic decoded in one call of the native
@@ -746,7 +738,7 @@ class IntelligenceProcessor:
         alerts, closed = self.rules.advance(low)
         for alert in alerts:
             self._emit_alert(alert)
-        self._closed_windows.extend((window, "watermark") for window in closed)
+        self._close(closed, "watermark")
 
     def _pause(self, tp: tuple[str, int]) -> None:
         from confluent_kafka import TopicPartition
@@ -763,162 +755,200 @@ class IntelligenceProcessor:
         self._paused.discard(tp)
 
     def _emit_alert(self, alert: Alert) -> None:
-        if alert.event_id in self._suppress:
-            self.stats["suppressed"] += 1
-            return
         self.stats[f"alerts.{alert.kind}.{alert.state}"] += 1
         metrics.ALERTS.labels(alert.kind, alert.state).inc()
         log.info("alert %s %s (%s) for %s: %s", alert.kind, alert.state, alert.severity, alert.subject,
                  alert.message, extra={"trace_id": alert.trace_id, "alert_id": alert.alert_id,
                                        "agent_id": alert.agent_id, "tenant_id": alert.tenant_id})
-        self._producer.produce(self._alerts_topic, key=alert.agent_id.encode(),
-                               value=self.codec.encode("alert", alert.to_record()),
-                               on_delivery=self._delivered(alert))
-        self._producer.poll(0)
+        self._produce(self._alerts_topic, alert.agent_id, self.codec.encode("alert", alert.to_record()))
+        self._step_alerts.append(alert)
 
-    def _delivered(self, alert: Alert) -> Callable[[Any, Any], None]:
-        def done(err: Any, msg: Any) -> None:
-            if err is not None:
-                log.error("alerts: alert %s not delivered: %s", alert.alert_id, err)
-            elif self._webhook is not None:
+    def _close(self, windows: list[ClosedWindow], closed_by: str) -> None:
+        """Closed windows wait in the state until produced (a share per turn, see :meth:`_step`)."""
+        for window in windows:
+            self._closed_windows.append((window, closed_by))
+            self._windows_closed.append([asdict(window), closed_by])
+        if windows:
+            self._dirty = True
+
+    def _emit_windows(self, n: int) -> None:
+        for _ in range(n):
+            closed, closed_by = self._closed_windows.popleft()
+            event = window_event(closed, closed_by)
+            self.stats[f"windows.{closed_by}"] += 1
+            metrics.WINDOWS_CLOSED.labels(closed_by).inc()
+            self._produce(self._windows_topic, event.agent_id, self.codec.encode("llm_window", event.to_record()))
+        self._windows_produced += n
+        self._dirty = self._dirty or n > 0
+
+    def _produce(self, topic: str, key: str, value: bytes) -> None:
+        """Produce in the step's transaction (begun by its first output or change)."""
+        self._begin()
+        while True:
+            try:
+                self._txn.produce(topic, key=key.encode(), value=value)
+                break
+            except BufferError:  # the producer's queue is full: let it drain
+                self._txn.poll(0.01)
+        self._txn.poll(0)
+
+    # -- one transaction per step ------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_txn:
+            self._txn.begin_transaction()
+            self._in_txn = True
+            self._txn_began = time.monotonic()
+
+    def _commit_due(self) -> bool:
+        """A step with alerts commits at once (read_committed consumers see them then); others
+        gather for up to ``EZ_ALERTS_COMMIT_MS``; a snapshot goes as soon as it is encoded."""
+        if self._step_alerts or (self._encoded is not None and self._encoded.done()):
+            return True
+        if not (self._dirty or self._in_txn):
+            return False
+        if not self._in_txn:
+            self._begin()
+        return time.monotonic() - self._txn_began >= self.settings.alerts_commit_ms / 1000
+
+    def _commit(self) -> None:
+        """One Kafka transaction of the step: its alerts and windows (produced into it already),
+        the changes of the state it made (a delta on the state topic), a snapshot of the whole
+        state when one is ready, and the source offsets it reached. All of it is read, or none."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self._begin()
+        self._seq += 1
+        positions = self._committable_positions()
+        delta = {**self._progress(positions), "seq": self._seq, "rules": self.rules.delta(),
+                 "windows_closed": self._windows_closed, "windows_produced": self._windows_produced}
+        payload = zlib.compress(json.dumps(delta, separators=(",", ":")).encode(), 1)
+        try:
+            self._txn.produce(self._state_topic, key=f"delta-{self._seq:012d}".encode(), value=payload)
+            snapshot = None
+            if self._encoded is not None and self._encoded.done():
+                snapshot = self._encoded.result()
+                self._encoded = None
+                self._write_snapshot(*snapshot)
+            self._txn.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
+                self._source.consumer_group_metadata(), 30)
+            failpoint("alerts.before_commit")  # a step's outputs and state written, not committed
+            self._commit_transaction()
+        except KafkaException as exc:
+            error = exc.args[0]
+            self._in_txn = False
+            if error.fatal():
+                # Fenced: another processor holds the role. Stop until the lease says otherwise.
+                self._holds_lease = False
+                raise EzStreamError(f"alerts: step refused, another processor took over: {error}") from None
+            if error.txn_requires_abort():
+                self._txn.abort_transaction(30)
+            # The state in memory is past what was committed: start again from the latest commit.
+            raise TransientError(f"alerts: the step's transaction failed, replaying from commit "
+                                 f"{self._seq - 1}: {error.str()}") from None
+        self._in_txn = False
+        self._deltas.add(self._seq)
+        if snapshot is not None:
+            self._deltas = {seq for seq in self._deltas if seq > snapshot[1]}
+        self._commits += 1
+        self._committed = positions
+        if self._webhook is not None:
+            for alert in self._step_alerts:
                 self._webhook.submit(alert)
-        return done
+        self._step_alerts = []
+        self._windows_closed = []
+        self._windows_produced = 0
+        self._dirty = False
+        if time.monotonic() - self._last_snapshot >= self.settings.alerts_checkpoint_seconds and self._encoded is None:
+            self._take_snapshot(positions)
+        self._status_due = True
 
-    def _emit_window(self, closed: ClosedWindow, closed_by: str) -> None:
-        event = window_event(closed, closed_by)
-        if event.event_id in self._suppress:
-            self.stats["suppressed"] += 1
-            return
-        self.stats[f"windows.{closed_by}"] += 1
-        metrics.WINDOWS_CLOSED.labels(closed_by).inc()
-        self._producer.produce(self._windows_topic, key=event.agent_id.encode(),
-                               value=self.codec.encode("llm_window", event.to_record()))
+    def _commit_transaction(self) -> None:
+        from confluent_kafka import KafkaException
 
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    def _checkpoint(self, wait: bool = False) -> None:
-        """Snapshot the state and the offsets it reflects; the checkpoint thread writes it.
-
-        Taking the snapshot (copies of the rules' state) is all the loop does: the writing
-        (waiting for the outputs so far, JSON, compression, the transaction) happens beside it,
-        so the alert path does not stall. While a write is in flight no new one starts.
-        """
-        if not self._checkpoint_idle.is_set():
-            if not wait:
+        for attempt in range(3):
+            try:
+                self._txn.commit_transaction(30)
                 return
-            self._checkpoint_idle.wait(120)
-        self._check_checkpoint_error()
-        self._snapshot += 1
-        state = {
-            "snapshot": self._snapshot,
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or attempt == 2:
+                    raise
+
+    def _committable_positions(self) -> dict[str, int]:
+        # While catching up, a partition's calls held by the merge are not in the rules' state
+        # yet: its position is the first of them.
+        return _by_key({tp: offset if self._merge is None else self._merge.position(tp, offset)
+                        for tp, offset in self._positions.items()})
+
+    def _progress(self, positions: dict[str, int]) -> dict[str, Any]:
+        """What a delta and a snapshot both hold beside the rules: where the state stands."""
+        return {
             "time_ms": int(time.time() * 1000),
-            # While catching up, a partition's calls held by the merge are not in the rules' state
-            # yet: its position is the first of them.
-            "positions": _by_key({tp: offset if self._merge is None else self._merge.position(tp, offset)
-                                  for tp, offset in self._positions.items()}),
+            "positions": positions,
             "watermarks": _by_key(self._watermarks.of),
-            "rules": self.rules.to_dict(),
-            # Closed but not produced yet: in the state, so a backlog never holds checkpoints off.
-            "pending_windows": [[asdict(closed), by] for closed, by in self._closed_windows],
             "late_events": self.rules.late_events,
             "stats": dict(self.stats),
             "caught_up": self._caught_up,
-            "entries": self.rules.size(),
             "event_time": {"low_ms": self._watermarks.low(), "skew_ms": self._watermarks.skew(),
                            "catching_up": self._merge is not None},
         }
-        metrics.ALERTS_EVENT_TIME_SKEW.set(state["event_time"]["skew_ms"] / 1000)
-        for rule, late in state["late_events"].items():
-            metrics.LATE_EVENTS.labels(rule).set(late)
-        for rule, entries in state["entries"].items():
-            metrics.ALERTS_STATE_ENTRIES.labels(rule).set(entries)
-        self._dirty = False
-        self._last_checkpoint = time.monotonic()
-        self._checkpoint_idle.clear()
-        self._checkpoints.put(state)
-        if wait:
-            if not self._checkpoint_idle.wait(120):
-                raise TransientError("alerts: the checkpoint took over 120 s")
-            self._check_checkpoint_error()
 
-    def _check_checkpoint_error(self) -> None:
-        error, self._checkpoint_error = self._checkpoint_error, None
-        if error is None:
-            return
-        self._dirty = True  # the next checkpoint covers what this one did not
-        from confluent_kafka import KafkaException
+    def _take_snapshot(self, positions: dict[str, int]) -> None:
+        """The whole state as of the commit just made (copies of the rules' state: the loop's only
+        work); a thread encodes it, and the next commit that finds it done writes it."""
+        self._snapshot += 1
+        state = {
+            **self._progress(positions),
+            "snapshot": self._snapshot,
+            "seq": self._seq,
+            "rules": self.rules.to_dict(),
+            "pending_windows": [[asdict(closed), by] for closed, by in self._closed_windows],
+        }
+        self._last_snapshot = time.monotonic()
+        self._encoded = self._encoder.submit(_encode_snapshot, state)
 
-        if isinstance(error, KafkaException) and error.args[0].fatal():
-            # Fenced: another processor holds the role. Stop until the lease says otherwise.
-            self._holds_lease = False
-            raise EzStreamError(f"alerts: checkpoint refused, another processor took over: {error}")
-        log.warning("alerts: checkpoint failed, retrying with the next one: %s", error)
-
-    def _checkpoint_writer(self, txn: Any, producer: Any) -> None:
-        while (state := self._checkpoints.get()) is not None:
-            try:
-                self._write_checkpoint(state, txn, producer)
-            except Exception as exc:  # noqa: BLE001  handed to the loop, which decides
-                self._checkpoint_error = exc
-            finally:
-                self._checkpoint_idle.set()
-
-    def _write_checkpoint(self, state: dict[str, Any], txn: Any, producer: Any) -> None:
-        """Write ``state`` once every output derived before it is on Kafka."""
-        remaining = producer.flush(30)
-        if remaining:
-            raise TransientError(f"alerts: {remaining} output(s) not delivered within 30 s; not checkpointing")
-        failpoint("alerts.before_checkpoint")  # outputs durable, the state that led to them not yet
-        payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
-        metrics.ALERTS_CHECKPOINT_BYTES.set(len(payload))
-        chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
-        txn.begin_transaction()
+    def _write_snapshot(self, snapshot: int, seq: int, chunks: list[bytes]) -> None:
+        """Produce an encoded snapshot into the open transaction, with tombstones for the deltas it
+        covers."""
         for i, chunk in enumerate(chunks):
-            txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk)
-        txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
-            {"snapshot": state["snapshot"], "chunks": len(chunks), "time_ms": state["time_ms"]}).encode())
-        txn.commit_transaction(30)
-        self._checkpoints_written += 1
-        self._write_status({
-            "active": True, "caught_up": state["caught_up"] or self._caught_up, "snapshot": state["snapshot"],
-            "positions": state["positions"], "late_events": state["late_events"],
-            "stats": {**state["stats"], "checkpoints": self._checkpoints_written},
-            "state": {"entries": state["entries"], "checkpoint_bytes": len(payload),
-                      "pending_windows": len(state["pending_windows"])},
-            "event_time": state["event_time"],
-        })
-        # Committed by the loop's thread, the consumer's own: from this thread a commit waited
-        # seconds for the loop's poll to return now and then, and held the next checkpoint back.
-        self._commit_next = state["positions"]
-
-    def _commit_positions(self, positions: dict[str, int]) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        offsets = [TopicPartition(topic, partition, offset)
-                   for (topic, partition), offset in _by_partition(positions).items()]
-        try:
-            self._source.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:  # monitoring only: the checkpoint holds the truth
-            log.warning("alerts: committing positions for lag monitoring failed: %s", exc)
+            self._txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk)
+        self._txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
+            {"snapshot": snapshot, "seq": seq, "chunks": len(chunks)}).encode())
+        for old in sorted(s for s in self._deltas if s <= seq):
+            self._txn.produce(self._state_topic, key=f"delta-{old:012d}".encode(), value=None)
+        self._snapshot_bytes = sum(map(len, chunks))
+        metrics.ALERTS_CHECKPOINT_BYTES.set(self._snapshot_bytes)
 
     def status(self) -> dict[str, Any]:
-        """What the processor is doing (from the loop's thread), for ``ezstream status`` and tests."""
-        return {
+        """What the processor has committed (from the loop's thread), for ``ezstream status``."""
+        status = {
             "active": self._active,
             "caught_up": self._caught_up,
             "snapshot": self._snapshot,
-            "positions": _by_key(self._positions),
+            "commit": self._seq,
+            "positions": self._committed,
             "late_events": self.rules.late_events if self.rules is not None else self._late_events,
-            "stats": {**self.stats, "checkpoints": self._checkpoints_written},
+            "stats": {**self.stats, "commits": self._commits},
         }
+        if self.rules is not None:
+            status["state"] = {"entries": self.rules.size(), "snapshot_bytes": self._snapshot_bytes,
+                               "pending_windows": len(self._closed_windows)}
+            for rule, entries in status["state"]["entries"].items():
+                metrics.ALERTS_STATE_ENTRIES.labels(rule).set(entries)
+            status["event_time"] = {"low_ms": self._watermarks.low(), "skew_ms": self._watermarks.skew(),
+                                    "catching_up": self._merge is not None}
+            metrics.ALERTS_EVENT_TIME_SKEW.set(status["event_time"]["skew_ms"] / 1000)
+            for rule, late in status["late_events"].items():
+                metrics.LATE_EVENTS.labels(rule).set(late)
+        return status
 
     def _write_status(self, status: dict[str, Any] | None = None) -> None:
-        """``$EZ_HOME/run/alerts-<prefix>.status.json``: as of the latest checkpoint while active."""
+        """``$EZ_HOME/run/alerts-<prefix>.status.json``: as of the latest commit while active."""
         status = self.status() if status is None else status
         if self._webhook is not None:
             status["webhook"] = {"posted": self._webhook.posted, "failed": self._webhook.failed}
         with self._status_lock:
-            self._published = status
             self._status_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._status_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(status, indent=1, sort_keys=True))

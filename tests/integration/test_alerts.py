@@ -3,8 +3,8 @@ exact alerts and windows out, across restarts.
 
 Each test has its own topics (``EZ_TOPIC_PREFIX``), worker home and rule settings, short enough
 that wall-clock rules fire within seconds. "Exact" is checked after the processor reports (in its
-status file) a checkpoint covering every event sent: a checkpoint is written only after every
-alert derived so far is on Kafka, so reading ``agent.alerts`` to its end then shows all of them.
+status file) a commit covering every event sent: the alerts and windows derived from those events
+are committed in the same transactions, so reading ``agent.alerts`` to its end then shows them all.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-from connectors.kafka import client_config
 from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall, TaskEvent, Telemetry
 from connectors.kafka.producer import EventProducer
@@ -29,6 +26,7 @@ from tests.conftest import wait_for
 from infra.local.net import free_port
 from tests.integration.pipeline import Worker
 from tests.integration.test_metrics import scrape, total
+from tests.integration.topics import read_topics
 
 RULES = """
 [windows]
@@ -137,37 +135,19 @@ def status(worker: Worker) -> dict:
 
 
 def processed(worker: Worker, count: int, timeout_s: float = 60) -> dict:
-    """Wait for a checkpoint covering ``count`` events; its status."""
+    """Wait for a commit covering ``count`` events; its status."""
     def covered():
         worker.alive()
         current = status(worker)
         return current if sum(current.get("positions", {}).values()) >= count and current.get("active") else None
-    return wait_for(covered, timeout_s, f"a checkpoint covering {count} events")
+    return wait_for(covered, timeout_s, f"a commit covering {count} events")
 
 
 def read_topic(settings, base: str) -> list[dict]:
-    """Every record on a catalogue topic, to its current end, in partition/offset order."""
-    topic = topic_name(settings, base)
-    consumer = Consumer(client_config(settings, **{"group.id": "read-" + uuid.uuid4().hex,
-                                                   "enable.auto.commit": False}))
+    """Every committed record on a catalogue topic, to its current end, in partition/offset order
+    (alerts and windows are produced in transactions: a step not committed is not read)."""
     codec = default_codec()
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions if ends[p] > 0])
-        records, done = [], {p for p, end in ends.items() if end == 0}
-        deadline_rounds = 200
-        while len(done) < len(partitions) and deadline_rounds:
-            deadline_rounds -= 1
-            for msg in consumer.consume(500, 0.2):
-                if msg.error() is None:
-                    records.append(codec.decode(msg.value())[1])
-                    if msg.offset() + 1 >= ends[msg.partition()]:
-                        done.add(msg.partition())
-        assert len(done) == len(partitions), f"could not read {topic} to its end"
-        return records
-    finally:
-        consumer.close()
+    return [codec.decode(msg.value())[1] for msg in read_topics(settings, [topic_name(settings, base)])]
 
 
 def produce_slots(settings, slots: list[list], after_each=None) -> int:
@@ -229,10 +209,11 @@ def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
     samples = scrape(intel.metrics_port)
     assert total(samples, "ezstream_alerts_total", kind="budget", state="firing") == 5
     assert total(samples, "ezstream_events_in_total", role="alerts", topic="agent.llm_calls") == send.count
-    # What the state holds, as of the checkpoint the processed count was read from: the five
-    # firing conditions and the days of spend behind them; and the checkpoint's size.
+    # What the state holds, as of the commit the processed count was read from: the five firing
+    # conditions and the days of spend behind them; and, once one is written, a snapshot's size.
     assert total(samples, "ezstream_alerts_state_entries", rule="budget") >= 5
-    assert total(samples, "ezstream_alerts_checkpoint_bytes") > 0
+    wait_for(lambda: status(worker)["state"]["snapshot_bytes"], 30, "a snapshot of the state")
+    assert total(scrape(intel.metrics_port), "ezstream_alerts_checkpoint_bytes") > 0
 
 
 def test_error_rate_spike_fires_with_enough_volume_then_resolves(intel, start):
@@ -370,12 +351,12 @@ def test_an_idle_stream_still_closes_its_windows(intel, start):
     assert [(w["agent_id"], w["calls"], w["closed_by"]) for w in window] == [("idle-01", 5, "idle")]
 
 
-@pytest.mark.parametrize("how", ["sigterm", "kill -9 after alerts, before their checkpoint"])
+@pytest.mark.parametrize("how", ["sigterm", "kill -9 after alerts, before their commit"])
 def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, how, tmp_path):
     # Windows close on event time only here: the restarts take longer than an idle period.
     (tmp_path / "slow-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600"))
     intel = intel.model_copy(update={"alerts_config_file": tmp_path / "slow-idle.toml"})
-    failpoints = "alerts.before_checkpoint=1" if how.startswith("kill") else ""
+    failpoints = "alerts.before_commit=1" if how.startswith("kill") else ""
     worker = start(intel, name="first")
     send = Sent(intel)
     w0 = _minute(0)
@@ -383,13 +364,15 @@ def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, ho
     send(*[call("dev-01", cost=0.17, at=w0 + timedelta(seconds=i)) for i in range(5)])
     processed(worker, send.count)
     if failpoints:
-        # ...then a worker that dies right after producing the next alerts, before its checkpoint.
+        # ...then a worker that dies right after producing the next alert, before committing it
+        # with the state that raised it.
         worker.stop()
         worker = start(intel, name="dying", failpoints=failpoints)
         send(call("dev-01", cost=0.1, at=w0 + timedelta(seconds=5)))  # 95 %: the 90 % alert
-        wait_for(worker.exited, 60, "the worker to die at its checkpoint")
+        wait_for(worker.exited, 60, "the worker to die at its commit")
         assert worker.proc.returncode == -9
-        assert len(alerts_of(intel, "budget")) == 2  # 80 % and 90 % were out before it died
+        # The 90 % alert was produced, in a transaction that died with the worker: never read.
+        assert [round(a["threshold"], 2) for a in alerts_of(intel, "budget")] == [0.8]
     else:
         worker.stop()
         send(call("dev-01", cost=0.1, at=w0 + timedelta(seconds=5)))
@@ -498,12 +481,12 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
     assert replayed == windows
 
     # Once more on fresh topics, live, with the active worker killed (-9) twice at seeded random
-    # points: after the rules took a batch and before its checkpoint, then after alerts went out
-    # and before the checkpoint recording them. Each restart replays from the last checkpoint.
+    # points: after the rules took a batch and before its commit, then after a step's outputs
+    # and state went out and before their commit. Each restart replays from the last commit.
     seed = int(uuid.uuid4().int % 10_000)
     print("kill points seed", seed)
     rng = random.Random(seed)
-    plan = [f"alerts.after_batch={rng.randrange(5, 40)}", f"alerts.before_checkpoint={rng.randrange(5, 40)}", ""]
+    plan = [f"alerts.after_batch={rng.randrange(5, 40)}", f"alerts.before_commit={rng.randrange(5, 40)}", ""]
     killed = make_pipe(topic_prefix=f"{live.topic_prefix}kills.", budgets_file=live.budgets_file,
                        alerts_config_file=live.alerts_config_file, alerts_checkpoint_seconds=0.1)
     deaths = 0

@@ -10,16 +10,17 @@ def view(alerts):
 
 
 def test_the_alerts_role_line_says_how_big_its_state_is():
-    text = format_view(view({"active": True, "caught_up": True, "snapshot": 7, "late_events": {"windows": 1},
+    text = format_view(view({"active": True, "caught_up": True, "commit": 5120, "snapshot": 7,
+                             "late_events": {"windows": 1},
                              "state": {"entries": {"silent_agent": 1200, "budget": 40, "windows": 3},
-                                       "checkpoint_bytes": 52_431}}))
-    assert "alerts role: active, caught up: True, checkpoint 7, late events {'windows': 1}" in text
-    assert "alerts state: 1,243 entries (budget 40, silent_agent 1,200, windows 3), checkpoint 52,431 bytes" in text
+                                       "snapshot_bytes": 52_431}}))
+    assert "alerts role: active, caught up: True, commit 5120 (snapshot 7), late events {'windows': 1}" in text
+    assert "alerts state: 1,243 entries (budget 40, silent_agent 1,200, windows 3), snapshot 52,431 bytes" in text
 
 
 def test_the_alerts_role_says_where_event_time_stands_and_how_far_apart_its_partitions_are():
     text = format_view(view({"active": True, "caught_up": False, "snapshot": 3, "late_events": {},
-                             "state": {"entries": {"windows": 3}, "checkpoint_bytes": 100},
+                             "state": {"entries": {"windows": 3}, "snapshot_bytes": 100},
                              "event_time": {"low_ms": 1_796_400_000_000, "skew_ms": 2_500, "catching_up": True}}))
     assert ("alerts event time: 2026-12-04 16:00:00 UTC on the slowest LLM-call partition, partitions 2.5 s apart, "
             "catching up") in text
