@@ -192,9 +192,10 @@ class Settings(BaseSettings):
         "commits its changes; a restart reads the latest snapshot and the changes committed after it).",
     )
     alerts_commit_ms: int = Field(
-        default=100, gt=0, le=10_000,
-        description="Alerts role: longest a step's transaction stays open when it raised no alert (a step "
-        "with an alert commits at once); alerts and windows are read by read_committed consumers on commit.",
+        default=200, gt=0, le=10_000,
+        description="Alerts role: longest a step's transaction stays open when it raised no alert (a live step "
+        "with an alert commits at once; while catching up, five times this); alerts and windows are read by "
+        "read_committed consumers on commit.",
     )
 
     # Inference: `ezstream inference-worker`, a consumer group on inference.requests.

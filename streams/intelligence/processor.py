@@ -81,6 +81,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
 #: Snapshots are split into messages of at most this many bytes (compressed).
 CHUNK_BYTES = 512 * 1024
+#: While catching up, steps commit this many times less often than ``EZ_ALERTS_COMMIT_MS`` says.
+CATCH_UP_COMMIT_FACTOR = 5
 #: Seconds between writes of the status file (it says what the latest commit holds).
 STATUS_SECONDS = 0.25
 #: Seconds between wall-clock ticks of the rules.
@@ -124,8 +126,67 @@ def _by_partition(by_key: dict[str, int]) -> dict[tuple[str, int], int]:
 def _encode_snapshot(state: dict[str, Any]) -> tuple[int, int, list[bytes]]:
     """A snapshot as the state topic holds it: (snapshot, seq, compressed JSON in chunks)."""
     payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
-    chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
-    return state["snapshot"], state["seq"], chunks
+    return state["snapshot"], state["seq"], _chunks(payload)
+
+
+def _chunks(payload: bytes) -> list[bytes]:
+    """``payload`` in messages the state topic takes (``CHUNK_BYTES`` each at most)."""
+    return [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
+
+
+def _delta_keys(seq: int, chunks: int) -> list[str]:
+    """The state topic's keys of step ``seq``'s delta in ``chunks`` messages."""
+    return [f"delta-{seq:012d}-{i}/{chunks}" for i in range(chunks)]
+
+
+def restore_state(latest: dict[str, bytes | None], config: IntelligenceConfig, topic: str) -> dict[str, Any] | None:
+    """The state as of the latest committed step, from the latest value of each key on the state
+    ``topic``: the snapshot (``manifest``, ``chunk-<i>``) plus the deltas committed after it
+    (``delta-<seq>-<i>/<n>``), in order. None when nothing was ever committed."""
+    # delta-<seq>-<i>/<n>: chunk i of the n of step seq's delta.
+    parts: dict[int, dict[int, bytes]] = {}
+    counts: dict[int, int] = {}
+    for key, value in latest.items():
+        if key.startswith("delta-") and value is not None:
+            seq, _, chunk = key[len("delta-"):].partition("-")
+            i, _, n = chunk.partition("/")
+            parts.setdefault(int(seq), {})[int(i)] = value
+            counts[int(seq)] = int(n)
+    deltas = sorted(parts)
+    if "manifest" in latest and latest["manifest"] is not None:
+        manifest = json.loads(latest["manifest"])
+        try:
+            payload = b"".join(latest[f"chunk-{i}"] for i in range(manifest["chunks"]))
+            state = json.loads(zlib.decompress(payload))
+        except (KeyError, TypeError, zlib.error, ValueError) as exc:
+            raise EzStreamError(f"the alert state on {topic} is damaged ({exc}); "
+                                f"delete the topic to start the rules afresh") from exc
+        if state["snapshot"] != manifest["snapshot"]:
+            raise EzStreamError(f"the alert state on {topic} mixes snapshots "
+                                f"{state['snapshot']} and {manifest['snapshot']}")
+        state.setdefault("seq", 0)
+    elif deltas:  # the first snapshot was never committed: the deltas from the start
+        state = {"snapshot": 0, "seq": 0, "rules": Rules(config).to_dict(), "positions": {},
+                 "watermarks": {}, "pending_windows": [], "stats": {}}
+    else:
+        return None
+    later = [seq for seq in deltas if seq > state["seq"]]
+    if later and later != list(range(state["seq"] + 1, later[-1] + 1)):
+        raise EzStreamError(f"the alert state on {topic} misses deltas after "
+                            f"{state['seq']} (has {later[:5]}...); delete the topic to start afresh")
+    for seq in later:
+        try:
+            delta = json.loads(zlib.decompress(b"".join(parts[seq][i] for i in range(counts[seq]))))
+        except (KeyError, zlib.error, ValueError) as exc:
+            raise EzStreamError(f"the alert state on {topic} has a damaged delta {seq} ({exc}); "
+                                f"delete the topic to start the rules afresh") from exc
+        Rules.apply_delta(state["rules"], delta.pop("rules"))
+        pending = state["pending_windows"]  # first in, first produced
+        pending.extend(delta.pop("windows_closed"))
+        del pending[:delta.pop("windows_produced")]
+        state.update(delta)
+    state["deltas"] = counts  # on the topic still: removed with the next snapshot
+    return state
 
 
 def state_topic(settings: Settings) -> str:
@@ -370,7 +431,7 @@ class IntelligenceProcessor:
         #: The number of the latest committed step (its delta's key), and the deltas on the
         #: state topic not yet covered by a committed snapshot.
         self._seq = 0
-        self._deltas: set[int] = set()
+        self._deltas: dict[int, int] = {}  # seq -> chunks
         self._committed: dict[str, int] = {}
         self._commits = 0
         self._snapshot = 0
@@ -381,6 +442,7 @@ class IntelligenceProcessor:
         self._encoded: Future[tuple[int, int, list[bytes]]] | None = None
         self._status_due = False
         self._status_written = 0.0
+        self._offsets_sent = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -459,7 +521,7 @@ class IntelligenceProcessor:
                                     for closed, by in (state or {}).get("pending_windows", []))
         self._snapshot = state["snapshot"] if state else 0
         self._seq = state["seq"] if state else 0
-        self._deltas = set((state or {}).get("deltas", ()))
+        self._deltas = dict((state or {}).get("deltas", {}))
         saved = _by_partition((state or {}).get("positions", {}))
         self._watermarks = Watermarks(self.config.windows.idle_ms / 1000,
                                       _by_partition((state or {}).get("watermarks", {})))
@@ -519,44 +581,13 @@ class IntelligenceProcessor:
                             latest[msg.key().decode()] = msg.value()
         finally:
             reader.close()
-        deltas = sorted(int(key[len("delta-"):]) for key, value in latest.items()
-                        if key.startswith("delta-") and value is not None)
-        if "manifest" in latest and latest["manifest"] is not None:
-            manifest = json.loads(latest["manifest"])
-            try:
-                payload = b"".join(latest[f"chunk-{i}"] for i in range(manifest["chunks"]))
-                state = json.loads(zlib.decompress(payload))
-            except (KeyError, TypeError, zlib.error, ValueError) as exc:
-                raise EzStreamError(f"the alert state on {self._state_topic} is damaged ({exc}); "
-                                    f"delete the topic to start the rules afresh") from exc
-            if state["snapshot"] != manifest["snapshot"]:
-                raise EzStreamError(f"the alert state on {self._state_topic} mixes snapshots "
-                                    f"{state['snapshot']} and {manifest['snapshot']}")
-            state.setdefault("seq", 0)
-        elif deltas:  # the first snapshot was never committed: the deltas from the start
-            state = {"snapshot": 0, "seq": 0, "rules": Rules(self.config).to_dict(), "positions": {},
-                     "watermarks": {}, "pending_windows": [], "stats": {}}
-        else:
-            return None
-        later = [seq for seq in deltas if seq > state["seq"]]
-        if later and later != list(range(state["seq"] + 1, later[-1] + 1)):
-            raise EzStreamError(f"the alert state on {self._state_topic} misses deltas after "
-                                f"{state['seq']} (has {later[:5]}...); delete the topic to start afresh")
-        for seq in later:
-            delta = json.loads(zlib.decompress(latest[f"delta-{seq:012d}"]))
-            Rules.apply_delta(state["rules"], delta.pop("rules"))
-            pending = state["pending_windows"]
-            del pending[:delta.pop("windows_produced")]
-            pending.extend(delta.pop("windows_closed"))
-            state.update(delta)
-        state["deltas"] = deltas  # on the topic still: removed with the next snapshot
-        return state
+        return restore_state(latest, self.config, self._state_topic)
 
     def _deactivate(self, checkpoint: bool) -> None:
         try:
             if checkpoint and (self._dirty or self._in_txn):
                 self._emit_windows(len(self._closed_windows))
-                self._commit()
+                self._commit(final=True)
             elif self._in_txn:
                 # After a crash the state may stand anywhere in a step: its transaction goes, and
                 # the next holder replays from the last committed one.
@@ -801,20 +832,26 @@ class IntelligenceProcessor:
             self._txn_began = time.monotonic()
 
     def _commit_due(self) -> bool:
-        """A step with alerts commits at once (read_committed consumers see them then); others
-        gather for up to ``EZ_ALERTS_COMMIT_MS``; a snapshot goes as soon as it is encoded."""
-        if self._step_alerts or (self._encoded is not None and self._encoded.done()):
+        """A live step with alerts commits at once (read_committed consumers see them then);
+        others gather for up to ``EZ_ALERTS_COMMIT_MS`` (a catch-up's alerts too: they are about
+        the past, and a commit per alert would slow the catch-up down); a snapshot goes as soon as
+        it is encoded."""
+        if (self._step_alerts and self._caught_up) or (self._encoded is not None and self._encoded.done()):
             return True
         if not (self._dirty or self._in_txn):
             return False
         if not self._in_txn:
             self._begin()
-        return time.monotonic() - self._txn_began >= self.settings.alerts_commit_ms / 1000
+        # Each commit writes what changed since the last (every window a busy fleet touched, with
+        # its latency sketch): while catching up, fewer of them leave the rules more of the core.
+        interval_s = self.settings.alerts_commit_ms / 1000 * (1 if self._caught_up else CATCH_UP_COMMIT_FACTOR)
+        return time.monotonic() - self._txn_began >= interval_s
 
-    def _commit(self) -> None:
+    def _commit(self, final: bool = False) -> None:
         """One Kafka transaction of the step: its alerts and windows (produced into it already),
         the changes of the state it made (a delta on the state topic), a snapshot of the whole
-        state when one is ready, and the source offsets it reached. All of it is read, or none."""
+        state when one is ready, and the source positions it reached (in the delta, and once a
+        second as the positions group's offsets too). All of it is read, or none of it."""
         from confluent_kafka import KafkaException, TopicPartition
 
         self._begin()
@@ -824,15 +861,21 @@ class IntelligenceProcessor:
                  "windows_closed": self._windows_closed, "windows_produced": self._windows_produced}
         payload = zlib.compress(json.dumps(delta, separators=(",", ":")).encode(), 1)
         try:
-            self._txn.produce(self._state_topic, key=f"delta-{self._seq:012d}".encode(), value=payload)
+            chunks = _chunks(payload)
+            for key, chunk in zip(_delta_keys(self._seq, len(chunks)), chunks):
+                self._txn.produce(self._state_topic, key=key.encode(), value=chunk)
             snapshot = None
             if self._encoded is not None and self._encoded.done():
                 snapshot = self._encoded.result()
                 self._encoded = None
                 self._write_snapshot(*snapshot)
-            self._txn.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
-                self._source.consumer_group_metadata(), 30)
+            # The group's offsets are for operators' lag only (the delta holds the positions):
+            # sent once a second, they cost a commit with an alert no round trips.
+            send_offsets = final or time.monotonic() - self._offsets_sent >= 1.0
+            if send_offsets:
+                self._txn.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
+                    self._source.consumer_group_metadata(), 30)
             failpoint("alerts.before_commit")  # a step's outputs and state written, not committed
             self._commit_transaction()
         except KafkaException as exc:
@@ -848,9 +891,11 @@ class IntelligenceProcessor:
             raise TransientError(f"alerts: the step's transaction failed, replaying from commit "
                                  f"{self._seq - 1}: {error.str()}") from None
         self._in_txn = False
-        self._deltas.add(self._seq)
+        if send_offsets:
+            self._offsets_sent = time.monotonic()
+        self._deltas[self._seq] = len(chunks)
         if snapshot is not None:
-            self._deltas = {seq for seq in self._deltas if seq > snapshot[1]}
+            self._deltas = {seq: n for seq, n in self._deltas.items() if seq > snapshot[1]}
         self._commits += 1
         self._committed = positions
         if self._webhook is not None:
@@ -916,7 +961,8 @@ class IntelligenceProcessor:
         self._txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
             {"snapshot": snapshot, "seq": seq, "chunks": len(chunks)}).encode())
         for old in sorted(s for s in self._deltas if s <= seq):
-            self._txn.produce(self._state_topic, key=f"delta-{old:012d}".encode(), value=None)
+            for key in _delta_keys(old, self._deltas[old]):
+                self._txn.produce(self._state_topic, key=key.encode(), value=None)
         self._snapshot_bytes = sum(map(len, chunks))
         metrics.ALERTS_CHECKPOINT_BYTES.set(self._snapshot_bytes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -196,3 +197,55 @@ def test_a_snapshot_plus_the_deltas_after_it_is_exactly_the_state(seed):
     assert compared > 100
     assert {"budget", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"} <= kinds, kinds
     assert Rules(config, snapshot).to_dict() == rules.to_dict()
+
+
+def test_the_state_topic_restores_the_latest_snapshot_plus_the_deltas_after_it(monkeypatch):
+    """What activation reads back: the latest snapshot and the deltas committed after it, each
+    split into messages (tiny ones here), applied in order; deltas the snapshot covers, and the
+    windows closed and produced since, are accounted for exactly."""
+    from streams.intelligence import processor
+    from streams.intelligence.processor import _chunks, _delta_keys, _encode_snapshot, restore_state
+
+    monkeypatch.setattr(processor, "CHUNK_BYTES", 300)
+    config = IntelligenceConfig()
+    rules = Rules(config)
+    latest: dict[str, bytes | None] = {}
+    pending: list = []
+
+    def step(seq: int, minute: int) -> None:
+        # A minute of calls; the previous minute's window closes; 0 to 2 pending windows go out
+        # (some closed in the same step).
+        for i in range(30):
+            rules.observe_call(call(T0 + timedelta(minutes=minute, seconds=2 * i), 0.01), 0, 0)
+        closed = [[vars(c), "watermark"] for c in rules.windows.close_due(
+            int((T0 + timedelta(minutes=minute, seconds=15)).timestamp() * 1000))]
+        produced = min(seq % 3, len(pending) + len(closed))
+        pending.extend(closed)
+        del pending[:produced]
+        delta = {"seq": seq, "positions": {"calls:0": 30 * seq}, "watermarks": {}, "stats": {"events": 30 * seq},
+                 "rules": rules.delta(), "windows_closed": closed, "windows_produced": produced}
+        chunks = _chunks(zlib.compress(json.dumps(delta).encode()))
+        for key, chunk in zip(_delta_keys(seq, len(chunks)), chunks):
+            latest[key] = chunk
+
+    for seq in range(1, 4):
+        step(seq, seq)
+    snapshot, seq, chunks = _encode_snapshot({
+        "snapshot": 1, "seq": 3, "positions": {"calls:0": 90}, "watermarks": {}, "stats": {"events": 90},
+        "rules": rules.to_dict(), "pending_windows": [list(p) for p in pending]})
+    latest.update({f"chunk-{i}": c for i, c in enumerate(chunks)})
+    latest["manifest"] = json.dumps({"snapshot": snapshot, "seq": seq, "chunks": len(chunks)}).encode()
+    latest.update({key: None for key in latest if key.startswith("delta-000000000001-")})  # tombstones
+    for seq in range(4, 8):
+        step(seq, seq)
+    assert sum(key.startswith("delta-") for key in latest) > 10  # deltas of several messages
+
+    state = restore_state(dict(latest), config, "state")
+    assert state["seq"] == 7 and state["positions"] == {"calls:0": 210} and state["stats"] == {"events": 210}
+    assert state["rules"] == json.loads(json.dumps(rules.to_dict()))
+    assert state["pending_windows"] == json.loads(json.dumps(pending)) and len(pending) > 0
+    assert set(state["deltas"]) == {2, 3, 4, 5, 6, 7}  # on the topic until the next snapshot
+
+    del latest[_delta_keys(5, state["deltas"][5])[0]]
+    with pytest.raises(Exception, match="damaged delta 5"):
+        restore_state(dict(latest), config, "state")
