@@ -7,29 +7,33 @@ up with far more than the platform produces. Other workers running the role stan
 holds the single partition of the state topic (a consumer group lease) is active, and a standby
 takes over within the group's session timeout when the active one dies.
 
-State is changelog-backed, as a Faust table is, and exact across restarts:
+State is changelog-backed, as a Faust table is, and exact across restarts: one Kafka transaction
+per step, through one transactional producer (transactional id ``<prefix>ezstream.alerts.state``,
+so a new active processor fences the old one and aborts its open transaction).
 
-- Every ``EZ_ALERTS_CHECKPOINT_SECONDS`` the processor writes its whole state (rule state, open
-  windows, counters) *and the source offsets that state reflects* to the compacted state topic,
-  in one Kafka transaction. The transactional id is the role's, so a new active processor fences
-  the old one's state writes.
-- Before each checkpoint, every alert and window produced so far is flushed to Kafka, so a
-  checkpoint never precedes the output of the events it covers; windows closed but not produced
-  yet (a minute's end closes many; a share goes out per turn) are in the checkpoint itself.
-- On activation the processor loads the latest checkpoint, seeks each source partition to the
-  offset recorded with it and replays from there: each event is counted once, whatever the
-  consumer group says. Alerts and windows replayed into existence again have the same ids as
-  before (uuid5 of kind, subject, period); those already on their topics since the checkpoint
-  are found by reading the topics' tails and not produced twice.
+- A step's transaction holds its alerts, the windows it produced, the changes it made to the state
+  (a delta: each rule's changed entries, the source positions, the windows closed since the last
+  step; key ``delta-<seq>-<i>/<n>`` on the compacted state topic) and, once a second, the same
+  positions as the offsets of the ``.positions`` group (lag for operators). Read_committed
+  consumers see all of it or none of it.
+- A live step that raised an alert commits at once; other steps gather for up to
+  ``EZ_ALERTS_COMMIT_MS`` (five times that while catching up).
+- Every ``EZ_ALERTS_CHECKPOINT_SECONDS`` the whole state is copied, encoded by a thread beside the
+  loop, and written with the next step (``manifest`` and ``chunk-<i>``), with tombstones for the
+  deltas it covers.
+- On activation the processor reads the latest snapshot and the deltas committed after it
+  (:func:`restore_state`), seeks each source partition to the position they recorded and replays
+  from there: each event is counted once, each output produced once. Nothing is suppressed: the
+  outputs of a step that never committed were never read.
 - Wall-clock rules (silent agents, stuck tasks, idle windows) wait until the replay has caught up
   with the offsets of the moment of activation: a state that is behind would see silence where
   there was none.
 
-Alerts are produced as soon as the event that triggers them is read (linger 0, idempotent,
-acks=all): the alert path is consume -> rule -> produce, no transaction in the way. Windows close
-on event time (watermark past end + grace) and, on a quiet stream, on the wall clock. Calls too
-late for their window are counted in ``late_events`` (in the status file) and still reach the
-lake and ClickHouse through the sink roles.
+Alerts are readable by read_committed consumers when their step commits (a few milliseconds on
+one host: the alert path is consume -> rule -> produce -> commit). Windows close on event time
+(watermark past end + grace) and, on a quiet stream, on the wall clock. Calls too late for their
+window are counted in ``late_events`` (in the status file) and still reach the lake and
+ClickHouse through the sink roles.
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ import uuid
 import zlib
 from collections import Counter, deque, namedtuple
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +91,8 @@ CATCH_UP_COMMIT_FACTOR = 5
 STATUS_SECONDS = 0.25
 #: Seconds between wall-clock ticks of the rules.
 TICK_SECONDS = 1.0
+#: Most messages a step takes: a step behind takes many, so its commit is paid by many events.
+FETCH_MAX = 5000
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
 WINDOWS_PER_TURN = 20
 #: While catching up, a partition whose calls the merge holds more of than this is paused until
@@ -121,6 +127,17 @@ def _by_partition(by_key: dict[str, int]) -> dict[tuple[str, int], int]:
     """The inverse of :func:`_by_key` (topic names may hold ':'; the partition is last)."""
     return {(topic, int(partition)): n for topic, partition, n in
             ((*key.rsplit(":", 1), n) for key, n in by_key.items())}
+
+
+class _Cut(NamedTuple):
+    """What a step's transaction holds, for the accounts once it committed."""
+
+    seq: int
+    chunks: int
+    #: The step the snapshot written with it covers (its deltas are removed with it).
+    snapshot_seq: int | None
+    positions: dict[str, int]
+    alerts: list[Alert]
 
 
 def _encode_snapshot(state: dict[str, Any]) -> tuple[int, int, list[bytes]]:
@@ -438,6 +455,10 @@ class IntelligenceProcessor:
         self._snapshot_bytes = 0
         self._last_snapshot = time.monotonic()
         self._encoder: ThreadPoolExecutor | None = None
+        #: The commit in flight (one at a time), and the outputs of later steps held until it is done.
+        self._committer: ThreadPoolExecutor | None = None
+        self._committing: Future[_Cut] | None = None
+        self._held: list[tuple[str, str, bytes]] = []
         #: The snapshot being encoded: (snapshot, seq, chunks) when done.
         self._encoded: Future[tuple[int, int, list[bytes]]] | None = None
         self._status_due = False
@@ -551,6 +572,7 @@ class IntelligenceProcessor:
         self._merge = CatchUpMerge(calls, self._positions, stall_s=self.config.windows.idle_ms / 1000)
         self._source.assign(assignment)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="alerts-snapshot")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="alerts-commit")
         self._last_snapshot = time.monotonic()
         self._active = True
         self._caught_up = False
@@ -585,18 +607,23 @@ class IntelligenceProcessor:
 
     def _deactivate(self, checkpoint: bool) -> None:
         try:
-            if checkpoint and (self._dirty or self._in_txn):
+            if checkpoint and (self._dirty or self._in_txn or self._held or self._committing is not None):
                 self._emit_windows(len(self._closed_windows))
                 self._commit(final=True)
-            elif self._in_txn:
-                # After a crash the state may stand anywhere in a step: its transaction goes, and
-                # the next holder replays from the last committed one.
-                self._txn.abort_transaction(10)
+            else:
+                # After a crash the state may stand anywhere in a step: the commit in flight ends
+                # as it may, the open transaction goes, and the next holder replays from the last
+                # committed step.
+                if self._committing is not None:
+                    wait([self._committing], 60)
+                if self._in_txn:
+                    self._txn.abort_transaction(10)
         except Exception:  # noqa: BLE001  fenced or broker gone: the next holder replays
             log.exception("alerts: the last step was not committed; the next active processor replays it")
         finally:
-            if self._encoder is not None:
-                self._encoder.shutdown(wait=True, cancel_futures=True)
+            for executor in (self._encoder, self._committer):
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
             if self._source is not None:
                 self._source.close()
             self._active = False
@@ -611,7 +638,7 @@ class IntelligenceProcessor:
         first = self._source.poll(0.05)
         if first is not None:
             now_ms = int(time.time() * 1000)
-            self._process([first, *self._source.consume(1000, 0)], now_ms)
+            self._process([first, *self._source.consume(FETCH_MAX - 1, 0)], now_ms)
             failpoint("alerts.after_batch")
         if self._merge is not None:
             self._release(int(time.time() * 1000))
@@ -813,11 +840,20 @@ class IntelligenceProcessor:
         self._dirty = self._dirty or n > 0
 
     def _produce(self, topic: str, key: str, value: bytes) -> None:
-        """Produce in the step's transaction (begun by its first output or change)."""
+        """Produce in the step's transaction (begun by its first output or change); while the
+        previous step's commit is in flight, held until it is done (see :meth:`_settle`)."""
+        if self._committing is not None:
+            self._settle()
+        if self._committing is not None:
+            self._held.append((topic, key, value))
+            return
         self._begin()
+        self._send(topic, key.encode(), value)
+
+    def _send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         while True:
             try:
-                self._txn.produce(topic, key=key.encode(), value=value)
+                self._txn.produce(topic, key=key, value=value)
                 break
             except BufferError:  # the producer's queue is full: let it drain
                 self._txn.poll(0.01)
@@ -835,7 +871,10 @@ class IntelligenceProcessor:
         """A live step with alerts commits at once (read_committed consumers see them then);
         others gather for up to ``EZ_ALERTS_COMMIT_MS`` (a catch-up's alerts too: they are about
         the past, and a commit per alert would slow the catch-up down); a snapshot goes as soon as
-        it is encoded."""
+        it is encoded. One commit is in flight at a time."""
+        self._settle()
+        if self._committing is not None:
+            return False
         if (self._step_alerts and self._caught_up) or (self._encoded is not None and self._encoded.done()):
             return True
         if not (self._dirty or self._in_txn):
@@ -848,66 +887,93 @@ class IntelligenceProcessor:
         return time.monotonic() - self._txn_began >= interval_s
 
     def _commit(self, final: bool = False) -> None:
-        """One Kafka transaction of the step: its alerts and windows (produced into it already),
-        the changes of the state it made (a delta on the state topic), a snapshot of the whole
-        state when one is ready, and the source positions it reached (in the delta, and once a
-        second as the positions group's offsets too). All of it is read, or none of it."""
-        from confluent_kafka import KafkaException, TopicPartition
+        """End the step: one Kafka transaction holds its alerts and windows (produced into it
+        already), the changes it made to the state (a delta on the state topic), a snapshot of the
+        whole state when one is ready, and the source positions it reached (in the delta, and once
+        a second as the positions group's offsets too). All of it is read, or none of it.
 
+        The loop writes the delta and hands the commit to a thread, then goes on with the next
+        step: its outputs wait until the commit is done (:meth:`_settle`), its changes go in the
+        next delta. ``final``: wait for the commit.
+        """
+        from confluent_kafka import TopicPartition
+
+        self._settle(wait=True)
         self._begin()
         self._seq += 1
         positions = self._committable_positions()
         delta = {**self._progress(positions), "seq": self._seq, "rules": self.rules.delta(),
                  "windows_closed": self._windows_closed, "windows_produced": self._windows_produced}
-        payload = zlib.compress(json.dumps(delta, separators=(",", ":")).encode(), 1)
+        chunks = _chunks(zlib.compress(json.dumps(delta, separators=(",", ":")).encode(), 1))
+        for key, chunk in zip(_delta_keys(self._seq, len(chunks)), chunks):
+            self._send(self._state_topic, key.encode(), chunk)
+        snapshot = None
+        if self._encoded is not None and self._encoded.done():
+            snapshot = self._encoded.result()
+            self._encoded = None
+            self._write_snapshot(*snapshot)
+        # The group's offsets are for operators' lag only (the delta holds the positions): sent
+        # once a second, they cost most commits no round trips.
+        offsets = None
+        if final or time.monotonic() - self._offsets_sent >= 1.0:
+            self._offsets_sent = time.monotonic()
+            offsets = ([TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
+                       self._source.consumer_group_metadata())
+        cut = _Cut(self._seq, len(chunks), snapshot[1] if snapshot else None, positions, self._step_alerts)
+        self._in_txn = False
+        self._step_alerts, self._windows_closed, self._windows_produced, self._dirty = [], [], 0, False
+        self._committing = self._committer.submit(self._finish, cut, offsets)
+        if time.monotonic() - self._last_snapshot >= self.settings.alerts_checkpoint_seconds and self._encoded is None:
+            self._take_snapshot(positions)  # the state as of this cut: nothing changed it since
+        if final:
+            self._settle(wait=True)
+
+    def _finish(self, cut: _Cut, offsets: tuple[list[Any], Any] | None) -> _Cut:
+        """In the commit thread: the offsets, then the commit of the transaction ``cut`` ended."""
+        from confluent_kafka import KafkaException
+
         try:
-            chunks = _chunks(payload)
-            for key, chunk in zip(_delta_keys(self._seq, len(chunks)), chunks):
-                self._txn.produce(self._state_topic, key=key.encode(), value=chunk)
-            snapshot = None
-            if self._encoded is not None and self._encoded.done():
-                snapshot = self._encoded.result()
-                self._encoded = None
-                self._write_snapshot(*snapshot)
-            # The group's offsets are for operators' lag only (the delta holds the positions):
-            # sent once a second, they cost a commit with an alert no round trips.
-            send_offsets = final or time.monotonic() - self._offsets_sent >= 1.0
-            if send_offsets:
-                self._txn.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
-                    self._source.consumer_group_metadata(), 30)
+            if offsets is not None:
+                self._txn.send_offsets_to_transaction(*offsets, 30)
             failpoint("alerts.before_commit")  # a step's outputs and state written, not committed
             self._commit_transaction()
         except KafkaException as exc:
             error = exc.args[0]
-            self._in_txn = False
             if error.fatal():
-                # Fenced: another processor holds the role. Stop until the lease says otherwise.
-                self._holds_lease = False
                 raise EzStreamError(f"alerts: step refused, another processor took over: {error}") from None
             if error.txn_requires_abort():
                 self._txn.abort_transaction(30)
             # The state in memory is past what was committed: start again from the latest commit.
-            raise TransientError(f"alerts: the step's transaction failed, replaying from commit "
-                                 f"{self._seq - 1}: {error.str()}") from None
-        self._in_txn = False
-        if send_offsets:
-            self._offsets_sent = time.monotonic()
-        self._deltas[self._seq] = len(chunks)
-        if snapshot is not None:
-            self._deltas = {seq: n for seq, n in self._deltas.items() if seq > snapshot[1]}
+            raise TransientError(f"alerts: the transaction of step {cut.seq} failed, replaying from "
+                                 f"the one before: {error.str()}") from None
+        return cut
+
+    def _settle(self, wait: bool = False) -> None:
+        """Once the commit in flight is done: account for it, and begin the next transaction with
+        the outputs held meanwhile. A failed commit raises here, in the loop."""
+        future = self._committing
+        if future is None or not (wait or future.done()):
+            return
+        self._committing = None
+        try:
+            cut = future.result()
+        except EzStreamError:
+            self._holds_lease = False  # fenced: stop until the lease says otherwise
+            raise
+        self._deltas[cut.seq] = cut.chunks
+        if cut.snapshot_seq is not None:
+            self._deltas = {seq: n for seq, n in self._deltas.items() if seq > cut.snapshot_seq}
         self._commits += 1
-        self._committed = positions
+        self._committed = cut.positions
         if self._webhook is not None:
-            for alert in self._step_alerts:
+            for alert in cut.alerts:
                 self._webhook.submit(alert)
-        self._step_alerts = []
-        self._windows_closed = []
-        self._windows_produced = 0
-        self._dirty = False
-        if time.monotonic() - self._last_snapshot >= self.settings.alerts_checkpoint_seconds and self._encoded is None:
-            self._take_snapshot(positions)
         self._status_due = True
+        if self._held:
+            held, self._held = self._held, []
+            self._begin()
+            for topic, key, value in held:
+                self._send(topic, key.encode(), value)
 
     def _commit_transaction(self) -> None:
         from confluent_kafka import KafkaException
