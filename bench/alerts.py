@@ -18,7 +18,7 @@ alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
 2. the alert path through the alerts role, p50/p99/max;
 3. the worker's RSS at the end.
 
-    .venv/bin/python bench/alerts.py --rate 1000 --seconds 30 [--events 300000] [--rate 20000 ...]
+    .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--events 300000]
 """
 
 from __future__ import annotations
@@ -306,28 +306,31 @@ def run_throughput(base, events: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    parser.add_argument("--rate", type=float, action="append",
+                        help="events per second of an alert-path run; repeat for several (default 1,000 and 20,000)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each run")
     parser.add_argument("--events", type=int, default=300_000,
                         help="events of the throughput phase (0: skip it)")
     args = parser.parse_args()
 
     base = load_settings()
-    prefix = f"bench.alerts.{int(time.time())}."
-    settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
-    ensure_topics(settings, catalogue(settings))
-    home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench" if (base.home / "bench").exists()
-                                 else None))
     if args.events:
         run_throughput(base, args.events)
-    tagged = int(args.seconds * args.rate / 100)
-    print(f"alert path at {args.rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
-          f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
-    baseline = run_baseline(settings, args.rate, args.seconds)
-    report("raw Kafka, 2 hops (baseline)", baseline, tagged)
-    alerts, rss = run_alerts(settings, home, args.rate, args.seconds)
-    report("alert path (alerts role)", alerts, tagged)
-    print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
+    for rate in args.rate or [1000.0, 20000.0]:
+        # Fresh topics per rate: each run's worker starts with nothing to catch up on.
+        prefix = f"bench.alerts.{int(time.time())}.{int(rate)}."
+        settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
+        ensure_topics(settings, catalogue(settings))
+        home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench" if (base.home / "bench").exists()
+                                     else None))
+        tagged = int(args.seconds * rate / 100)
+        print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
+              f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
+        baseline = run_baseline(settings, rate, args.seconds)
+        report("raw Kafka, 2 hops (baseline)", baseline, tagged)
+        alerts, rss = run_alerts(settings, home, rate, args.seconds)
+        report("alert path (alerts role)", alerts, tagged)
+        print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
 
 
 if __name__ == "__main__":
