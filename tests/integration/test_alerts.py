@@ -434,12 +434,19 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
     partitions per fetch, minutes apart in event time. Every alert and every closed window is
     the same, field for field; and again on a third set of topics, live with the worker killed
     (-9) twice at seeded random points."""
-    # Windows close on event time only: the idle period is longer than the test.
-    (tmp_path / "no-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600"))
+    # Windows close on event time only: the idle period is longer than the test. Budget days end
+    # two hours after midnight, not five minutes: a run just after midnight would otherwise see
+    # the live processor's wall clock end the day of the calls (made 20 minutes back) and count
+    # them late, where the replay, whose wall-clock rules wait for its catch-up, counts none.
+    (tmp_path / "no-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600")
+                                          + "\n[budget]\ngrace_seconds = 7200\n")
     live = intel.model_copy(update={"alerts_config_file": tmp_path / "no-idle.toml", "alerts_checkpoint_seconds": 0.1})
     replay = make_pipe(topic_prefix=f"{live.topic_prefix}replay.", budgets_file=live.budgets_file,
                        alerts_config_file=live.alerts_config_file, alerts_checkpoint_seconds=0.1)
     t0 = _minute(-20)
+    midnight = (t0 + timedelta(minutes=6)).replace(hour=0, minute=0)
+    if t0 < midnight:  # the five minutes of calls all on one day: its budgets are what is counted
+        t0 = midnight - timedelta(minutes=7)
     agents = [f"dev-{i}" for i in range(9)]
     slots = []
     for k in range(100):  # a slot: one agent's six calls within 1.2 s, every 3 s
