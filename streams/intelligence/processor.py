@@ -419,7 +419,6 @@ class IntelligenceProcessor:
         self._active = False
         self.stats: Counter[str] = Counter()
         self._late_events: dict[str, int] = {}
-        self._status_lock = threading.Lock()
         self._reset_active_state()
 
     def _reset_active_state(self) -> None:
@@ -993,16 +992,13 @@ class IntelligenceProcessor:
                         for tp, offset in self._positions.items()})
 
     def _progress(self, positions: dict[str, int]) -> dict[str, Any]:
-        """What a delta and a snapshot both hold beside the rules: where the state stands."""
+        """What a delta and a snapshot both hold beside the rules: what activation restores (late
+        events are the rules' own; event time and catch-up are worked out again)."""
         return {
             "time_ms": int(time.time() * 1000),
             "positions": positions,
             "watermarks": _by_key(self._watermarks.of),
-            "late_events": self.rules.late_events,
             "stats": dict(self.stats),
-            "caught_up": self._caught_up,
-            "event_time": {"low_ms": self._watermarks.low(), "skew_ms": self._watermarks.skew(),
-                           "catching_up": self._merge is not None},
         }
 
     def _take_snapshot(self, positions: dict[str, int]) -> None:
@@ -1055,13 +1051,13 @@ class IntelligenceProcessor:
                 metrics.LATE_EVENTS.labels(rule).set(late)
         return status
 
-    def _write_status(self, status: dict[str, Any] | None = None) -> None:
-        """``$EZ_HOME/run/alerts-<prefix>.status.json``: as of the latest commit while active."""
-        status = self.status() if status is None else status
+    def _write_status(self) -> None:
+        """``$EZ_HOME/run/alerts-<prefix>.status.json``: as of the latest commit while active
+        (written by the loop's thread only)."""
+        status = self.status()
         if self._webhook is not None:
             status["webhook"] = {"posted": self._webhook.posted, "failed": self._webhook.failed}
-        with self._status_lock:
-            self._status_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._status_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
-            tmp.replace(self._status_file)
+        self._status_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=1, sort_keys=True))
+        tmp.replace(self._status_file)
