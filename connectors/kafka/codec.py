@@ -350,7 +350,10 @@ def _validate(writer: SchemaVersion, record: Mapping[str, Any]) -> None:
     if unknown:
         raise InvalidEvent(f"{writer.label}: unknown field(s) {', '.join(map(repr, unknown))}")
     try:
-        validate(record, writer.parsed, raise_errors=True)
+        # Checked without building the errors first: fastavro tries a union's branches by raising
+        # and catching them, which costs more than the check itself; only a bad record pays that.
+        if not validate(record, writer.parsed, raise_errors=False):
+            validate(record, writer.parsed, raise_errors=True)
     except ValidationError as exc:
         raise InvalidEvent(_describe_validation_error(writer, record, exc)) from None
     for name, field in fields.items():

@@ -18,18 +18,22 @@ events older than a rule keeps state for are counted in its ``late_events`` and 
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from connectors.clickhouse.task_queries import DEFAULT_SLA_SECONDS
 from connectors.errors import ConfigError
 from connectors.kafka.events import Alert, LlmCall, TaskEvent, Telemetry
 from streams.intelligence._time import DAY_MS, epoch_ms, utc
+from streams.intelligence.calls import Calls, combine, groups
 
 Kind = Literal["budget", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"]
 Severity = Literal["info", "warning", "critical"]
@@ -345,6 +349,46 @@ class BudgetRule:
         self._changed_spend |= over
         return alerts
 
+    def observe_calls(self, calls: Calls) -> list[tuple[int, int, Alert]]:
+        """:meth:`observe` of each call with its partition's watermark (``calls.watermarks``), a
+        tenant's or agent's day at a time: (call index, 0 for a tenant's alert or 1 for an
+        agent's, alert) in the order call by call would give them. The spend of a day is added
+        call after call, the same float; only a day whose spend reaches a threshold not fired yet
+        is taken call by call."""
+        at = calls.at
+        days = at - at % DAY_MS
+        late = days + DAY_MS + self.config.grace_ms <= np.maximum(calls.watermarks, self.clock_ms)
+        self.late_events += int(late.sum())
+        kept = np.flatnonzero(~late)
+        costs = calls.numbers("cost_usd")
+        found: list[tuple[int, int, Alert]] = []
+        for rank, scope in enumerate(("tenant", "agent")):
+            codes, subjects = calls.codes(f"{scope}_id")
+            budgets = [self.config.budgets.daily_usd(scope, subject) for subject in subjects]
+            taken = kept[np.array([budget is not None for budget in budgets], dtype=bool)[codes[kept]]] if subjects else kept[:0]
+            if not len(taken):
+                continue
+            distinct_days, day_codes = np.unique(days[taken], return_inverse=True)
+            order, lo, hi = groups(combine((codes[taken], len(subjects)), (day_codes, len(distinct_days))))
+            taken = taken[order]
+            for a, b in zip(lo.tolist(), hi.tolist()):
+                first = int(taken[a])
+                subject, budget, day = subjects[codes[first]], budgets[codes[first]], int(days[first])
+                day_key = f"{scope}|{subject}|{day}"
+                if day_key not in self._spend:
+                    self._days.setdefault(day, set()).add(day_key)
+                spends = list(itertools.accumulate(costs[taken[a:b]].tolist(), initial=self._spend.get(day_key, 0.0)))[1:]
+                self._spend[day_key] = spends[-1]
+                self._changed_spend.add(day_key)
+                most = max(spends)
+                if all(most * 100 < budget * percent or f"{day_key}|{percent}" in self._firing
+                       for percent, _ in BUDGET_THRESHOLDS):
+                    continue
+                for i, spend, call in zip(taken[a:b].tolist(), spends, calls.rows(taken[a:b])):
+                    found += [(i, rank, alert) for alert in
+                              self._thresholds(scope, subject, day, day_key, spend, budget, call, int(at[i]))]
+        return found
+
     def _spend_on(
         self, scope: BudgetScope, subject: str, day: int, call: LlmCall, at: int
     ) -> list[Alert]:
@@ -356,6 +400,13 @@ class BudgetRule:
             self._days.setdefault(day, set()).add(day_key)
         spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
         self._changed_spend.add(day_key)
+        return self._thresholds(scope, subject, day, day_key, spend, budget, call, at)
+
+    def _thresholds(
+        self, scope: BudgetScope, subject: str, day: int, day_key: str, spend: float, budget: float,
+        call: LlmCall, at: int,
+    ) -> list[Alert]:
+        """The thresholds a day's ``spend`` (after ``call``) newly reached: each fires."""
         alerts: list[Alert] = []
         for percent, severity in BUDGET_THRESHOLDS:
             # Percent as an int keeps 80% of $100 exactly $80 (0.8 * 100 is, 0.9 * 10 is not).
@@ -502,6 +553,31 @@ class _SlidingCounts:
         self.changed.add(subject)
         return True
 
+    def add_many(self, subject: str, at_ms: np.ndarray, counts: list[np.ndarray]) -> None:
+        """Count calls at ``at_ms`` (none before the window, none moving it), call ``i`` adding
+        ``counts[k][i]`` to counter ``k``: what :meth:`add` of each would count, a bucket at a time."""
+        buckets = self._buckets.get(subject)
+        if buckets is None:
+            buckets = self._buckets[subject] = {}
+            self._sums[subject] = [0] * len(counts)
+        sums = self._sums[subject]
+        starts, inverse = np.unique(at_ms - at_ms % self.bucket_ms, return_inverse=True)
+        added = [np.bincount(inverse, weights=column, minlength=len(starts)).astype(np.int64).tolist()
+                 for column in counts]
+        for j, start in enumerate(starts.tolist()):
+            bucket = buckets.get(start)
+            if bucket is None:
+                bucket = buckets[start] = [0] * len(counts)
+            for i, column in enumerate(added):
+                bucket[i] += column[j]
+                sums[i] += column[j]
+        self.changed.add(subject)
+
+    def clocks(self, at_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For calls at ``at_ms`` taken in order: the clock after each, and the window's start then."""
+        clock = np.maximum.accumulate(np.maximum(at_ms, self.clock_ms))
+        return clock, clock - clock % self.bucket_ms + self.bucket_ms - self.window_ms
+
     def advance(self, now_ms: int) -> None:
         """Move the clock to ``now_ms`` (never back); buckets that left the window are dropped."""
         self.clock_ms = max(self.clock_ms, now_ms)
@@ -578,6 +654,28 @@ class _SlidingCountRule:
     def size(self) -> int:
         """Entries held: buckets of counts and firing conditions."""
         return self._counts.size() + len(self._firing)
+
+    def observe(self, call: Any) -> list[Alert]:
+        raise NotImplementedError
+
+    def _spans(self, calls: Calls) -> Iterator[tuple[int, int, int, list[tuple[int, Alert]]]]:
+        """The batch in spans of calls during which the window stays put: (first, end, window
+        start, alerts) of each. The first call of a span moves the window and is taken alone
+        (:meth:`observe`, whose alerts are given); the caller counts the others, and once it is
+        done the clock moves to the span's last call."""
+        clock, starts = self._counts.clocks(calls.at)
+        cuts = (np.flatnonzero(starts[1:] != starts[:-1]) + 1).tolist()
+        for lo, hi in zip([0, *cuts], [*cuts, calls.n]):
+            alerts = [(lo, alert) for alert in self.observe(calls.rows([lo])[0])]
+            yield lo, hi, int(starts[lo]), alerts
+            self._counts.advance(int(clock[hi - 1]))
+
+    def _subjects(self, calls: Calls, first: str, second: str) -> tuple[np.ndarray, Callable[[int], str]]:
+        """Each call's subject ``<first>/<second>`` as a code, and the subject of a call's index."""
+        a, a_values = calls.codes(first)
+        b, b_values = calls.codes(second)
+        return (combine((a, len(a_values)), (b, len(b_values))),
+                lambda i: f"{a_values[a[i]]}/{b_values[b[i]]}")
 
     def to_dict(self) -> dict[str, Any]:
         """The rule's state as a JSON-friendly dict."""
@@ -665,6 +763,45 @@ class ErrorRateRule(_SlidingCountRule):
                 f"{subject}: no call for {_duration_text(quiet)} (since {_utc_text(condition.last_seen_ms)}); "
                 f"forgotten after {_duration_text(self.config.forget_after_ms)} without evidence of recovery"))
         return alerts
+
+    def observe_calls(self, calls: Calls) -> list[tuple[int, Alert]]:
+        """:meth:`observe` of each call, a provider/model at a time: (call index, alert) in the
+        order call by call would give them. A group that cannot fire (the rate never above
+        ``fire_rate``) or resolve (never below ``resolve_rate``) is counted at once; the rest
+        call by call."""
+        subjects, subject_of = self._subjects(calls, "provider", "model")
+        failed = calls.is_in("status", FAILED_STATUSES).astype(np.int64)
+        at = calls.at
+        found: list[tuple[int, Alert]] = []
+        for lo, hi, start, alerts in self._spans(calls):
+            found += alerts
+            rest = np.arange(lo + 1, hi)
+            late = at[rest] < start
+            self.late_events += int(late.sum())
+            rest = rest[~late]
+            order, glo, ghi = groups(subjects[rest])
+            rest = rest[order]
+            for a, b in zip(glo.tolist(), ghi.tolist()):
+                taken = rest[a:b]
+                subject = subject_of(int(taken[0]))
+                base_calls, base_errors = self._counts.totals(subject, 2)
+                counted = base_calls + np.arange(1, b - a + 1)
+                rate = (base_errors + np.cumsum(failed[taken])) / counted
+                decided = counted >= self.config.min_calls
+                condition = self._firing.get(subject)
+                if condition is None:
+                    changes_state = decided & (rate > self.config.fire_rate)
+                else:
+                    changes_state = decided & (rate < self.config.resolve_rate)
+                if changes_state.any():
+                    for i, call in zip(taken.tolist(), calls.rows(taken)):
+                        found += [(i, alert) for alert in self.observe(call)]
+                    continue
+                self._counts.add_many(subject, at[taken], [np.ones(b - a, np.int64), failed[taken]])
+                if condition is not None and decided.any():
+                    condition.last_seen_ms = max(condition.last_seen_ms, int(at[taken][decided].max()))
+                    self._changed_firing.add(subject)
+        return found
 
     def observe(self, call: LlmCall) -> list[Alert]:
         """Count the call; the alert its provider/model raises or clears, if any."""
@@ -761,6 +898,41 @@ class RateLimitStormRule(_SlidingCountRule):
         super().__init__(config)
         #: The window start the firing storms were last checked at (see :meth:`tick`).
         self._checked_start: int | None = None
+
+    def observe_calls(self, calls: Calls) -> list[tuple[int, Alert]]:
+        """:meth:`observe` of each call, a provider/key alias at a time: (call index, alert) in
+        the order call by call would give them. Storms are checked for calm when the window moves
+        (the first call of a span, taken alone); within a span, a key alias that cannot start a
+        storm is counted at once, the rest call by call."""
+        subjects, subject_of = self._subjects(calls, "provider", "api_key_alias")
+        limited = calls.is_in("status", {"rate_limited"})
+        at = calls.at
+        found: list[tuple[int, Alert]] = []
+        for lo, hi, start, alerts in self._spans(calls):
+            found += alerts
+            if self._checked_start != start:  # the span's first call was late: calm unchecked
+                for i, call in zip(range(lo + 1, hi), calls.rows(np.arange(lo + 1, hi))):
+                    found += [(i, alert) for alert in self.observe(call)]
+                continue
+            rest = np.arange(lo + 1, hi)[limited[lo + 1:hi]]
+            late = at[rest] < start
+            self.late_events += int(late.sum())
+            rest = rest[~late]
+            order, glo, ghi = groups(subjects[rest])
+            rest = rest[order]
+            for a, b in zip(glo.tolist(), ghi.tolist()):
+                taken = rest[a:b]
+                subject = subject_of(int(taken[0]))
+                condition = self._firing.get(subject)
+                if condition is None and self._counts.totals(subject, 1)[0] + b - a > self.config.fire_count:
+                    for i, call in zip(taken.tolist(), calls.rows(taken)):
+                        found += [(i, alert) for alert in self.observe(call)]
+                    continue
+                self._counts.add_many(subject, at[taken], [np.ones(b - a, np.int64)])
+                if condition is not None:
+                    condition.last_seen_ms = max(condition.last_seen_ms, int(at[taken].max()))
+                    self._changed_firing.add(subject)
+        return found
 
     def observe(self, call: LlmCall) -> list[Alert]:
         """Count the call if it was rate limited; the alerts it raises or clears."""

@@ -17,19 +17,18 @@ call is late only by its own partition's time.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections import deque
-from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 Partition = tuple[str, int]
 
 
 class CatchUpMerge:
     """The calls of the backlog of ``ends`` (partition -> offset the backlog ends at), released
-    in one order; rows need an ``event_time`` in epoch milliseconds.
+    in one order; taken in and released as decoded tables.
 
     The order is a k-way merge's by (event time, partition) of each partition's next call. Said
     another way, which is how it is computed: a stable sort of all the calls by (*key*,
@@ -43,8 +42,8 @@ class CatchUpMerge:
     def __init__(self, ends: dict[Partition, int], positions: dict[Partition, int], stall_s: float = 15.0) -> None:
         self._ends = dict(ends)
         self._fetched = {tp: positions[tp] for tp in ends}
-        #: Per partition: held calls as chunks of (keys, offsets, rows), in offset order.
-        self._held: dict[Partition, deque[tuple[list[int], list[int], list[Any]]]] = {tp: deque() for tp in sorted(ends)}
+        #: Per partition: held calls as chunks of (keys, offsets, calls), in offset order.
+        self._held: dict[Partition, deque[tuple[np.ndarray, np.ndarray, pa.Table]]] = {tp: deque() for tp in sorted(ends)}
         self._count = {tp: 0 for tp in ends}
         #: Latest key per partition (None: no call yet, so nothing of the others can go).
         self._key: dict[Partition, int | None] = {tp: None for tp in ends}
@@ -59,25 +58,22 @@ class CatchUpMerge:
         self.skew_ms = 0
         self.held = 0
 
-    def fetched(self, tp: Partition, end: int, calls: list[tuple[int, Any]]) -> None:
+    def fetched(self, tp: Partition, end: int, offsets: np.ndarray, calls: pa.Table, at: np.ndarray) -> None:
         """A run of ``tp``'s messages was fetched, up to offset ``end`` (exclusive); ``calls`` are
-        its calls to release, (offset, row) in offset order (messages without one, undecodable,
-        invalid or from the future, are left out)."""
+        its calls to release (a decoded table, ``at`` their event times, ``offsets`` their offsets),
+        in offset order (messages without one, undecodable, invalid or from the future, are left
+        out)."""
         self._fetched[tp] = end
         self._heard[tp] = time.monotonic()
-        if not calls:
+        if not len(at):
             return
         key = self._key[tp]
-        keys, times = [], [row.event_time for _, row in calls]
-        for t in times:
-            if key is None or t > key:
-                key = t
-            keys.append(key)
-        self._key[tp] = key
-        self._held[tp].append((keys, [offset for offset, _ in calls], [row for _, row in calls]))
-        self._count[tp] += len(calls)
-        self.held += len(calls)
-        least, most = min(times), max(times)
+        keys = np.maximum.accumulate(at if key is None else np.maximum(at, key))
+        self._key[tp] = int(keys[-1])
+        self._held[tp].append((keys, offsets, calls))
+        self._count[tp] += len(at)
+        self.held += len(at)
+        least, most = int(at.min()), int(at.max())
         run = self._run
         if run is None or run[0] != tp:
             self._end_run()
@@ -89,56 +85,53 @@ class CatchUpMerge:
         """Partitions with backlog left to fetch or release."""
         return {tp for tp, end in self._ends.items() if self._fetched[tp] < end or self._count[tp]}
 
-    def release(self) -> list[tuple[Partition, list[Any]]]:
-        """The calls that can go now, in the merge's order: runs of one partition's calls."""
+    def release(self) -> tuple[pa.Table, np.ndarray, list[Partition]] | None:
+        """The calls that can go now, in the merge's order: (calls, the index in partitions of
+        each call's partition, partitions); None when none can."""
         self._end_run()
         self._expire()
         bounds = [(self._key[tp], tp) for tp, end in self._ends.items() if self._fetched[tp] < end]
         if any(key is None for key, _ in bounds):
-            return []  # a partition with backlog and no call yet: anything may come before it
+            return None  # a partition with backlog and no call yet: anything may come before it
         bound = min(bounds) if bounds else None
-        keys: list[int] = []
-        order_tp: list[int] = []
-        rows: list[Any] = []
+        keys: list[np.ndarray] = []
+        tables: list[pa.Table] = []
+        taken_of: list[int] = []
         partitions: list[Partition] = []
         for tp, chunks in self._held.items():
             taken = 0
             while chunks:
-                chunk_keys, offsets, chunk_rows = chunks[0]
+                chunk_keys, offsets, table = chunks[0]
                 if bound is None:
                     n = len(chunk_keys)
                 elif tp < bound[1]:  # (key, tp) < (bound key, bound tp): key <= bound key
-                    n = bisect.bisect_right(chunk_keys, bound[0])
+                    n = int(np.searchsorted(chunk_keys, bound[0], side="right"))
                 else:
-                    n = bisect.bisect_left(chunk_keys, bound[0])
+                    n = int(np.searchsorted(chunk_keys, bound[0], side="left"))
                 if n == 0:
                     break
-                keys += chunk_keys[:n]
-                rows += chunk_rows[:n]
+                keys.append(chunk_keys[:n])
+                tables.append(table.slice(0, n))
                 taken += n
                 if n == len(chunk_keys):
                     chunks.popleft()
                 else:
-                    chunks[0] = (chunk_keys[n:], offsets[n:], chunk_rows[n:])
+                    chunks[0] = (chunk_keys[n:], offsets[n:], table.slice(n))
                     break
             if taken:
-                order_tp += [len(partitions)] * taken
+                taken_of.append(taken)
                 partitions.append(tp)
                 self._count[tp] -= taken
-        if not rows:
-            return []
-        self.held -= len(rows)
+        if not partitions:
+            return None
+        calls = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        self.held -= calls.num_rows
+        which = np.repeat(np.arange(len(partitions)), taken_of)
         if len(partitions) == 1:
-            return [(partitions[0], rows)]
+            return calls, which, partitions
         # Stable: equal (key, partition) keep their offset order.
-        order = np.lexsort((np.asarray(order_tp), np.asarray(keys, dtype=np.int64)))
-        which = np.asarray(order_tp)[order]
-        cuts = np.flatnonzero(np.diff(which)) + 1
-        picked = [rows[i] for i in order.tolist()]
-        runs = []
-        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(picked)]):
-            runs.append((partitions[which[lo]], picked[lo:hi]))
-        return runs
+        order = np.lexsort((which, np.concatenate(keys)))
+        return calls.take(order), which[order], partitions
 
     def buffered(self, tp: Partition) -> int:
         return self._count.get(tp, 0)
@@ -147,7 +140,7 @@ class CatchUpMerge:
         """Where a restart must read ``tp`` from: its first call not released yet, else
         ``fetched`` (the consumer's position)."""
         chunks = self._held.get(tp)
-        return chunks[0][1][0] if chunks else fetched
+        return int(chunks[0][1][0]) if chunks else fetched
 
     def done(self) -> bool:
         """The whole backlog was released."""

@@ -45,15 +45,13 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter, deque, namedtuple
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from connectors.errors import EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
@@ -75,6 +73,7 @@ from streams.intelligence.alerts import (
     SilentAgentRule,
     StuckTaskRule,
 )
+from streams.intelligence.calls import Calls, event_times, rows
 from streams.intelligence.config import IntelligenceConfig, load_config
 from streams.intelligence.merge import CatchUpMerge, Watermarks
 from streams.intelligence.windows import ClosedWindow, WindowStore
@@ -102,20 +101,9 @@ MERGE_HOLD_ROWS = 50_000
 _WINDOW_NAMESPACE = uuid.uuid5(ALERT_NAMESPACE, "llm-window")
 
 
-#: A row type per event schema and its columns (see :func:`rows`).
-_ROW_TYPES: dict[tuple[str, tuple[str, ...]], type] = {}
-
-
-def rows(event: str, table: pa.Table) -> list[Any]:
-    """The rows of a decoded ``event`` table as named tuples with the event's fields, its
-    ``event_time`` in epoch milliseconds: what the rules read, column by column from Arrow."""
-    names = tuple(table.column_names)
-    row_type = _ROW_TYPES.get((event, names))
-    if row_type is None:
-        row_type = _ROW_TYPES[(event, names)] = namedtuple(f"{event}_row", names, rename=True)
-    columns = [(pc.cast(column, pa.int64()) if name == "event_time" else column).to_pylist()
-               for name, column in zip(names, table.columns)]
-    return list(map(row_type._make, zip(*columns)))
+def _fields(closed: ClosedWindow) -> dict[str, Any]:
+    """A closed window's fields as the state holds them (its sketch's dict is shared, never changed)."""
+    return dict(vars(closed))
 
 
 def _by_key(by_partition: dict[tuple[str, int], int]) -> dict[str, int]:
@@ -283,6 +271,19 @@ class Rules:
         self.windows.add(call, now_ms=now_ms, watermark_ms=watermark_ms)
         return (self.budget.observe(call, watermark_ms) + self.error_rate.observe(call)
                 + self.rate_limit.observe(call))
+
+    def observe_calls(self, calls: Calls, now_ms: int) -> list[Alert]:
+        """:meth:`observe_call` of each call with its partition's watermark, a batch at a time
+        (each rule by subject, see :class:`~streams.intelligence.calls.Calls`): the same state
+        and the same alerts, in the same order."""
+        if not calls.n:
+            return []
+        self.windows.add_calls(calls, now_ms)
+        found = [(i, rank, seq, alert) for seq, (i, rank, alert) in enumerate(self.budget.observe_calls(calls))]
+        found += [(i, 2, seq, alert) for seq, (i, alert) in enumerate(self.error_rate.observe_calls(calls))]
+        found += [(i, 3, seq, alert) for seq, (i, alert) in enumerate(self.rate_limit.observe_calls(calls))]
+        found.sort(key=lambda item: item[:3])
+        return [alert for *_, alert in found]
 
     def advance(self, low_ms: int) -> tuple[list[Alert], list[ClosedWindow]]:
         """Move event time to ``low_ms``, the minimum over the partitions' watermarks: the budget
@@ -720,64 +721,68 @@ class IntelligenceProcessor:
 
     def _calls(self, topic: str, messages: list[Any], screened: Any, now_ms: int, future_limit: int) -> None:
         """LLM calls: each with its partition's watermark; while catching up, through the merge.
-        A fetch hands over runs of one partition's messages: the work is per run."""
-        table_rows = rows("llm_call", screened.table)
-        kept = dict(zip(screened.positions.tolist(), table_rows))
-        runs: list[list[Any]] = []  # [partition, end offset, [(offset, row)]]
-        for i, msg in enumerate(messages):
-            partition, offset = msg.partition(), msg.offset()
-            if not runs or runs[-1][0][1] != partition:
-                runs.append([(topic, partition), 0, []])
-            run = runs[-1]
-            run[1] = offset + 1
-            row = kept.get(i)
-            if row is None:
-                continue
-            if row.event_time > future_limit:  # see _process
-                self.stats["future"] += 1
-            else:
-                run[2].append((offset, row))
-        for tp, end, _ in runs:
-            self._positions[tp] = end
+        A fetch hands over runs of one partition's messages: the work is per run, in columns."""
+        from confluent_kafka import Message
+
+        n = len(messages)
+        partitions = np.fromiter(map(Message.partition, messages), np.int64, n)
+        offsets = np.fromiter(map(Message.offset, messages), np.int64, n)
+        cuts = (np.flatnonzero(partitions[1:] != partitions[:-1]) + 1).tolist()
+        runs = list(zip([0, *cuts], [*cuts, n]))
+        for lo, hi in runs:
+            self._positions[(topic, int(partitions[lo]))] = int(offsets[hi - 1]) + 1
+        calls, kept = screened.table, screened.positions
+        at = event_times(calls)
+        future = at > future_limit  # see _process
+        if future.any():
+            self.stats["future"] += int(future.sum())
+            calls, kept, at = calls.filter(pa.array(~future)), kept[~future], at[~future]
         merge = self._merge
         if merge is None:
-            self._observe_calls([(tp, [row for _, row in calls]) for tp, _, calls in runs], now_ms)
+            tps = sorted({(topic, p) for p in np.unique(partitions[kept]).tolist()})
+            which = np.searchsorted([p for _, p in tps], partitions[kept])
+            self._observe_calls(calls, which, tps, now_ms, at)
             return
-        for tp, end, calls in runs:
-            merge.fetched(tp, end, calls)
+        bounds = np.searchsorted(kept, [lo for lo, _ in runs] + [n]).tolist()
+        for (lo, hi), first, end in zip(runs, bounds, bounds[1:]):
+            tp = (topic, int(partitions[lo]))
+            merge.fetched(tp, int(offsets[hi - 1]) + 1, offsets[kept[first:end]], calls.slice(first, end - first), at[first:end])
             if merge.buffered(tp) > MERGE_HOLD_ROWS:  # bounded: fetch the others first
                 self._pause(tp)
 
-    def _observe_calls(self, runs: Any, now_ms: int) -> None:
-        """Feed runs of calls (partition, rows) to the rules in their order, each call with its
-        partition's watermark; then move event time on."""
+    def _observe_calls(self, calls: pa.Table, which: np.ndarray, partitions: list[tuple[str, int]], now_ms: int,
+                       at: np.ndarray | None = None) -> None:
+        """Feed calls to the rules in their order (``which``: each call's index in ``partitions``),
+        each call with its partition's watermark before it; then move event time on."""
+        if not calls.num_rows:
+            return
+        at = event_times(calls) if at is None else at
         watermarks = self._watermarks.of
-        observe = self.rules.observe_call
-        emit = self._emit_alert
+        marks = np.empty(len(at), np.int64)
         heard = time.monotonic()
-        counted = 0
-        for tp, run in runs:
-            if not run:
+        for k, tp in enumerate(partitions):
+            mine = np.flatnonzero(which == k) if len(partitions) > 1 else np.arange(len(at))
+            if not len(mine):
                 continue
             own = watermarks.get(tp, 0)
-            for row in run:
-                for alert in observe(row, now_ms, own):
-                    emit(alert)
-                if row.event_time > own:
-                    own = row.event_time
-            watermarks[tp] = own
+            running = np.maximum.accumulate(np.maximum(at[mine], own))
+            marks[mine[0]] = own
+            marks[mine[1:]] = running[:-1]
+            watermarks[tp] = int(running[-1])
             self._watermarks.heard(tp, heard)
-            counted += len(run)
-        if counted:
-            self._dirty = True  # also for calls the merge released after their fetch's checkpoint
-            self.stats["events"] += counted
-            metrics.EVENTS_IN.labels(self.name, "agent.llm_calls").inc(counted)
-            self._advance_event_time()
+        for alert in self.rules.observe_calls(Calls(calls, marks, at), now_ms):
+            self._emit_alert(alert)
+        self._dirty = True  # also for calls the merge released after their fetch's checkpoint
+        self.stats["events"] += len(at)
+        metrics.EVENTS_IN.labels(self.name, "agent.llm_calls").inc(len(at))
+        self._advance_event_time()
 
     def _release(self, now_ms: int) -> None:
         """While catching up: the calls the merge lets go; the end of the merge once all went."""
         merge = self._merge
-        self._observe_calls(merge.release(), now_ms)
+        released = merge.release()
+        if released is not None:
+            self._observe_calls(*released, now_ms)
         for tp in list(self._paused):
             if merge.buffered(tp) < MERGE_HOLD_ROWS // 4:
                 self._resume(tp)
@@ -824,7 +829,7 @@ class IntelligenceProcessor:
         """Closed windows wait in the state until produced (a share per turn, see :meth:`_step`)."""
         for window in windows:
             self._closed_windows.append((window, closed_by))
-            self._windows_closed.append([asdict(window), closed_by])
+            self._windows_closed.append([_fields(window), closed_by])
         if windows:
             self._dirty = True
 
@@ -1010,7 +1015,7 @@ class IntelligenceProcessor:
             "snapshot": self._snapshot,
             "seq": self._seq,
             "rules": self.rules.to_dict(),
-            "pending_windows": [[asdict(closed), by] for closed, by in self._closed_windows],
+            "pending_windows": [[_fields(closed), by] for closed, by in self._closed_windows],
         }
         self._last_snapshot = time.monotonic()
         self._encoded = self._encoder.submit(_encode_snapshot, state)

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
+from itertools import compress
+import operator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
@@ -25,6 +30,7 @@ from ddsketch.store import DenseStore
 
 from connectors.kafka.events import LlmCall
 from streams.intelligence._time import epoch_ms
+from streams.intelligence.calls import Calls, combine, groups
 
 #: Relative accuracy of latency quantiles (DDSketch's default: a quantile is within 1% of the
 #: true value of that rank).
@@ -70,6 +76,22 @@ class LatencySketch:
         """Add one latency; a negative one (a producer's clock bug) counts as 0."""
         self._sketch.add(max(latency_ms, 0.0))
 
+    def add_latencies(self, latencies: np.ndarray) -> None:
+        """Add many latencies: the same sketch as :meth:`add` of each, one bin at a time."""
+        values = np.maximum(latencies, 0.0)
+        mapping = self._sketch._mapping
+        positive = values > mapping.min_possible
+        zeros = len(values) - int(positive.sum())
+        if zeros:
+            self._sketch.add(0.0, float(zeros))
+        values = values[positive]
+        if not len(values):
+            return
+        keys = _keys(mapping, values)
+        distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        for value, count in zip(values[first].tolist(), counts.tolist()):
+            self._sketch.add(value, float(count))
+
     def merge(self, other: LatencySketch) -> None:
         """Add every latency of ``other`` to this sketch (same relative accuracy required)."""
         self._sketch.merge(other._sketch)
@@ -79,15 +101,36 @@ class LatencySketch:
         value = self._sketch.get_quantile_value(q)
         return None if value is None else float(value)
 
+    def quantiles(self, qs: tuple[float, ...], bins: list[list[Any]]) -> list[float]:
+        """:meth:`quantile` of each of ``qs`` (the sketch not empty), read from ``bins``, its
+        :meth:`to_dict` bins: DDSketch's own walk, over the bins that hold something only."""
+        sketch = self._sketch
+        zeros = sketch._zero_count
+        values = []
+        for q in qs:
+            rank = q * (sketch._count - 1)
+            if rank < zeros:  # latencies are never negative: no negative store to look in first
+                values.append(0.0)
+                continue
+            rank -= zeros
+            running, key = 0.0, bins[-1][0]
+            for bin_key, count in bins:
+                running += count
+                if running > rank:
+                    key = bin_key
+                    break
+            values.append(float(sketch._mapping.value(key)))
+        return values
+
     def to_dict(self) -> dict[str, Any]:
         """The sketch as a JSON-friendly dict; :meth:`from_dict` restores it."""
-        offset = self._store.offset
+        offset, bins = self._store.offset, self._store.bins
         return {
             "relative_accuracy": self._relative_accuracy,
             # Latencies of 0 ms sit outside the logarithmic bins.
             "zero_count": self._sketch.count - self._store.count,
             # Sparse: a minute of latencies fills few of the bins the dense store allocates.
-            "bins": [[offset + i, n] for i, n in enumerate(self._store.bins) if n],
+            "bins": [[offset + i, n] for i, n in zip(compress(range(len(bins)), bins), compress(bins, bins))],
         }
 
     @classmethod
@@ -97,6 +140,17 @@ class LatencySketch:
         for key, weight in data["bins"]:
             store.add(int(key), float(weight))
         return cls(data["relative_accuracy"], _store=store, _zero_count=float(data["zero_count"]))
+
+
+def _keys(mapping: Any, values: np.ndarray) -> np.ndarray:
+    """``mapping.key(v)`` of each positive value, computed per array: the logarithm in NumPy, and
+    in Python (the mapping's own) where NumPy's could round to the other side of a bin's edge."""
+    scaled = np.log(values) / math.log(2) * mapping._multiplier
+    keys = np.ceil(scaled).astype(np.int64)
+    near_edge = np.flatnonzero(np.abs(scaled - np.rint(scaled)) < 1e-6)
+    for i in near_edge.tolist():
+        keys[i] = mapping.key(float(values[i]))
+    return keys
 
 
 class WindowKey(NamedTuple):
@@ -260,6 +314,62 @@ class WindowStore:
         self._changed.add((start, key))
         return arrival
 
+    def add_calls(self, calls: Calls, now_ms: int) -> None:
+        """Count a batch of calls, each judged late by its own partition's watermark
+        (``calls.watermarks``): the same totals as :meth:`add` of each call with it, added a
+        window and key at a time."""
+        if not calls.n:
+            return
+        self.last_added_ms = max(self.last_added_ms, now_ms)
+        at = calls.at
+        starts = at - at % self.size_ms
+        ends = starts + self.size_ms
+        late = (ends <= self.closed_until_ms) | (ends + self.grace_ms <= calls.watermarks)
+        n_late = int(late.sum())
+        self.late_events += n_late
+        kept = np.flatnonzero(~late)
+        if not len(kept):
+            return
+        names = ("tenant_id", "agent_id", "provider", "model")
+        columns = [calls.codes(name) for name in names]
+        distinct_starts, start_codes = np.unique(starts[kept], return_inverse=True)
+        key = combine((start_codes, len(distinct_starts)), *((codes[kept], len(values)) for codes, values in columns))
+        order, lo, hi = groups(key)
+        taken = kept[order]  # grouped by window and key, each group in call order
+        status, status_values = calls.codes("status")
+        not_ok = np.array([value != "ok" for value in status_values], dtype=np.int64)[status][taken]
+        limited = np.array([value == "rate_limited" for value in status_values], dtype=np.int64)[status][taken]
+        sums = [np.add.reduceat(column, lo).tolist() for column in (
+            not_ok, limited, calls.numbers("input_tokens")[taken].astype(np.int64),
+            calls.numbers("output_tokens")[taken].astype(np.int64))]
+        costs = calls.numbers("cost_usd")[taken].tolist()
+        latencies = calls.numbers("latency_ms")[taken]
+        agent_types, agent_type_values = calls.codes("agent_type")
+        traces, trace_values = calls.codes("trace_id")
+        last = taken[hi - 1]
+        firsts = taken[lo].tolist()
+        for g, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
+            first = firsts[g]
+            window_key = WindowKey(*(values[codes[first]] for codes, values in columns))
+            start = int(starts[first])
+            window = self._open.get(start)
+            if window is None:
+                window = self._open[start] = {}
+            aggregate = window.get(window_key)
+            if aggregate is None:
+                aggregate = window[window_key] = WindowAggregate()
+            aggregate.agent_type = agent_type_values[agent_types[last[g]]]
+            aggregate.trace_id = trace_values[traces[last[g]]]
+            aggregate.calls += b - a
+            aggregate.errors += sums[0][g]
+            aggregate.rate_limited += sums[1][g]
+            aggregate.input_tokens += sums[2][g]
+            aggregate.output_tokens += sums[3][g]
+            # One addition after the other, in call order: the same float as call by call.
+            aggregate.cost_usd = functools.reduce(operator.add, costs[a:b], aggregate.cost_usd)
+            aggregate.latency.add_latencies(latencies[a:b])
+            self._changed.add((start, window_key))
+
     def close_due(self, watermark_ms: int | None = None) -> list[ClosedWindow]:
         """Close the windows whose end + grace the watermark reached.
 
@@ -357,12 +467,9 @@ class WindowStore:
 
 
 def _closed(key: WindowKey, start_ms: int, end_ms: int, agg: WindowAggregate) -> ClosedWindow:
-    def q(quantile: float) -> float:
-        # A window exists only once a call landed in it, so its sketch is never empty.
-        value = agg.latency.quantile(quantile)
-        assert value is not None
-        return value
-
+    # A window exists only once a call landed in it, so its sketch is never empty.
+    sketch = agg.latency.to_dict()
+    p50, p95, p99 = agg.latency.quantiles((0.5, 0.95, 0.99), sketch["bins"])
     return ClosedWindow(
         tenant_id=key.tenant_id,
         agent_id=key.agent_id,
@@ -378,8 +485,8 @@ def _closed(key: WindowKey, start_ms: int, end_ms: int, agg: WindowAggregate) ->
         input_tokens=agg.input_tokens,
         output_tokens=agg.output_tokens,
         cost_usd=agg.cost_usd,
-        latency_p50_ms=q(0.5),
-        latency_p95_ms=q(0.95),
-        latency_p99_ms=q(0.99),
-        latency_sketch=agg.latency.to_dict(),
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        latency_p99_ms=p99,
+        latency_sketch=sketch,
     )

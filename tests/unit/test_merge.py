@@ -7,6 +7,9 @@ import random
 import time
 from collections import namedtuple
 
+import numpy as np
+import pyarrow as pa
+
 from streams.intelligence.merge import CatchUpMerge, Watermarks
 from streams.intelligence.windows import Arrival, WindowStore
 
@@ -28,6 +31,28 @@ def backlog(rng: random.Random, partitions: int = 4, per: int = 200) -> dict[tup
     return out
 
 
+def fetch(merge: CatchUpMerge, tp, end: int, calls: list[tuple[int, Row]]) -> None:
+    """``merge.fetched`` of (offset, row) pairs, as the role hands them over: a decoded table."""
+    at = np.array([row.event_time for _, row in calls], np.int64)
+    table = pa.table({"event_time": pa.array(at, pa.int64()), "name": [row.name for _, row in calls]})
+    merge.fetched(tp, end, np.array([offset for offset, _ in calls], np.int64), table, at)
+
+
+def runs(released) -> list[list[str]]:
+    """What a release handed over, as runs of one partition's call names."""
+    if released is None:
+        return []
+    calls, which, _ = released
+    names = calls.column("name").to_pylist()
+    out: list[list[str]] = []
+    for i, name in enumerate(names):
+        if i and which[i] == which[i - 1]:
+            out[-1].append(name)
+        else:
+            out.append([name])
+    return out
+
+
 def replay(rows: dict, rng: random.Random) -> list[str]:
     """Feed ``rows`` to a merge in fetches of random runs of random partitions; what it released."""
     merge = CatchUpMerge({tp: len(r) for tp, r in rows.items()}, {tp: 0 for tp in rows})
@@ -39,9 +64,9 @@ def replay(rows: dict, rng: random.Random) -> list[str]:
             if tp is None:
                 break
             end = min(left[tp] + rng.randrange(1, 120), len(rows[tp]))
-            merge.fetched(tp, end, [(offset, rows[tp][offset]) for offset in range(left[tp], end)])
+            fetch(merge, tp, end, [(offset, rows[tp][offset]) for offset in range(left[tp], end)])
             left[tp] = end
-        out += [row.name for _, run in merge.release() for row in run]
+        out += [name for run in runs(merge.release()) for name in run]
     assert merge.done()
     return out
 
@@ -75,11 +100,11 @@ def test_the_merge_releases_a_backlog_in_one_order_whatever_the_fetches():
 def test_a_partition_with_backlog_and_nothing_fetched_holds_the_release():
     a, b = ("calls", 0), ("calls", 1)
     merge = CatchUpMerge({a: 2, b: 1}, {a: 0, b: 0})
-    merge.fetched(a, 2, [(0, Row(500, "a0")), (1, Row(700, "a1"))])
-    assert merge.release() == []  # b has backlog and nothing fetched
+    fetch(merge, a, 2, [(0, Row(500, "a0")), (1, Row(700, "a1"))])
+    assert merge.release() is None  # b has backlog and nothing fetched
     assert merge.position(a, 2) == 0 and merge.position(b, 0) == 0  # a restart reads a again
-    merge.fetched(b, 1, [(0, Row(600, "b0"))])
-    assert [[row.name for row in run] for _, run in merge.release()] == [["a0"], ["b0"], ["a1"]]
+    fetch(merge, b, 1, [(0, Row(600, "b0"))])
+    assert runs(merge.release()) == [["a0"], ["b0"], ["a1"]]
     assert merge.done() and merge.position(a, 2) == 2
     assert merge.skew_ms == 100  # b's call came 100 ms behind what a had already handed over
 
@@ -87,12 +112,12 @@ def test_a_partition_with_backlog_and_nothing_fetched_holds_the_release():
 def test_a_partition_that_fetches_nothing_stops_holding_the_release_after_the_stall_time():
     a, b = ("calls", 0), ("calls", 1)
     merge = CatchUpMerge({a: 1, b: 5}, {a: 0, b: 0}, stall_s=0.05)
-    merge.fetched(a, 1, [(0, Row(1, "a0"))])
-    assert merge.release() == []
+    fetch(merge, a, 1, [(0, Row(1, "a0"))])
+    assert merge.release() is None
     deadline = time.monotonic() + 5
     released = []
     while not released and time.monotonic() < deadline:
-        released = [row.name for _, run in merge.release() for row in run]
+        released = [name for run in runs(merge.release()) for name in run]
     assert released == ["a0"] and merge.done()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -191,3 +192,25 @@ def test_a_closed_window_waiting_to_be_produced_survives_a_checkpoint_as_it_was(
     restored = [(ClosedWindow(**window), by) for window, by in saved]
     assert restored == [(closed, "watermark")]
     assert window_event(restored[0][0], "watermark") == window_event(closed, "watermark")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_latencies_added_many_at_once_and_quantiles_read_from_the_bins_equal_ddsketchs_own(seed):
+    """The alerts role adds a window's latencies a bin at a time and reads the closed window's
+    quantiles from the sparse bins: the same sketch and the same quantiles as one latency at a
+    time and DDSketch's walk over every bin, zeros, negatives (counted as 0) and extremes included."""
+    import numpy as np
+
+    print("seed", seed)
+    rng = random.Random(seed)
+    for _ in range(200):
+        n = rng.choice([1, 2, 5, 40, 500])
+        values = [rng.choice([0.0, -3.0, 5e-324, 1e-300, 1.0, 1e12, rng.lognormvariate(5, 2),
+                              rng.uniform(0, 10)]) for _ in range(n)]
+        one, many = LatencySketch(), LatencySketch()
+        for value in values:
+            one.add(value)
+        many.add_latencies(np.array(values))
+        assert many.to_dict() == one.to_dict()
+        qs = (0.0, 0.5, 0.95, 0.99, 1.0)
+        assert many.quantiles(qs, many.to_dict()["bins"]) == [one.quantile(q) for q in qs]

@@ -1,0 +1,117 @@
+"""LLM calls as columns: what the rules read, a batch at a time.
+
+The alerts role decodes a fetch into one Arrow table per topic (the native decoder). The rules take
+the LLM calls as :class:`Calls`: the table's columns in the order the calls are processed, with
+each call's event time and its partition's watermark as integer arrays. A rule groups the batch
+by its subject (tenant and day, provider and model, key alias, window key) and feeds its state
+machine once per group; only the groups in which something may fire or resolve are taken call by
+call, through the same code as one call at a time (:func:`rows`), so both give the same alerts.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: A row type per event schema and its columns (see :func:`rows`).
+_ROW_TYPES: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def event_times(table: pa.Table) -> np.ndarray:
+    """The ``event_time`` column of a decoded table as epoch milliseconds (int64)."""
+    column = table.column("event_time")
+    if column.num_chunks != 1:
+        column = column.combine_chunks()
+    else:
+        column = column.chunk(0)
+    return column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def rows(event: str, table: pa.Table) -> list[Any]:
+    """The rows of a decoded ``event`` table as named tuples with the event's fields, its
+    ``event_time`` in epoch milliseconds: what the rules read one event at a time."""
+    names = tuple(table.column_names)
+    row_type = _ROW_TYPES.get((event, names))
+    if row_type is None:
+        row_type = _ROW_TYPES[(event, names)] = namedtuple(f"{event}_row", names, rename=True)
+    columns = [(pc.cast(column, pa.int64()) if name == "event_time" else column).to_pylist()
+               for name, column in zip(names, table.columns)]
+    return list(map(row_type._make, zip(*columns)))
+
+
+class Calls:
+    """A batch of decoded LLM calls in processing order.
+
+    ``at``: each call's event time in epoch milliseconds; ``watermarks``: the event time of the
+    call's own partition before it (what lateness is judged by). Columns are converted once, when
+    a rule first reads them: :meth:`codes` (a string column as integer codes and the distinct
+    values), :meth:`numbers` (a numeric column as a NumPy array), :meth:`rows` (some calls as
+    rows, for the groups taken one call at a time).
+    """
+
+    def __init__(self, table: pa.Table, watermarks: np.ndarray, at: np.ndarray | None = None) -> None:
+        self.table = table
+        self.n = table.num_rows
+        self.at = event_times(table) if at is None else at
+        self.watermarks = watermarks
+        self._codes: dict[str, tuple[np.ndarray, list[Any]]] = {}
+        self._numbers: dict[str, np.ndarray] = {}
+
+    def codes(self, name: str) -> tuple[np.ndarray, list[Any]]:
+        """Column ``name`` as (codes, values): ``values[codes[i]]`` is call ``i``'s value."""
+        cached = self._codes.get(name)
+        if cached is None:
+            column = self.table.column(name)
+            encoded = pc.dictionary_encode(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0))
+            cached = self._codes[name] = (
+                encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False),
+                encoded.dictionary.to_pylist(),
+            )
+        return cached
+
+    def numbers(self, name: str) -> np.ndarray:
+        """Numeric column ``name`` as a NumPy array."""
+        cached = self._numbers.get(name)
+        if cached is None:
+            column = self.table.column(name)
+            cached = self._numbers[name] = (column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)).to_numpy(zero_copy_only=False)
+        return cached
+
+    def is_in(self, name: str, values: frozenset[str] | set[str]) -> np.ndarray:
+        """Whether each call's ``name`` is one of ``values`` (a boolean array)."""
+        codes, distinct = self.codes(name)
+        return np.array([value in values for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
+
+    def rows(self, indices: np.ndarray | list[int]) -> list[Any]:
+        """The calls at ``indices`` as rows (:func:`rows`), in that order."""
+        return rows("llm_call", self.table.take(pa.array(np.asarray(indices, dtype=np.int64))))
+
+
+def combine(*codes: tuple[np.ndarray, int]) -> np.ndarray:
+    """One integer per distinct combination of codes, in the order of the combinations:
+    ``combine((a, len_a), (b, len_b))`` for code columns ``a`` and ``b`` of ``len_*`` values."""
+    combined = np.zeros(len(codes[0][0]), dtype=np.int64)
+    bound = 1
+    for column, size in codes:
+        size = max(size, 1)
+        if bound * size >= 1 << 62:  # renumber the combinations so far: they stay below the rows
+            distinct, combined = np.unique(combined, return_inverse=True)
+            bound = len(distinct)
+        combined = combined * size + column
+        bound *= size
+    return combined
+
+
+def groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows grouped by ``keys``, each group's rows in their order: (order, starts, ends):
+    group ``g`` holds the rows ``order[starts[g]:ends[g]]``; groups come in order of key."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    cuts = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    starts = np.concatenate(([0], cuts)) if len(keys) else np.zeros(0, np.int64)
+    ends = np.concatenate((cuts, [len(keys)])) if len(keys) else np.zeros(0, np.int64)
+    return order, starts, ends

@@ -1,0 +1,110 @@
+"""The rules fed a batch of calls as columns (:meth:`Rules.observe_calls`) against the reference,
+one call at a time (:meth:`Rules.observe_call`): the same alerts in the same order, and the same
+state, bit for bit, after every batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from connectors.kafka.codec import default_codec
+from connectors.kafka.events import LlmCall
+from connectors.kafka.native import NativeCodec
+from streams.intelligence.alerts import (BudgetConfig, Budgets, ErrorRateConfig, RateLimitStormConfig)
+from streams.intelligence.calls import Calls, rows
+from streams.intelligence.config import IntelligenceConfig, WindowConfig
+from streams.intelligence.processor import Rules
+from streams.simulate import generate
+
+T0 = datetime(2026, 11, 30, 23, 40, tzinfo=timezone.utc)  # a day ends within the run
+_native = NativeCodec()
+_codec = default_codec()
+
+
+def hostile_calls(rng: random.Random, n: int) -> list[LlmCall]:
+    """The simulator's calls with what the rules must get right at a batch's edges: bursts of
+    failures and rate limits (alerts fire and resolve), late and very old calls, calls from before
+    1970, zero, tiny and huge latencies, costs that cross budgets, ties on window edges."""
+    calls = [e for e in generate(rng.randrange(1 << 30), start_time=T0, count=n * 3, rate=40)
+             if isinstance(e, LlmCall)][:n]
+    burst = rng.randrange(n // 4, n // 2)
+    out = []
+    for i, call in enumerate(calls):
+        change: dict = {}
+        if burst <= i < burst + n // 5:
+            change["status"] = rng.choice(["rate_limited", "error", "timeout", "ok"])
+        roll = rng.random()
+        if roll < 0.03:
+            change["event_time"] = call.event_time - timedelta(minutes=rng.choice([1, 2, 5, 30, 60 * 30]))
+        elif roll < 0.035:
+            change["event_time"] = datetime(1, 1, 1, tzinfo=timezone.utc) + timedelta(days=rng.randrange(0, 700_000))  # never ahead: the role drops those first
+        elif roll < 0.04:
+            change["event_time"] = call.event_time.replace(second=0, microsecond=0)  # a window's edge
+        roll = rng.random()
+        if roll < 0.05:
+            change["latency_ms"] = rng.choice([0.0, 1e-310, 5e-324, 1e-6, 1e12, 2 ** 0.5])
+        elif roll < 0.1:
+            change["cost_usd"] = rng.choice([0.0, 0.1, 1.0, 3.0, 1e-9])
+        out.append(replace(call, **change) if change else call)
+    return out
+
+
+def decoded(calls: list[LlmCall]):
+    batch = _native.decode_batch_arrow([_codec.encode("llm_call", c.to_record()) for c in calls], "llm_call")
+    assert not batch.failures
+    return batch.table
+
+
+def state(rules: Rules) -> str:
+    return json.dumps(rules.to_dict(), sort_keys=True)
+
+
+@pytest.mark.parametrize("seed", [int(os.environ["EZ_TEST_SEED"])] if "EZ_TEST_SEED" in os.environ else [1, 2, 3, 4, 5])
+def test_a_batch_as_columns_gives_exactly_the_alerts_and_state_of_one_call_at_a_time(seed):
+    print("seed", seed, "(EZ_TEST_SEED to repeat)")
+    rng = random.Random(seed)
+    config = IntelligenceConfig(
+        budget=BudgetConfig(Budgets(tenant_daily_usd=rng.choice([5.0, 20.0]), agent_daily_usd=rng.choice([0.2, 0.5]))),
+        error_rate=ErrorRateConfig(window_ms=60_000, bucket_ms=10_000, min_calls=rng.choice([5, 20])),
+        rate_limit_storm=RateLimitStormConfig(fire_count=rng.choice([3, 5, 8]), resolve_count=1),
+        windows=WindowConfig(size_ms=60_000, grace_ms=rng.choice([0, 5_000]), idle_ms=10_000))
+    calls = hostile_calls(rng, 6_000)
+    table = decoded(calls)
+    partition = np.array([rng.randrange(3) for _ in calls])
+    reference, columnar = Rules(config), Rules(config)
+    watermarks: dict[int, int] = {}
+    now_ms = int((T0 + timedelta(hours=1)).timestamp() * 1000)
+    kinds: set[str] = set()
+    begin = 0
+    while begin < len(calls):
+        end = min(len(calls), begin + rng.choice([1, 2, 7, 50, 300, 1000]))
+        # A fetch: runs of one partition's calls, each call with its partition's watermark.
+        order = np.argsort(partition[begin:end], kind="stable") + begin
+        batch = table.take(order)
+        at = Calls(batch, np.zeros(len(order), np.int64)).at
+        marks = np.empty(len(order), np.int64)
+        expected = []
+        for j, (row, p) in enumerate(zip(rows("llm_call", batch), partition[order].tolist())):
+            own = watermarks.get(p, 0)
+            marks[j] = own
+            expected += reference.observe_call(row, now_ms, own)
+            watermarks[p] = max(own, row.event_time)
+        got = columnar.observe_calls(Calls(batch, marks, at), now_ms)
+        assert [a.to_record() for a in got] == [a.to_record() for a in expected], f"calls {begin}..{end}"
+        kinds |= {a.kind for a in expected}
+        low = min(watermarks.values()) - rng.randrange(0, 30_000)
+        assert [a.to_record() for a in columnar.advance(low)[0]] == [a.to_record() for a in reference.advance(low)[0]]
+        if rng.random() < 0.1:
+            tick = max(watermarks.values()) + rng.randrange(0, 120_000)
+            assert columnar.tick(tick) == reference.tick(tick)
+        assert state(columnar) == state(reference), f"calls {begin}..{end}"
+        assert json.dumps(columnar.delta(), sort_keys=True) == json.dumps(reference.delta(), sort_keys=True)
+        begin = end
+    assert {"budget", "error_rate", "rate_limit_storm"} <= kinds, kinds
+    assert reference.windows.late_events and reference.budget.late_events
