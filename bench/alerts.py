@@ -247,6 +247,7 @@ def run_throughput(base, events: int) -> None:
     prefix = f"bench.alerts.tp.{int(time.time())}."
     settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
     ensure_topics(settings, catalogue(settings))
+    (base.home / "bench").mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="alerts-tp-", dir=base.home / "bench"))
     (home / "budgets.toml").write_text("[tenant]\ndaily_usd = 50.0\n[agent]\ndaily_usd = 2.0\n")
     codec = default_codec()
@@ -321,8 +322,7 @@ def main() -> None:
         prefix = f"bench.alerts.{int(time.time())}.{int(rate)}."
         settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
         ensure_topics(settings, catalogue(settings))
-        home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench" if (base.home / "bench").exists()
-                                     else None))
+        home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench"))
         tagged = int(args.seconds * rate / 100)
         print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
