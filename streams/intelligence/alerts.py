@@ -33,7 +33,7 @@ from connectors.clickhouse.task_queries import DEFAULT_SLA_SECONDS
 from connectors.errors import ConfigError
 from connectors.kafka.events import Alert, LlmCall, TaskEvent, Telemetry
 from streams.intelligence._time import DAY_MS, epoch_ms, utc
-from streams.intelligence.calls import Calls, combine, groups
+from streams.intelligence.batch import Batch, combine, groups
 
 Kind = Literal["budget", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"]
 Severity = Literal["info", "warning", "critical"]
@@ -349,7 +349,7 @@ class BudgetRule:
         self._changed_spend |= over
         return alerts
 
-    def observe_calls(self, calls: Calls) -> list[tuple[int, int, Alert]]:
+    def observe_calls(self, calls: Batch) -> list[tuple[int, int, Alert]]:
         """:meth:`observe` of each call with its partition's watermark (``calls.watermarks``), a
         tenant's or agent's day at a time: (call index, 0 for a tenant's alert or 1 for an
         agent's, alert) in the order call by call would give them. The spend of a day is added
@@ -658,7 +658,7 @@ class _SlidingCountRule:
     def observe(self, call: Any) -> list[Alert]:
         raise NotImplementedError
 
-    def _spans(self, calls: Calls) -> Iterator[tuple[int, int, int, list[tuple[int, Alert]]]]:
+    def _spans(self, calls: Batch) -> Iterator[tuple[int, int, int, list[tuple[int, Alert]]]]:
         """The batch in spans of calls during which the window stays put: (first, end, window
         start, alerts) of each. The first call of a span moves the window and is taken alone
         (:meth:`observe`, whose alerts are given); the caller counts the others, and once it is
@@ -670,7 +670,7 @@ class _SlidingCountRule:
             yield lo, hi, int(starts[lo]), alerts
             self._counts.advance(int(clock[hi - 1]))
 
-    def _subjects(self, calls: Calls, first: str, second: str) -> tuple[np.ndarray, Callable[[int], str]]:
+    def _subjects(self, calls: Batch, first: str, second: str) -> tuple[np.ndarray, Callable[[int], str]]:
         """Each call's subject ``<first>/<second>`` as a code, and the subject of a call's index."""
         a, a_values = calls.codes(first)
         b, b_values = calls.codes(second)
@@ -764,7 +764,7 @@ class ErrorRateRule(_SlidingCountRule):
                 f"forgotten after {_duration_text(self.config.forget_after_ms)} without evidence of recovery"))
         return alerts
 
-    def observe_calls(self, calls: Calls) -> list[tuple[int, Alert]]:
+    def observe_calls(self, calls: Batch) -> list[tuple[int, Alert]]:
         """:meth:`observe` of each call, a provider/model at a time: (call index, alert) in the
         order call by call would give them. A group that cannot fire (the rate never above
         ``fire_rate``) or resolve (never below ``resolve_rate``) is counted at once; the rest
@@ -899,7 +899,7 @@ class RateLimitStormRule(_SlidingCountRule):
         #: The window start the firing storms were last checked at (see :meth:`tick`).
         self._checked_start: int | None = None
 
-    def observe_calls(self, calls: Calls) -> list[tuple[int, Alert]]:
+    def observe_calls(self, calls: Batch) -> list[tuple[int, Alert]]:
         """:meth:`observe` of each call, a provider/key alias at a time: (call index, alert) in
         the order call by call would give them. Storms are checked for calm when the window moves
         (the first call of a span, taken alone); within a span, a key alias that cannot start a
@@ -1051,7 +1051,40 @@ class SilentAgentRule:
             "tenant_id": telemetry.tenant_id,
             "trace_id": telemetry.trace_id,
         }
-        condition = self._firing.pop(telemetry.agent_id, None)
+        return self._alive(telemetry.agent_id, last, at)
+
+    def observe_batch(self, telemetry: Batch) -> list[tuple[int, Alert]]:
+        """:meth:`observe` of each report, an agent at a time: (report index, alert) in the order
+        one at a time would give them. Of an agent's reports only those later than every report
+        before them are news: the first of them resolves its silence, the last is its latest."""
+        if not telemetry.n:
+            return []
+        agents, agent_ids = telemetry.codes("agent_id")
+        at = telemetry.at
+        order, lo, hi = groups(agents)
+        found: list[tuple[int, Alert]] = []
+        fields = [(name, *telemetry.codes(name)) for name in ("agent_type", "tenant_id", "trace_id")]
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            mine = order[a:b]
+            agent_id = agent_ids[agents[mine[0]]]
+            last = self._last.get(agent_id)
+            times = at[mine]
+            before = np.maximum.accumulate(np.concatenate(([times[0] - 1 if last is None else last["at_ms"]], times[:-1])))
+            news = np.flatnonzero(times > before)
+            if not len(news):
+                continue
+            newest = int(mine[news[-1]])
+            self._changed.add(agent_id)
+            self._last[agent_id] = {"at_ms": int(at[newest]),
+                                    **{name: values[codes[newest]] for name, codes, values in fields}}
+            first = int(mine[news[0]])
+            found += [(first, alert) for alert in self._alive(agent_id, last, int(at[first]))]
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def _alive(self, agent_id: str, last: dict[str, Any] | None, at: int) -> list[Alert]:
+        """The agent reported at ``at`` after ``last``: its silence, if any, resolves."""
+        condition = self._firing.pop(agent_id, None)
         if condition is None or last is None:
             return []
         silence = at - last["at_ms"]
@@ -1060,7 +1093,7 @@ class SilentAgentRule:
                 "resolved",
                 at_ms=at,
                 message=(
-                    f"agent {telemetry.agent_id} reported again after "
+                    f"agent {agent_id} reported again after "
                     f"{_duration_text(silence)} without telemetry"
                 ),
                 value=silence / 1000,
@@ -1156,6 +1189,8 @@ class SilentAgentRule:
 DEFAULT_TASK_SLA_S: Mapping[str, float] = DEFAULT_SLA_SECONDS
 
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
+#: The statuses that move a task in :class:`StuckTaskRule`.
+_MOVES = _TERMINAL | {"started"}
 
 
 @dataclass(frozen=True)
@@ -1197,30 +1232,53 @@ class StuckTaskRule:
 
     def observe(self, event: TaskEvent) -> list[Alert]:
         """Track a started task, forget a finished one; resolves a stuck one that moved on."""
-        at = epoch_ms(event.event_time)
-        running = self._running.get(event.task_id)
-        if event.status == "started":
+        return self._step(event.task_id, event.status, epoch_ms(event.event_time), event.attempt, lambda: {
+            "queue": event.queue, "agent_id": event.agent_id, "agent_type": event.agent_type,
+            "tenant_id": event.tenant_id, "trace_id": event.trace_id})
+
+    def observe_batch(self, events: Batch) -> list[tuple[int, Alert]]:
+        """:meth:`observe` of each event, a task at a time: (event index, alert) in the order one
+        at a time would give them. Only starts and ends move a task: the others are left out
+        before any is read."""
+        if not events.n:
+            return []
+        moves = np.flatnonzero(events.is_in("status", _MOVES))
+        if not len(moves):
+            return []
+        tasks, task_ids = events.codes("task_id")
+        statuses, status_values = events.codes("status")
+        attempts = events.numbers("attempt")
+        fields = [(name, *events.codes(name)) for name in ("queue", "agent_id", "agent_type", "tenant_id", "trace_id")]
+        at = events.at
+        order, lo, hi = groups(tasks[moves])
+        taken = moves[order].tolist()
+        found: list[tuple[int, Alert]] = []
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            task_id = task_ids[tasks[taken[a]]]
+            for i in taken[a:b]:
+                found += [(i, alert) for alert in self._step(
+                    task_id, status_values[statuses[i]], int(at[i]), int(attempts[i]),
+                    lambda i=i: {name: values[codes[i]] for name, codes, values in fields})]
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def _step(self, task_id: str, status: str, at: int, attempt: int, details: Callable[[], dict[str, Any]]) -> list[Alert]:
+        """One event of a task: ``details()`` gives its queue, agent, tenant and trace."""
+        running = self._running.get(task_id)
+        if status == "started":
             # A redelivered start must not restart the SLA clock.
-            if running is not None and running["attempt"] == event.attempt:
+            if running is not None and running["attempt"] == attempt:
                 return []
-            self._changed.add(event.task_id)
-            self._running[event.task_id] = {
-                "started_ms": at,
-                "attempt": event.attempt,
-                "queue": event.queue,
-                "agent_id": event.agent_id,
-                "agent_type": event.agent_type,
-                "tenant_id": event.tenant_id,
-                "trace_id": event.trace_id,
-            }
-            outcome = f"started attempt {event.attempt}"
-        elif event.status in _TERMINAL and running is not None:
-            del self._running[event.task_id]
-            self._changed.add(event.task_id)
-            outcome = event.status
+            self._changed.add(task_id)
+            self._running[task_id] = {"started_ms": at, "attempt": attempt, **details()}
+            outcome = f"started attempt {attempt}"
+        elif status in _TERMINAL and running is not None:
+            del self._running[task_id]
+            self._changed.add(task_id)
+            outcome = status
         else:
             return []
-        condition = self._firing.pop(event.task_id, None)
+        condition = self._firing.pop(task_id, None)
         if condition is None or running is None:
             return []
         ran = at - running["started_ms"]
@@ -1228,7 +1286,7 @@ class StuckTaskRule:
             condition.alert(
                 "resolved",
                 at_ms=at,
-                message=f"task {event.task_id} {outcome} after {_duration_text(ran)}",
+                message=f"task {task_id} {outcome} after {_duration_text(ran)}",
                 value=ran / 1000,
                 threshold=self.config.sla_ms(running["queue"]) / 1000,
                 window=(running["started_ms"], at),

@@ -73,7 +73,7 @@ from streams.intelligence.alerts import (
     SilentAgentRule,
     StuckTaskRule,
 )
-from streams.intelligence.calls import Calls, event_times, rows
+from streams.intelligence.batch import Batch, event_times
 from streams.intelligence.config import IntelligenceConfig, load_config
 from streams.intelligence.merge import CatchUpMerge, Watermarks
 from streams.intelligence.windows import ClosedWindow, WindowStore
@@ -272,9 +272,9 @@ class Rules:
         return (self.budget.observe(call, watermark_ms) + self.error_rate.observe(call)
                 + self.rate_limit.observe(call))
 
-    def observe_calls(self, calls: Calls, now_ms: int) -> list[Alert]:
+    def observe_calls(self, calls: Batch, now_ms: int) -> list[Alert]:
         """:meth:`observe_call` of each call with its partition's watermark, a batch at a time
-        (each rule by subject, see :class:`~streams.intelligence.calls.Calls`): the same state
+        (each rule by subject, see :class:`~streams.intelligence.batch.Batch`): the same state
         and the same alerts, in the same order."""
         if not calls.n:
             return []
@@ -289,6 +289,12 @@ class Rules:
         """Move event time to ``low_ms``, the minimum over the partitions' watermarks: the budget
         days it ends resolve and the windows it passes close."""
         return self.budget.tick(low_ms), self.windows.close_due(low_ms)
+
+    def observe_batch(self, batch: Batch) -> list[Alert]:
+        """:meth:`observe` of each task event or telemetry report of ``batch``, a task or agent
+        at a time: the same state and alerts, in the same order."""
+        rule = self.silent if batch.event == "telemetry" else self.stuck
+        return [alert for _, alert in rule.observe_batch(batch)]
 
     def observer(self, event: str) -> Callable[[Any, int], list[Alert]]:
         """What observes one event of the schema ``event`` (``llm_call``, ``telemetry``,
@@ -705,17 +711,17 @@ class IntelligenceProcessor:
                 continue
             for msg in messages:
                 self._positions[(topic, msg.partition())] = msg.offset() + 1
-            observe = self.rules.observer(event)
-            counted = 0
-            for row in rows(event, screened.table):
-                # A producer's clock far ahead of ours must not move event time: the watermark
-                # would leave every later event behind it.
-                if row.event_time > future_limit:
-                    self.stats["future"] += 1
-                    continue
-                counted += 1
-                for alert in observe(row, now_ms):
-                    self._emit_alert(alert)
+            table = screened.table
+            at = event_times(table)
+            # A producer's clock far ahead of ours must not move event time: the watermark would
+            # leave every later event behind it.
+            future = at > future_limit
+            if future.any():
+                self.stats["future"] += int(future.sum())
+                table, at = table.filter(pa.array(~future)), at[~future]
+            for alert in self.rules.observe_batch(Batch(table, at=at, event=event)):
+                self._emit_alert(alert)
+            counted = len(at)
             self.stats["events"] += counted
             metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc(counted)
 
@@ -770,7 +776,7 @@ class IntelligenceProcessor:
             marks[mine[1:]] = running[:-1]
             watermarks[tp] = int(running[-1])
             self._watermarks.heard(tp, heard)
-        for alert in self.rules.observe_calls(Calls(calls, marks, at), now_ms):
+        for alert in self.rules.observe_calls(Batch(calls, marks, at), now_ms):
             self._emit_alert(alert)
         self._dirty = True  # also for calls the merge released after their fetch's checkpoint
         self.stats["events"] += len(at)

@@ -30,7 +30,7 @@ from ddsketch.store import DenseStore
 
 from connectors.kafka.events import LlmCall
 from streams.intelligence._time import epoch_ms
-from streams.intelligence.calls import Calls, combine, groups
+from streams.intelligence.batch import Batch, combine, groups
 
 #: Relative accuracy of latency quantiles (DDSketch's default: a quantile is within 1% of the
 #: true value of that rank).
@@ -314,7 +314,7 @@ class WindowStore:
         self._changed.add((start, key))
         return arrival
 
-    def add_calls(self, calls: Calls, now_ms: int) -> None:
+    def add_calls(self, calls: Batch, now_ms: int) -> None:
         """Count a batch of calls, each judged late by its own partition's watermark
         (``calls.watermarks``): the same totals as :meth:`add` of each call with it, added a
         window and key at a time."""

@@ -17,7 +17,7 @@ from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall
 from connectors.kafka.native import NativeCodec
 from streams.intelligence.alerts import (BudgetConfig, Budgets, ErrorRateConfig, RateLimitStormConfig)
-from streams.intelligence.calls import Calls, rows
+from streams.intelligence.batch import Batch, rows
 from streams.intelligence.config import IntelligenceConfig, WindowConfig
 from streams.intelligence.processor import Rules
 from streams.simulate import generate
@@ -87,7 +87,7 @@ def test_a_batch_as_columns_gives_exactly_the_alerts_and_state_of_one_call_at_a_
         # A fetch: runs of one partition's calls, each call with its partition's watermark.
         order = np.argsort(partition[begin:end], kind="stable") + begin
         batch = table.take(order)
-        at = Calls(batch, np.zeros(len(order), np.int64)).at
+        at = Batch(batch, np.zeros(len(order), np.int64)).at
         marks = np.empty(len(order), np.int64)
         expected = []
         for j, (row, p) in enumerate(zip(rows("llm_call", batch), partition[order].tolist())):
@@ -95,7 +95,7 @@ def test_a_batch_as_columns_gives_exactly_the_alerts_and_state_of_one_call_at_a_
             marks[j] = own
             expected += reference.observe_call(row, now_ms, own)
             watermarks[p] = max(own, row.event_time)
-        got = columnar.observe_calls(Calls(batch, marks, at), now_ms)
+        got = columnar.observe_calls(Batch(batch, marks, at), now_ms)
         assert [a.to_record() for a in got] == [a.to_record() for a in expected], f"calls {begin}..{end}"
         kinds |= {a.kind for a in expected}
         low = min(watermarks.values()) - rng.randrange(0, 30_000)
@@ -108,3 +108,52 @@ def test_a_batch_as_columns_gives_exactly_the_alerts_and_state_of_one_call_at_a_
         begin = end
     assert {"budget", "error_rate", "rate_limit_storm"} <= kinds, kinds
     assert reference.windows.late_events and reference.budget.late_events
+
+
+@pytest.mark.parametrize("seed", [int(os.environ["EZ_TEST_SEED"])] if "EZ_TEST_SEED" in os.environ else [1, 2, 3])
+def test_task_events_and_telemetry_as_columns_give_exactly_what_one_at_a_time_does(seed):
+    """Stuck tasks and silent agents fed a batch at a time (:meth:`Rules.observe_batch`) against
+    one event at a time: redelivered and reordered events, repeated starts and new attempts, ends
+    of tasks never seen started; wall-clock ticks between batches fire silences and stuck tasks,
+    which later events resolve. The same alerts in the same order, the same state, every batch."""
+    from streams.intelligence.alerts import SilentAgentConfig, StuckTaskConfig
+
+    print("seed", seed, "(EZ_TEST_SEED to repeat)")
+    rng = random.Random(seed)
+    config = IntelligenceConfig(
+        silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
+        stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
+                                   forget_after_ms=900_000))
+    events = [e for e in generate(rng.randrange(1 << 30), start_time=T0, count=20_000, rate=20)
+              if e.EVENT in ("task_event", "telemetry")]
+    hostile = []
+    for event in events:
+        hostile.append(event)
+        roll = rng.random()
+        if roll < 0.05:
+            hostile.append(event)  # redelivered
+        elif roll < 0.08:
+            hostile.append(replace(event, event_time=event.event_time - timedelta(seconds=rng.randrange(1, 300))))
+        elif roll < 0.1 and event.EVENT == "task_event":
+            hostile.append(replace(event, status="started", attempt=event.attempt + rng.choice([0, 1])))
+    reference, columnar = Rules(config), Rules(config)
+    kinds: set[str] = set()
+    begin = 0
+    while begin < len(hostile):
+        end = min(len(hostile), begin + rng.choice([1, 3, 40, 200, 800]))
+        for name in ("task_event", "telemetry"):
+            mine = [e for e in hostile[begin:end] if e.EVENT == name]
+            if not mine:
+                continue
+            table = _native.decode_batch_arrow([_codec.encode(name, e.to_record()) for e in mine], name).table
+            observe = reference.observer(name)
+            expected = [alert for row in rows(name, table) for alert in observe(row, 0)]
+            got = columnar.observe_batch(Batch(table, event=name))
+            assert [a.to_record() for a in got] == [a.to_record() for a in expected], f"events {begin}..{end}"
+            kinds |= {f"{a.kind}.{a.state}" for a in expected}
+        tick = int(hostile[end - 1].event_time.timestamp() * 1000) + rng.randrange(0, 90_000)
+        assert [a.to_record() for a in columnar.tick(tick)] == [a.to_record() for a in reference.tick(tick)]
+        assert state(columnar) == state(reference), f"events {begin}..{end}"
+        assert json.dumps(columnar.delta(), sort_keys=True) == json.dumps(reference.delta(), sort_keys=True)
+        begin = end
+    assert {"silent_agent.resolved", "stuck_task.resolved"} <= kinds, kinds

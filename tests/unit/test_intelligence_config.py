@@ -107,7 +107,7 @@ def test_rules_fed_from_the_native_decoders_rows_give_the_same_alerts_and_state_
     from connectors.kafka.codec import default_codec
     from connectors.kafka.native import NativeCodec
     from streams.intelligence.alerts import BudgetConfig, Budgets
-    from streams.intelligence.processor import rows
+    from streams.intelligence.batch import rows
     from streams.simulate import generate
 
     config = IntelligenceConfig(budget=BudgetConfig(Budgets(tenant_daily_usd=20.0, agent_daily_usd=0.5)))

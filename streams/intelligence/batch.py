@@ -1,11 +1,12 @@
-"""LLM calls as columns: what the rules read, a batch at a time.
+"""Events as columns: what the rules read, a batch at a time.
 
 The alerts role decodes a fetch into one Arrow table per topic (the native decoder). The rules take
-the LLM calls as :class:`Calls`: the table's columns in the order the calls are processed, with
-each call's event time and its partition's watermark as integer arrays. A rule groups the batch
-by its subject (tenant and day, provider and model, key alias, window key) and feeds its state
-machine once per group; only the groups in which something may fire or resolve are taken call by
-call, through the same code as one call at a time (:func:`rows`), so both give the same alerts.
+it as a :class:`Batch`: the table's columns in the order the events are processed, with each
+event's time (and for LLM calls, its partition's watermark) as integer arrays. A rule groups the
+batch by its subject (tenant and day, provider and model, key alias, window key, agent, task) and
+feeds its state machine once per group; only the groups in which something may fire or resolve
+are taken event by event, through the same code as one event at a time (:func:`rows`), so both
+give the same alerts.
 """
 
 from __future__ import annotations
@@ -43,17 +44,19 @@ def rows(event: str, table: pa.Table) -> list[Any]:
     return list(map(row_type._make, zip(*columns)))
 
 
-class Calls:
-    """A batch of decoded LLM calls in processing order.
+class Batch:
+    """A batch of decoded events of schema ``event`` (LLM calls by default) in processing order.
 
-    ``at``: each call's event time in epoch milliseconds; ``watermarks``: the event time of the
-    call's own partition before it (what lateness is judged by). Columns are converted once, when
-    a rule first reads them: :meth:`codes` (a string column as integer codes and the distinct
-    values), :meth:`numbers` (a numeric column as a NumPy array), :meth:`rows` (some calls as
-    rows, for the groups taken one call at a time).
+    ``at``: each event's time in epoch milliseconds; ``watermarks``: for LLM calls, the event time
+    of the call's own partition before it (what lateness is judged by). Columns are converted
+    once, when a rule first reads them: :meth:`codes` (a string column as integer codes and the
+    distinct values), :meth:`numbers` (a numeric column as a NumPy array), :meth:`rows` (some
+    events as rows, for the groups taken one event at a time).
     """
 
-    def __init__(self, table: pa.Table, watermarks: np.ndarray, at: np.ndarray | None = None) -> None:
+    def __init__(self, table: pa.Table, watermarks: np.ndarray | None = None, at: np.ndarray | None = None,
+                 event: str = "llm_call") -> None:
+        self.event = event
         self.table = table
         self.n = table.num_rows
         self.at = event_times(table) if at is None else at
@@ -62,11 +65,12 @@ class Calls:
         self._numbers: dict[str, np.ndarray] = {}
 
     def codes(self, name: str) -> tuple[np.ndarray, list[Any]]:
-        """Column ``name`` as (codes, values): ``values[codes[i]]`` is call ``i``'s value."""
+        """Column ``name`` as (codes, values): ``values[codes[i]]`` is event ``i``'s value."""
         cached = self._codes.get(name)
         if cached is None:
             column = self.table.column(name)
-            encoded = pc.dictionary_encode(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0))
+            encoded = pc.dictionary_encode(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0),
+                                           null_encoding="encode")  # a null is a value (None) too
             cached = self._codes[name] = (
                 encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False),
                 encoded.dictionary.to_pylist(),
@@ -87,8 +91,8 @@ class Calls:
         return np.array([value in values for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
 
     def rows(self, indices: np.ndarray | list[int]) -> list[Any]:
-        """The calls at ``indices`` as rows (:func:`rows`), in that order."""
-        return rows("llm_call", self.table.take(pa.array(np.asarray(indices, dtype=np.int64))))
+        """The events at ``indices`` as rows (:func:`rows`), in that order."""
+        return rows(self.event, self.table.take(pa.array(np.asarray(indices, dtype=np.int64))))
 
 
 def combine(*codes: tuple[np.ndarray, int]) -> np.ndarray:
