@@ -661,14 +661,21 @@ class _SlidingCountRule:
     def _spans(self, calls: Batch) -> Iterator[tuple[int, int, int, list[tuple[int, Alert]]]]:
         """The batch in spans of calls during which the window stays put: (first, end, window
         start, alerts) of each. The first call of a span moves the window and is taken alone
-        (:meth:`observe`, whose alerts are given); the caller counts the others, and once it is
-        done the clock moves to the span's last call."""
+        (:meth:`observe`, whose alerts are given); the caller counts the others (from ``first +
+        1``; ``first`` is -1 when the first span starts where the window already was), and once it
+        is done the clock moves to the span's last call."""
         clock, starts = self._counts.clocks(calls.at)
         cuts = (np.flatnonzero(starts[1:] != starts[:-1]) + 1).tolist()
         for lo, hi in zip([0, *cuts], [*cuts, calls.n]):
-            alerts = [(lo, alert) for alert in self.observe(calls.rows([lo])[0])]
-            yield lo, hi, int(starts[lo]), alerts
+            if lo == 0 and self._in_place(int(starts[0])):  # the window stays where it was
+                yield -1, hi, int(starts[0]), []
+            else:
+                yield lo, hi, int(starts[lo]), [(lo, alert) for alert in self.observe(calls.rows([lo])[0])]
             self._counts.advance(int(clock[hi - 1]))
+
+    def _in_place(self, start: int) -> bool:
+        """Whether the window starts at ``start`` already (and nothing waits for it moving)."""
+        return self._counts._swept_start == start
 
     def _subjects(self, calls: Batch, first: str, second: str) -> tuple[np.ndarray, Callable[[int], str]]:
         """Each call's subject ``<first>/<second>`` as a code, and the subject of a call's index."""
@@ -964,6 +971,9 @@ class RateLimitStormRule(_SlidingCountRule):
                 )
                 return [self._alert(condition, "firing", at, count)] + self.tick(at)
         return self.tick(at)
+
+    def _in_place(self, start: int) -> bool:
+        return self._counts._swept_start == start and self._checked_start == start
 
     def firing(self) -> bool:
         """Whether a storm fires now."""

@@ -18,6 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+#: Batches of at most this many events are encoded in Python (Arrow's kernels cost more to call).
+SMALL = 64
+
 #: A row type per event schema and its columns (see :func:`rows`).
 _ROW_TYPES: dict[tuple[str, tuple[str, ...]], type] = {}
 
@@ -67,6 +70,10 @@ class Batch:
     def codes(self, name: str) -> tuple[np.ndarray, list[Any]]:
         """Column ``name`` as (codes, values): ``values[codes[i]]`` is event ``i``'s value."""
         cached = self._codes.get(name)
+        if cached is None and self.n <= SMALL:
+            index: dict[Any, int] = {}
+            codes = [index.setdefault(value, len(index)) for value in self.table.column(name).to_pylist()]
+            cached = self._codes[name] = (np.array(codes, dtype=np.int64), list(index))
         if cached is None:
             column = self.table.column(name)
             encoded = pc.dictionary_encode(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0),

@@ -90,6 +90,8 @@ CATCH_UP_COMMIT_FACTOR = 5
 STATUS_SECONDS = 0.25
 #: Seconds between wall-clock ticks of the rules.
 TICK_SECONDS = 1.0
+#: Seconds between sends of the source positions as the positions group's offsets.
+OFFSETS_SECONDS = 1.0
 #: Most messages a step takes: a step behind takes many, so its commit is paid by many events.
 FETCH_MAX = 5000
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
@@ -923,9 +925,11 @@ class IntelligenceProcessor:
             self._encoded = None
             self._write_snapshot(*snapshot)
         # The group's offsets are for operators' lag only (the delta holds the positions): sent
-        # once a second, they cost most commits no round trips.
+        # once a second, they cost most commits no round trips; and not with a live step's alerts
+        # (a round trip to the group's coordinator on the alert path) unless 5 s overdue.
         offsets = None
-        if final or time.monotonic() - self._offsets_sent >= 1.0:
+        since = time.monotonic() - self._offsets_sent
+        if final or since >= OFFSETS_SECONDS * (5 if self._step_alerts and self._caught_up else 1):
             self._offsets_sent = time.monotonic()
             offsets = ([TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
                        self._source.consumer_group_metadata())
