@@ -13,8 +13,9 @@ so a new active processor fences the old one and aborts its open transaction).
 
 - A step's transaction holds its alerts, the windows it produced, the changes it made to the state
   (a delta: each rule's changed entries, the source positions, the windows closed since the last
-  step; key ``delta-<seq>-<i>/<n>`` on the compacted state topic) and, once a second, the same
-  positions as the offsets of the ``.positions`` group (lag for operators). Read_committed
+  step; key ``delta-<seq>-<i>/<n>`` on the compacted state topic) and, once a second (not with a
+  live step's alerts unless 5 s overdue), the same positions as the offsets of the ``.positions``
+  group (lag for operators). Read_committed
   consumers see all of it or none of it.
 - A live step that raised an alert commits at once; other steps gather for up to
   ``EZ_ALERTS_COMMIT_MS`` (five times that while catching up).
