@@ -18,8 +18,10 @@ Some hours are not repaired, since no insert can make them agree; each still get
 :attr:`HourCheck.status` says why:
 
 - ``skipped``: the hour is older than what both stores keep for the run's day
-  (:func:`connectors.batch.retention.kept_by_both`): the retention of one store deletes it, and
-  ClickHouse's TTL drops such rows even as they are inserted;
+  (:func:`connectors.batch.retention.kept_by_both`), or than what ClickHouse's TTL keeps by the
+  clock today, whatever day the run covers: the retention of one store deletes it, and
+  ClickHouse's TTL drops such rows once they are inserted (at its next merge, so an insert would
+  be counted for a while and then go);
 - ``unstorable``: the hour lies outside the event times ClickHouse keeps (its TTL converts
   ``event_time`` to a 32-bit ``DateTime``, see :mod:`connectors.validation`); inserted, such a row
   is dropped at once or kept by a TTL that went wrong, so the lake's rows are only counted.
@@ -44,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.batch.lake import EVENT_TIME, clickhouse_rows, event_of, event_table_names, open_table, read_rows, utc
-from connectors.batch.retention import kept_by_both
+from connectors.batch.retention import clickhouse_cutoff, kept_by_both
 from connectors.clickhouse import get_client
 from connectors.clickhouse.migrations import apply_migrations
 from connectors.clickhouse.migrations import mutation_target
@@ -141,16 +143,18 @@ def reconcile(settings: Settings, start: datetime, end: datetime, tables: list[s
     """Compare (and with ``repair``, fix) each table's hours in ``[start, end)``; one check per hour
     that has rows in either store, after the repair.
 
-    ``day`` is the day the run covers, from which the retention cut-off is counted (never the
-    clock); by default the last date of ``[start, end)``. Hours before the cut-off are checked as
-    ``skipped``, never repaired.
+    ``day`` is the day the run covers, from which the retention cut-off is counted; by default the
+    last date of ``[start, end)``. ClickHouse's TTL, on the clock, may cut later: hours before
+    either cut-off are checked as ``skipped``, never repaired.
 
     :raises Mismatch: with ``repair``, when an hour still disagrees afterwards.
     """
     client = get_client(settings)
     apply_migrations(client, settings)
     db = settings.clickhouse_database
-    kept = kept_by_both(settings, day or (utc(end) - timedelta(microseconds=1)).date())
+    # ClickHouse's TTL runs on the clock: a run for an old day still cannot keep what it drops.
+    kept = max(kept_by_both(settings, day or (utc(end) - timedelta(microseconds=1)).date()),
+               clickhouse_cutoff(settings, datetime.now(timezone.utc).date()))
     checks = []
     for table in event_table_names(tables):
         lake = _lake_hours(settings, table, start, end)
