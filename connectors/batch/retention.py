@@ -9,13 +9,14 @@ tables and from their per-minute rollups. The cut-off is computed from the day t
 not from the clock, so a rerun deletes the same thing.
 
 ClickHouse's table TTL (``event_time + INTERVAL {ttl_days} DAY``, migration 007) is
-the same rule on the server's clock, applied at inserts and merges: a row goes once it is
-``ttl_days`` old. So the job's cut-off for ``day`` is where the TTL stands when ``day`` ends, and
-as the next day goes by the TTL moves on by the hour (at its next merge) while the job waits
-for the next run: then ClickHouse may lack the first hours of the oldest date the lake keeps,
-and a row inserted into them later is dropped on insert. The job deletes at once what the TTL
-would leave until parts merge. Reconciliation compares only the hours both stores keep
-(:func:`kept_by_both`).
+the same rule on the server's clock, applied by merges (eventually: a TTL merge runs at most every
+``merge_with_ttl_timeout``): a row goes some time after it is ``ttl_days`` old. So the job's
+cut-off for ``day`` is where the TTL stands when ``day`` ends, and as the next day goes by the
+TTL moves on by the hour (at its next merge) while the job waits for the next run: then
+ClickHouse may lack the first hours of the oldest date the lake keeps, and a row inserted into
+them later goes at the next TTL merge. The job deletes at once what the TTL would leave until
+parts merge. Reconciliation compares only the hours both stores keep (:func:`kept_by_both`), and
+none that ClickHouse's TTL no longer keeps by the clock.
 """
 
 from __future__ import annotations
