@@ -677,6 +677,22 @@ class _SlidingCountRule:
         """Whether the window starts at ``start`` already (and nothing waits for it moving)."""
         return self._counts._swept_start == start
 
+    def _by_subject(self, calls: Batch, rest: np.ndarray, start: int, subjects: np.ndarray,
+                    subject_of: Callable[[int], str]) -> Iterator[tuple[str, np.ndarray]]:
+        """The calls ``rest`` of a span whose window starts at ``start``: those before it counted
+        late, the others by subject, (subject, its calls in order)."""
+        late = calls.at[rest] < start
+        self.late_events += int(late.sum())
+        rest = rest[~late]
+        order, lo, hi = groups(subjects[rest])
+        rest = rest[order]
+        for a, b in zip(lo.tolist(), hi.tolist()):
+            yield subject_of(int(rest[a])), rest[a:b]
+
+    def _one_by_one(self, calls: Batch, indices: np.ndarray) -> list[tuple[int, Alert]]:
+        """:meth:`observe` of the calls at ``indices``, in that order: (call index, alert)."""
+        return [(i, alert) for i, call in zip(indices.tolist(), calls.rows(indices)) for alert in self.observe(call)]
+
     def _subjects(self, calls: Batch, first: str, second: str) -> tuple[np.ndarray, Callable[[int], str]]:
         """Each call's subject ``<first>/<second>`` as a code, and the subject of a call's index."""
         a, a_values = calls.codes(first)
@@ -782,17 +798,9 @@ class ErrorRateRule(_SlidingCountRule):
         found: list[tuple[int, Alert]] = []
         for lo, hi, start, alerts in self._spans(calls):
             found += alerts
-            rest = np.arange(lo + 1, hi)
-            late = at[rest] < start
-            self.late_events += int(late.sum())
-            rest = rest[~late]
-            order, glo, ghi = groups(subjects[rest])
-            rest = rest[order]
-            for a, b in zip(glo.tolist(), ghi.tolist()):
-                taken = rest[a:b]
-                subject = subject_of(int(taken[0]))
+            for subject, taken in self._by_subject(calls, np.arange(lo + 1, hi), start, subjects, subject_of):
                 base_calls, base_errors = self._counts.totals(subject, 2)
-                counted = base_calls + np.arange(1, b - a + 1)
+                counted = base_calls + np.arange(1, len(taken) + 1)
                 rate = (base_errors + np.cumsum(failed[taken])) / counted
                 decided = counted >= self.config.min_calls
                 condition = self._firing.get(subject)
@@ -801,10 +809,9 @@ class ErrorRateRule(_SlidingCountRule):
                 else:
                     changes_state = decided & (rate < self.config.resolve_rate)
                 if changes_state.any():
-                    for i, call in zip(taken.tolist(), calls.rows(taken)):
-                        found += [(i, alert) for alert in self.observe(call)]
+                    found += self._one_by_one(calls, taken)
                     continue
-                self._counts.add_many(subject, at[taken], [np.ones(b - a, np.int64), failed[taken]])
+                self._counts.add_many(subject, at[taken], [np.ones(len(taken), np.int64), failed[taken]])
                 if condition is not None and decided.any():
                     condition.last_seen_ms = max(condition.last_seen_ms, int(at[taken][decided].max()))
                     self._changed_firing.add(subject)
@@ -918,24 +925,15 @@ class RateLimitStormRule(_SlidingCountRule):
         for lo, hi, start, alerts in self._spans(calls):
             found += alerts
             if self._checked_start != start:  # the span's first call was late: calm unchecked
-                for i, call in zip(range(lo + 1, hi), calls.rows(np.arange(lo + 1, hi))):
-                    found += [(i, alert) for alert in self.observe(call)]
+                found += self._one_by_one(calls, np.arange(lo + 1, hi))
                 continue
             rest = np.arange(lo + 1, hi)[limited[lo + 1:hi]]
-            late = at[rest] < start
-            self.late_events += int(late.sum())
-            rest = rest[~late]
-            order, glo, ghi = groups(subjects[rest])
-            rest = rest[order]
-            for a, b in zip(glo.tolist(), ghi.tolist()):
-                taken = rest[a:b]
-                subject = subject_of(int(taken[0]))
+            for subject, taken in self._by_subject(calls, rest, start, subjects, subject_of):
                 condition = self._firing.get(subject)
-                if condition is None and self._counts.totals(subject, 1)[0] + b - a > self.config.fire_count:
-                    for i, call in zip(taken.tolist(), calls.rows(taken)):
-                        found += [(i, alert) for alert in self.observe(call)]
+                if condition is None and self._counts.totals(subject, 1)[0] + len(taken) > self.config.fire_count:
+                    found += self._one_by_one(calls, taken)
                     continue
-                self._counts.add_many(subject, at[taken], [np.ones(b - a, np.int64)])
+                self._counts.add_many(subject, at[taken], [np.ones(len(taken), np.int64)])
                 if condition is not None:
                     condition.last_seen_ms = max(condition.last_seen_ms, int(at[taken].max()))
                     self._changed_firing.add(subject)

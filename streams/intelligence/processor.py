@@ -709,28 +709,29 @@ class IntelligenceProcessor:
             for _, error_class, _ in screened.failures:
                 # The lake role dead-letters them with the reason.
                 self.stats["invalid" if error_class == INVALID_VALUE else "undecodable"] += 1
-            if topic == self._calls_topic:
-                self._calls(topic, messages, screened, now_ms, future_limit)
-                continue
-            for msg in messages:
-                self._positions[(topic, msg.partition())] = msg.offset() + 1
-            table = screened.table
-            at = event_times(table)
+            table, kept, at = screened.table, screened.positions, event_times(screened.table)
             # A producer's clock far ahead of ours must not move event time: the watermark would
             # leave every later event behind it.
             future = at > future_limit
             if future.any():
                 self.stats["future"] += int(future.sum())
-                table, at = table.filter(pa.array(~future)), at[~future]
+                table, kept, at = table.filter(pa.array(~future)), kept[~future], at[~future]
+            if topic == self._calls_topic:
+                self._calls(topic, messages, table, kept, at, now_ms)
+                continue
+            for msg in messages:
+                self._positions[(topic, msg.partition())] = msg.offset() + 1
             for alert in self.rules.observe_batch(Batch(table, at=at, event=event)):
                 self._emit_alert(alert)
             counted = len(at)
             self.stats["events"] += counted
             metrics.EVENTS_IN.labels(self.name, self._catalogue[topic]).inc(counted)
 
-    def _calls(self, topic: str, messages: list[Any], screened: Any, now_ms: int, future_limit: int) -> None:
-        """LLM calls: each with its partition's watermark; while catching up, through the merge.
-        A fetch hands over runs of one partition's messages: the work is per run, in columns."""
+    def _calls(self, topic: str, messages: list[Any], calls: pa.Table, kept: np.ndarray, at: np.ndarray,
+               now_ms: int) -> None:
+        """LLM calls (``calls``: the decoded ones to count, of the messages at ``kept``, at times
+        ``at``): each with its partition's watermark; while catching up, through the merge. A fetch
+        hands over runs of one partition's messages: the work is per run, in columns."""
         from confluent_kafka import Message
 
         n = len(messages)
@@ -740,12 +741,6 @@ class IntelligenceProcessor:
         runs = list(zip([0, *cuts], [*cuts, n]))
         for lo, hi in runs:
             self._positions[(topic, int(partitions[lo]))] = int(offsets[hi - 1]) + 1
-        calls, kept = screened.table, screened.positions
-        at = event_times(calls)
-        future = at > future_limit  # see _process
-        if future.any():
-            self.stats["future"] += int(future.sum())
-            calls, kept, at = calls.filter(pa.array(~future)), kept[~future], at[~future]
         merge = self._merge
         if merge is None:
             tps = sorted({(topic, p) for p in np.unique(partitions[kept]).tolist()})

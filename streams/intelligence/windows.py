@@ -336,9 +336,8 @@ class WindowStore:
         key = combine((start_codes, len(distinct_starts)), *((codes[kept], len(values)) for codes, values in columns))
         order, lo, hi = groups(key)
         taken = kept[order]  # grouped by window and key, each group in call order
-        status, status_values = calls.codes("status")
-        not_ok = np.array([value != "ok" for value in status_values], dtype=np.int64)[status][taken]
-        limited = np.array([value == "rate_limited" for value in status_values], dtype=np.int64)[status][taken]
+        not_ok = (~calls.is_in("status", {"ok"}))[taken].astype(np.int64)
+        limited = calls.is_in("status", {"rate_limited"})[taken].astype(np.int64)
         sums = [np.add.reduceat(column, lo).tolist() for column in (
             not_ok, limited, calls.numbers("input_tokens")[taken].astype(np.int64),
             calls.numbers("output_tokens")[taken].astype(np.int64))]
