@@ -290,6 +290,9 @@ class BudgetRule:
         # Keys of _spend and _firing changed since the last delta().
         self._changed_spend: set[str] = set()
         self._changed_firing: set[str] = set()
+        #: The subjects (tenant and agent ids) whose days this rule keeps: all when None (see
+        #: :class:`~streams.intelligence.shards.Shard`).
+        self.owns: Callable[[str], bool] | None = None
 
     def observe(self, call: LlmCall, watermark_ms: int | None = None) -> list[Alert]:
         """Add the call's cost to its tenant's and agent's day; the alerts it raises or clears.
@@ -303,7 +306,8 @@ class BudgetRule:
         day = at - at % DAY_MS
         # The rule's clock too: a day it resolved (the wall clock ticks it) takes no more calls.
         if day + DAY_MS + self.config.grace_ms <= max(self.clock_ms, watermark_ms or 0):
-            self.late_events += 1
+            if self.owns is None or self.owns(call.tenant_id):  # counted once, by the tenant's shard
+                self.late_events += 1
             return []
         alerts: list[Alert] = []
         scopes: tuple[tuple[BudgetScope, str], ...] = (
@@ -358,13 +362,17 @@ class BudgetRule:
         at = calls.at
         days = at - at % DAY_MS
         late = days + DAY_MS + self.config.grace_ms <= np.maximum(calls.watermarks, self.clock_ms)
-        self.late_events += int(late.sum())
+        if self.owns is None:
+            self.late_events += int(late.sum())
+        else:
+            self.late_events += int((late & calls.owned("tenant_id", self.owns)).sum())
         kept = np.flatnonzero(~late)
         costs = calls.numbers("cost_usd")
         found: list[tuple[int, int, Alert]] = []
         for rank, scope in enumerate(("tenant", "agent")):
             codes, subjects = calls.codes(f"{scope}_id")
-            budgets = [self.config.budgets.daily_usd(scope, subject) for subject in subjects]
+            budgets = [self.config.budgets.daily_usd(scope, subject)
+                       if self.owns is None or self.owns(subject) else None for subject in subjects]
             taken = kept[np.array([budget is not None for budget in budgets], dtype=bool)[codes[kept]]] if subjects else kept[:0]
             if not len(taken):
                 continue
@@ -393,7 +401,7 @@ class BudgetRule:
         self, scope: BudgetScope, subject: str, day: int, call: LlmCall, at: int
     ) -> list[Alert]:
         budget = self.config.budgets.daily_usd(scope, subject)
-        if budget is None:
+        if budget is None or (self.owns is not None and not self.owns(subject)):
             return []
         day_key = f"{scope}|{subject}|{day}"
         if day_key not in self._spend:
@@ -650,6 +658,9 @@ class _SlidingCountRule:
         self._firing: dict[str, _Condition] = {}
         #: Subjects of _firing changed since the last delta().
         self._changed_firing: set[str] = set()
+        #: The subjects whose counts this rule keeps: all when None. The others' calls only move
+        #: the clock (see :class:`~streams.intelligence.shards.Shard`).
+        self.owns: Callable[[str], bool] | None = None
 
     def size(self) -> int:
         """Entries held: buckets of counts and firing conditions."""
@@ -678,9 +689,12 @@ class _SlidingCountRule:
         return self._counts._swept_start == start
 
     def _by_subject(self, calls: Batch, rest: np.ndarray, start: int, subjects: np.ndarray,
-                    subject_of: Callable[[int], str]) -> Iterator[tuple[str, np.ndarray]]:
-        """The calls ``rest`` of a span whose window starts at ``start``: those before it counted
-        late, the others by subject, (subject, its calls in order)."""
+                    subject_of: Callable[[int], str], owned: np.ndarray | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """The calls ``rest`` of a span whose window starts at ``start`` (of them, those whose
+        subject this rule keeps, ``owned``): those before it counted late, the others by subject,
+        (subject, its calls in order)."""
+        if owned is not None:
+            rest = rest[owned[rest]]
         late = calls.at[rest] < start
         self.late_events += int(late.sum())
         rest = rest[~late]
@@ -699,6 +713,13 @@ class _SlidingCountRule:
         b, b_values = calls.codes(second)
         return (combine((a, len(a_values)), (b, len(b_values))),
                 lambda i: f"{a_values[a[i]]}/{b_values[b[i]]}")
+
+    def _owned(self, subjects: np.ndarray, subject_of: Callable[[int], str]) -> np.ndarray | None:
+        """Whether this rule keeps each call's subject (None: it keeps them all)."""
+        if self.owns is None or not len(subjects):
+            return None
+        distinct, first, inverse = np.unique(subjects, return_index=True, return_inverse=True)
+        return np.array([self.owns(subject_of(int(i))) for i in first], dtype=bool)[inverse]
 
     def to_dict(self) -> dict[str, Any]:
         """The rule's state as a JSON-friendly dict."""
@@ -793,12 +814,13 @@ class ErrorRateRule(_SlidingCountRule):
         ``fire_rate``) or resolve (never below ``resolve_rate``) is counted at once; the rest
         call by call."""
         subjects, subject_of = self._subjects(calls, "provider", "model")
+        owned = self._owned(subjects, subject_of)
         failed = calls.is_in("status", FAILED_STATUSES).astype(np.int64)
         at = calls.at
         found: list[tuple[int, Alert]] = []
         for lo, hi, start, alerts in self._spans(calls):
             found += alerts
-            for subject, taken in self._by_subject(calls, np.arange(lo + 1, hi), start, subjects, subject_of):
+            for subject, taken in self._by_subject(calls, np.arange(lo + 1, hi), start, subjects, subject_of, owned):
                 base_calls, base_errors = self._counts.totals(subject, 2)
                 counted = base_calls + np.arange(1, len(taken) + 1)
                 rate = (base_errors + np.cumsum(failed[taken])) / counted
@@ -821,6 +843,9 @@ class ErrorRateRule(_SlidingCountRule):
         """Count the call; the alert its provider/model raises or clears, if any."""
         at = epoch_ms(call.event_time)
         subject = f"{call.provider}/{call.model}"
+        if self.owns is not None and not self.owns(subject):  # another shard's: the clock moves
+            self._counts.advance(at)
+            return []
         if not self._counts.add(subject, at, [1, call.status in FAILED_STATUSES]):
             self.late_events += 1
             return []

@@ -12,6 +12,7 @@ give the same alerts.
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,16 @@ class Batch:
         """Whether each call's ``name`` is one of ``values`` (a boolean array)."""
         codes, distinct = self.codes(name)
         return np.array([value in values for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
+
+    def owned(self, name: str, owns: Callable[[Any], bool]) -> np.ndarray:
+        """Whether ``owns`` each event's ``name`` (a boolean array; see :mod:`~streams.intelligence.shards`)."""
+        codes, distinct = self.codes(name)
+        return np.array([owns(value) for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
+
+    def take(self, indices: np.ndarray) -> Batch:
+        """The events at ``indices``, in that order, as a batch of their own."""
+        return Batch(self.table.take(pa.array(indices, type=pa.int64())),
+                     None if self.watermarks is None else self.watermarks[indices], self.at[indices], self.event)
 
     def rows(self, indices: np.ndarray | list[int]) -> list[Any]:
         """The events at ``indices`` as rows (:func:`rows`), in that order."""

@@ -77,6 +77,7 @@ from streams.intelligence.alerts import (
 from streams.intelligence.batch import Batch, event_times
 from streams.intelligence.config import IntelligenceConfig, load_config
 from streams.intelligence.merge import CatchUpMerge, Watermarks
+from streams.intelligence.shards import Shard
 from streams.intelligence.windows import ClosedWindow, WindowStore
 
 log = logging.getLogger(__name__)
@@ -236,9 +237,14 @@ def window_event(closed: ClosedWindow, closed_by: str) -> LlmWindow:
 
 
 class Rules:
-    """Every rule and the window store, with one state dict for all of them."""
+    """Every rule and the window store, with one state dict for all of them.
 
-    def __init__(self, config: IntelligenceConfig, state: dict[str, Any] | None = None) -> None:
+    ``shard``: the rules keep the state of that shard's subjects only (see
+    :mod:`~streams.intelligence.shards`); every event is still given to them.
+    """
+
+    def __init__(self, config: IntelligenceConfig, state: dict[str, Any] | None = None,
+                 shard: Shard | None = None) -> None:
         self.config = config
         if state is None:
             self.budget = BudgetRule(config.budget)
@@ -254,6 +260,12 @@ class Rules:
             self.silent = SilentAgentRule.from_dict(state["silent"], config.silent_agent)
             self.stuck = StuckTaskRule.from_dict(state["stuck"], config.stuck_task)
             self.windows = WindowStore.from_dict(state["windows"])
+        self.shard = shard if shard is not None and shard.count > 1 else None
+        #: Whether this shard's subject is its own (None: every subject is).
+        self._owns = None if self.shard is None else self.shard.owns
+        self.budget.owns = self.error_rate.owns = self.windows.owns = self._owns
+        #: Storms are kept whole by shard 0 (see :mod:`~streams.intelligence.shards`).
+        self._storms = self.shard is None or self.shard.index == 0
 
     def observe(self, event: Any, now_ms: int) -> list[Alert]:
         """The alerts one decoded event (an :class:`LlmCall`, :class:`Telemetry` or
@@ -261,8 +273,11 @@ class Rules:
         if isinstance(event, LlmCall):
             return self.observe_call(event, now_ms)
         if isinstance(event, Telemetry):
-            return self.silent.observe(event)
-        return self.stuck.observe(event)
+            return self.silent.observe(event) if self._ours(event.agent_id) else []
+        return self.stuck.observe(event) if self._ours(event.task_id) else []
+
+    def _ours(self, subject: str) -> bool:
+        return self._owns is None or self._owns(subject)
 
     def observe_call(self, call: Any, now_ms: int, watermark_ms: int | None = None) -> list[Alert]:
         """The alerts one LLM call raises or clears (an :class:`LlmCall`, or a row of the decoded
@@ -273,7 +288,7 @@ class Rules:
         """
         self.windows.add(call, now_ms=now_ms, watermark_ms=watermark_ms)
         return (self.budget.observe(call, watermark_ms) + self.error_rate.observe(call)
-                + self.rate_limit.observe(call))
+                + (self.rate_limit.observe(call) if self._storms else []))
 
     def observe_calls(self, calls: Batch, now_ms: int) -> list[Alert]:
         """:meth:`observe_call` of each call with its partition's watermark, a batch at a time
@@ -284,7 +299,8 @@ class Rules:
         self.windows.add_calls(calls, now_ms)
         found = [(i, rank, seq, alert) for seq, (i, rank, alert) in enumerate(self.budget.observe_calls(calls))]
         found += [(i, 2, seq, alert) for seq, (i, alert) in enumerate(self.error_rate.observe_calls(calls))]
-        found += [(i, 3, seq, alert) for seq, (i, alert) in enumerate(self.rate_limit.observe_calls(calls))]
+        if self._storms:
+            found += [(i, 3, seq, alert) for seq, (i, alert) in enumerate(self.rate_limit.observe_calls(calls))]
         found.sort(key=lambda item: item[:3])
         return [alert for *_, alert in found]
 
@@ -296,7 +312,9 @@ class Rules:
     def observe_batch(self, batch: Batch) -> list[Alert]:
         """:meth:`observe` of each task event or telemetry report of ``batch``, a task or agent
         at a time: the same state and alerts, in the same order."""
-        rule = self.silent if batch.event == "telemetry" else self.stuck
+        rule, subject = (self.silent, "agent_id") if batch.event == "telemetry" else (self.stuck, "task_id")
+        if self._owns is not None:
+            batch = batch.take(np.flatnonzero(batch.owned(subject, self._owns)))
         return [alert for _, alert in rule.observe_batch(batch)]
 
     def observer(self, event: str) -> Callable[[Any, int], list[Alert]]:
@@ -304,8 +322,9 @@ class Rules:
         ``task_event``): ``observer(event)(row, now_ms)``."""
         if event == "llm_call":
             return self.observe_call
-        rule = self.silent if event == "telemetry" else self.stuck
-        return lambda row, now_ms: rule.observe(row)
+        if event == "telemetry":
+            return lambda row, now_ms: self.silent.observe(row) if self._ours(row.agent_id) else []
+        return lambda row, now_ms: self.stuck.observe(row) if self._ours(row.task_id) else []
 
     def tick(self, now_ms: int) -> list[Alert]:
         """The alerts the wall clock raises or clears.

@@ -19,6 +19,7 @@ import functools
 import math
 from itertools import compress
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -255,6 +256,8 @@ class Arrival(enum.Enum):
     IN_GRACE = "in_grace"
     #: Its window is closed: the event was only counted in ``late_events``.
     TOO_LATE = "too_late"
+    #: Its agent's windows are kept by another shard: only its window's start was noted.
+    OTHER_SHARD = "other_shard"
 
 
 class WindowStore:
@@ -282,6 +285,10 @@ class WindowStore:
         self._open: dict[int, dict[WindowKey, WindowAggregate]] = {}
         #: (start, key) of the windows changed (added to or closed) since the last delta().
         self._changed: set[tuple[int, WindowKey]] = set()
+        #: The agents whose windows this store keeps: all when None. For the others' calls only
+        #: the window start is noted (an empty entry of ``_open``): closing on the wall clock
+        #: closes up to the latest window open in any shard, as one store for all would.
+        self.owns: Callable[[str], bool] | None = None
 
     def add(self, call: LlmCall, *, now_ms: int, watermark_ms: int | None = None) -> Arrival:
         """Count ``call`` in its window; ``now_ms`` is the wall clock (epoch milliseconds).
@@ -297,12 +304,16 @@ class WindowStore:
         start = at - at % self.size_ms
         end = start + self.size_ms
         own = self.watermark_ms if watermark_ms is None else watermark_ms
+        ours = self.owns is None or self.owns(call.agent_id)
         if end <= self.closed_until_ms or end + self.grace_ms <= own:
-            self.late_events += 1
+            self.late_events += ours
             return Arrival.TOO_LATE
         arrival = Arrival.IN_GRACE if end <= own else Arrival.ON_TIME
         if watermark_ms is None:
             self.watermark_ms = max(self.watermark_ms, at)
+        if not ours:
+            self._open.setdefault(start, {})
+            return Arrival.OTHER_SHARD
         key = WindowKey(call.tenant_id, call.agent_id, call.provider, call.model)
         window = self._open.get(start)
         if window is None:
@@ -325,9 +336,15 @@ class WindowStore:
         starts = at - at % self.size_ms
         ends = starts + self.size_ms
         late = (ends <= self.closed_until_ms) | (ends + self.grace_ms <= calls.watermarks)
-        n_late = int(late.sum())
-        self.late_events += n_late
-        kept = np.flatnonzero(~late)
+        if self.owns is None:
+            self.late_events += int(late.sum())
+            kept = np.flatnonzero(~late)
+        else:
+            ours = calls.owned("agent_id", self.owns)
+            self.late_events += int((late & ours).sum())
+            for start in np.unique(starts[~late]).tolist():
+                self._open.setdefault(start, {})
+            kept = np.flatnonzero(~late & ours)
         if not len(kept):
             return
         names = ("tenant_id", "agent_id", "provider", "model")
@@ -419,6 +436,8 @@ class WindowStore:
             "closed_until_ms": self.closed_until_ms,
             "last_added_ms": self.last_added_ms,
             "late_events": self.late_events,
+            # With shards, starts of windows only other shards hold count too (see ``owns``).
+            "open_starts": sorted(self._open),
         }
         if windows:
             state["windows"] = [
@@ -459,6 +478,8 @@ class WindowStore:
         store.closed_until_ms = data["closed_until_ms"]
         store.last_added_ms = data["last_added_ms"]
         store.late_events = data["late_events"]
+        for start in data.get("open_starts", ()):
+            store._open[start] = {}
         for window in data["windows"]:
             aggs = store._open.setdefault(window["start_ms"], {})
             aggs[WindowKey(*window["key"])] = WindowAggregate.from_dict(window["totals"])
