@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         description="Alerts role: seconds between snapshots of the whole window and rule state (each step "
         "commits its changes; a restart reads the latest snapshot and the changes committed after it).",
     )
+    alerts_shards: int = Field(
+        default=1, ge=1, le=64,
+        description="Alerts role: shards of the rules' state, one partition of the state topic each; the "
+        "alerts workers share them through a consumer group (each shard reads every event and keeps its "
+        "subjects' state). Fixed with the state topic: changing it needs a new state (topic prefix).",
+    )
     alerts_commit_ms: int = Field(
         default=200, gt=0, le=10_000,
         description="Alerts role: longest a step's transaction stays open when it raised no alert (a live step "

@@ -25,7 +25,8 @@ def consumer_groups(settings: Settings) -> dict[str, list[str]]:
     return {
         f"{prefix}ezstream.lake": names(TABLES),
         f"{prefix}ezstream.clickhouse": names(TABLES),
-        f"{prefix}ezstream.alerts.positions": names(("agent.tasks", "agent.llm_calls", "agent.telemetry")),
+        **{f"{prefix}ezstream.alerts.positions" + (f".{i}" if i else ""): names(("agent.tasks", "agent.llm_calls", "agent.telemetry"))
+           for i in range(settings.alerts_shards)},  # one group per shard of the alerts role
         f"{prefix}ezstream.inference": names(("inference.requests",)),
     }
 
@@ -137,11 +138,21 @@ def last_clickhouse_writes(settings: Settings) -> dict[str, str]:
 
 
 def alerts_role(settings: Settings) -> dict[str, Any] | None:
-    path = settings.run_dir / f"alerts-{settings.topic_prefix or 'default'}.status.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """The alerts role's status file; with shards, ``{"shards": {index: status}}`` of those found."""
+    name = f"alerts-{settings.topic_prefix or 'default'}"
+    if settings.alerts_shards == 1:
+        paths = {0: settings.run_dir / f"{name}.status.json"}
+    else:
+        paths = {i: settings.run_dir / f"{name}.shard-{i}.status.json" for i in range(settings.alerts_shards)}
+    found = {}
+    for index, path in paths.items():
+        try:
+            found[index] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    if settings.alerts_shards == 1:
+        return found.get(0)
+    return {"shards": found} if found else None
 
 
 def _attempt(what: str, action, errors: dict[str, str]):
@@ -208,10 +219,13 @@ def format_view(view: dict[str, Any]) -> str:
     if view["dlq"]:
         lines += ["", f"{'DLQ':<44} {'MESSAGES':>10}"]
         lines += [f"{topic:<44} {n:>10,}" for topic, n in sorted(view["dlq"].items())]
-    alerts = view["alerts"]
-    if alerts:
+    shards = (view["alerts"] or {}).get("shards")
+    for label, alerts in ([(f"alerts shard {i}", shards[i]) for i in sorted(shards)] if shards
+                          else [("alerts role", view["alerts"])]):
+        if not alerts:
+            continue
         state = "active" if alerts.get("active") else "standing by / stopped"
-        lines += ["", f"alerts role: {state}, caught up: {alerts.get('caught_up')}, "
+        lines += ["", f"{label}: {state}, caught up: {alerts.get('caught_up')}, "
                       f"commit {alerts.get('commit')} (snapshot {alerts.get('snapshot')}), "
                       f"late events {alerts.get('late_events')}"]
         held = alerts.get("state")

@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from connectors.errors import EzStreamError, TerminalError, TransientError
+from connectors.errors import ConfigError, EzStreamError, TerminalError, TransientError
 from connectors.failpoints import failpoint
 from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.codec import Codec, default_codec
@@ -413,7 +413,12 @@ class Webhook:
 
 
 class IntelligenceProcessor:
-    """The alerts role's loop: ``run()`` blocks until :meth:`stop`; hosted by the Faust worker."""
+    """The alerts role (hosted by the Faust worker): ``run()`` blocks until :meth:`stop`.
+
+    It holds the lease of the shards the group gives it (partitions of the state topic, one per
+    shard: ``EZ_ALERTS_SHARDS``) and runs a :class:`ShardProcessor` for each, one step of each per
+    turn of its loop; a shard whose lease goes elsewhere is checkpointed and let go.
+    """
 
     name = "alerts"
 
@@ -422,6 +427,113 @@ class IntelligenceProcessor:
         self.settings = settings
         self.config = config or load_config(settings)
         self.codec = codec or default_codec()
+        self.shards = settings.alerts_shards
+        #: Set once every shard it holds is active and caught up, or it stands by for all.
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._state_topic = state_topic(settings)
+        self._webhook = (Webhook(settings.alerts_webhook_url.get_secret_value())
+                         if settings.alerts_webhook_url is not None else None)
+        self._lease: Any = None
+        #: Shards whose lease it holds, and their processors (kept while standing by: their stats).
+        self._held: set[int] | None = None
+        self._processors: dict[int, ShardProcessor] = {}
+
+    def processor(self, index: int) -> ShardProcessor:
+        found = self._processors.get(index)
+        if found is None:
+            found = self._processors[index] = ShardProcessor(
+                self.settings, self.config, self.codec, Shard(index, self.shards), self._webhook)
+        return found
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+
+        ensure_topics(self.settings, catalogue(self.settings) + [TopicSpec(self._state_topic, self.shards, self.settings.topic_replication, {
+            "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+            "segment.ms": "600000", "max.message.bytes": str(2 * CHUNK_BYTES),
+        })])
+        self._lease = Consumer({
+            **client_config(self.settings),
+            "group.id": group_id(self.settings),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        })
+        crashed = False
+        try:
+            # The shards' states are the state topic's partitions: their number is fixed with it.
+            found = len(self._lease.list_topics(self._state_topic, timeout=30).topics[self._state_topic].partitions)
+            if found != self.shards:
+                raise ConfigError(f"EZ_ALERTS_SHARDS is {self.shards}, but the alerts' state topic {self._state_topic} "
+                                  f"has {found} partition(s), one per shard of the state it holds: set EZ_ALERTS_SHARDS={found}, "
+                                  "or start the new number of shards on a new state (a new topic prefix)")
+            self._lease.subscribe([self._state_topic], on_assign=self._on_assign,
+                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            while not self._stopping.is_set():
+                active = [p for p in self._processors.values() if p.active]
+                self._lease.poll(0 if active else 0.2)  # the lease's messages are ignored
+                for index in sorted(self._held or ()):
+                    if not self.processor(index).active:
+                        self.processor(index)._activate()
+                for index, processor in sorted(self._processors.items()):
+                    if processor.active and index not in (self._held or ()):
+                        processor._deactivate(checkpoint=True)
+                    elif processor.active:
+                        processor._step()
+                if (self._held is not None and not self.ready.is_set()
+                        and all(self.processor(i).ready.is_set() for i in self._held)):
+                    self.ready.set()
+        except BaseException:
+            crashed = True
+            raise
+        finally:
+            for processor in self._processors.values():
+                if processor.active:
+                    # After a crash the state may stand anywhere in a batch: no checkpoint of it;
+                    # the next active processor (this role started again, or a standby) replays
+                    # from the last one, as after a kill -9.
+                    processor._deactivate(checkpoint=not crashed)
+            self._lease.close()
+            if self._webhook is not None:
+                self._webhook.close()
+
+    def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self._held = {p.partition for p in partitions}
+        if not partitions and self.shards == 1:
+            self.processor(0)._write_status()  # standing by: another worker is active
+
+    def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        for p in partitions:
+            if self._held is not None:
+                self._held.discard(p.partition)
+            processor = self._processors.get(p.partition)
+            if processor is not None and processor.active:
+                # Checkpoint while the state is still ours, so the next holder replays little.
+                processor._deactivate(checkpoint=True)
+
+    def status(self) -> dict[str, Any]:
+        """The status of each shard this worker ran (by index)."""
+        return {index: processor.status() for index, processor in sorted(self._processors.items())}
+
+
+class ShardProcessor:
+    """One shard of the alerts role while its worker holds the shard's lease: the shard's rules,
+    its state on its partition of the state topic, its transactional producer and its reader of
+    the source topics. With one shard (the default) it keeps every subject."""
+
+    name = "alerts"
+
+    def __init__(self, settings: Settings, config: IntelligenceConfig, codec: Codec,
+                 shard: Shard = Shard(0, 1), webhook: Webhook | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.codec = codec
+        self.shard = shard
         # The sinks' value rules, checked on the native decoder's tables: what they dead-letter
         # (a NaN or negative number, an event time past the message's timestamp plus the
         # tolerance, out of range, too old) never reaches a rule either.
@@ -432,20 +544,22 @@ class IntelligenceProcessor:
         for event in {TOPIC_EVENTS[t] for t in SOURCES}:
             empty = self._decoder.decode_batch_arrow([], event).table
             check(pa.Table.from_pylist([{}], schema=empty.schema), event, np.full(1, -1, np.int64), self._value_rules)
-        #: Set once the processor is active and caught up, or standing by behind an active one.
+        #: Set once the shard is active and caught up.
         self.ready = threading.Event()
-        self._stopping = threading.Event()
         self._catalogue = {topic_name(settings, t): t for t in SOURCES}
         self._calls_topic = topic_name(settings, "agent.llm_calls")
         self._alerts_topic = topic_name(settings, "agent.alerts")
         self._windows_topic = topic_name(settings, "agent.llm_windows")
         self._state_topic = state_topic(settings)
-        self._status_file = settings.run_dir / f"alerts-{settings.topic_prefix or 'default'}.status.json"
-        self._webhook = (Webhook(settings.alerts_webhook_url.get_secret_value())
-                         if settings.alerts_webhook_url is not None else None)
-        self._lease: Any = None
-        self._holds_lease = False
-        self._active = False
+        # Shard 0 keeps the names of the role's single processor.
+        suffix = f".{shard.index}" if shard.index else ""
+        self._transactional_id = f"{group_id(settings)}.state{suffix}"
+        self._positions_group = f"{group_id(settings)}.positions{suffix}"
+        self._status_file = settings.run_dir / (
+            f"alerts-{settings.topic_prefix or 'default'}" + (f".shard-{shard.index}" if shard.count > 1 else "") + ".status.json")
+        self._webhook = webhook
+        self._label = "alerts" if shard.count == 1 else f"alerts ({shard})"
+        self.active = False
         self.stats: Counter[str] = Counter()
         self._late_events: dict[str, int] = {}
         self._reset_active_state()
@@ -493,63 +607,6 @@ class IntelligenceProcessor:
         self._status_written = 0.0
         self._offsets_sent = 0.0
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
-        from confluent_kafka import Consumer
-
-        ensure_topics(self.settings, catalogue(self.settings) + [TopicSpec(self._state_topic, 1, self.settings.topic_replication, {
-            "cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-            "segment.ms": "600000", "max.message.bytes": str(2 * CHUNK_BYTES),
-        })])
-        self._lease = Consumer({
-            **client_config(self.settings),
-            "group.id": group_id(self.settings),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-        })
-        self._lease.subscribe([self._state_topic], on_assign=self._on_assign,
-                              on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        crashed = False
-        try:
-            while not self._stopping.is_set():
-                self._lease.poll(0 if self._active else 0.2)  # the lease's messages are ignored
-                if self._holds_lease and not self._active:
-                    self._activate()
-                elif not self._holds_lease and self._active:
-                    self._deactivate(checkpoint=True)
-                if self._active:
-                    self._step()
-        except BaseException:
-            crashed = True
-            raise
-        finally:
-            if self._active:
-                # After a crash the state may stand anywhere in a batch: no checkpoint of it; the
-                # next active processor (this role started again, or a standby) replays from the
-                # last one, as after a kill -9.
-                self._deactivate(checkpoint=not crashed)
-            self._lease.close()
-            if self._webhook is not None:
-                self._webhook.close()
-
-    def _on_assign(self, consumer: Any, partitions: list) -> None:
-        self._holds_lease = bool(partitions)
-        if not partitions:
-            self.ready.set()  # standing by: another worker is active
-            self._write_status()
-
-    def _on_revoke(self, consumer: Any, partitions: list) -> None:
-        self._holds_lease = False
-        if self._active:
-            # Checkpoint while the state is still ours, so the next holder replays little.
-            self._deactivate(checkpoint=True)
-
     # -- activation: load the state, seek, replay -------------------------------------------------
 
     def _activate(self) -> None:
@@ -558,13 +615,13 @@ class IntelligenceProcessor:
         started = time.monotonic()
         base = client_config(self.settings)
         self._txn = Producer(producer_config(self.settings, **{
-            "transactional.id": f"{group_id(self.settings)}.state",
+            "transactional.id": self._transactional_id,
             "linger.ms": 0, "retry.backoff.ms": 10}))
         # Fences a previous holder: its open transaction (outputs and state of a step it never
         # committed) is aborted, so none of it is ever read.
         self._txn.init_transactions(60)
         state = self._read_state()
-        self.rules = Rules(self.config, state["rules"] if state else None)
+        self.rules = Rules(self.config, state["rules"] if state else None, self.shard)
         # Windows closed but not produced yet: the first outputs of this holder.
         self._closed_windows.extend((ClosedWindow(**closed), by)
                                     for closed, by in (state or {}).get("pending_windows", []))
@@ -578,13 +635,13 @@ class IntelligenceProcessor:
 
         self._source = Consumer({
             **base,
-            "group.id": f"{group_id(self.settings)}.positions",  # offsets for operators' lag
+            "group.id": self._positions_group,  # offsets for operators' lag
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "fetch.wait.max.ms": 100,
             "isolation.level": "read_committed",
             "statistics.interval.ms": 5_000,
-            "stats_cb": metrics.lag_from_statistics(f"{group_id(self.settings)}.positions"),
+            "stats_cb": metrics.lag_from_statistics(self._positions_group),
         })
         metadata = self._source.list_topics(timeout=30)
         assignment = []
@@ -602,9 +659,9 @@ class IntelligenceProcessor:
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="alerts-snapshot")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="alerts-commit")
         self._last_snapshot = time.monotonic()
-        self._active = True
+        self.active = True
         self._caught_up = False
-        log.info("alerts: active from commit %d (snapshot %s, %d partitions) in %.1f s",
+        log.info(f"{self._label}: active from commit %d (snapshot %s, %d partitions) in %.1f s",
                  self._seq, self._snapshot or "none", len(assignment), time.monotonic() - started)
         self._write_status()
 
@@ -616,11 +673,11 @@ class IntelligenceProcessor:
         reader = Consumer({**client_config(self.settings), "group.id": f"{group_id(self.settings)}.recovery",
                            "enable.auto.commit": False, "isolation.level": "read_committed"})
         try:
-            tp = TopicPartition(self._state_topic, 0)
+            tp = TopicPartition(self._state_topic, self.shard.index)
             low, high = reader.get_watermark_offsets(tp, timeout=30)
             latest: dict[str, bytes | None] = {}
             if high > low:
-                reader.assign([TopicPartition(self._state_topic, 0, low)])
+                reader.assign([TopicPartition(self._state_topic, self.shard.index, low)])
                 deadline = time.monotonic() + 120
                 # The position, not the last offset read: the topic ends in a transaction marker.
                 while reader.position([tp])[0].offset < high:
@@ -654,7 +711,7 @@ class IntelligenceProcessor:
                     executor.shutdown(wait=True, cancel_futures=True)
             if self._source is not None:
                 self._source.close()
-            self._active = False
+            self.active = False
             if self.rules is not None:
                 self._late_events = self.rules.late_events
             self._reset_active_state()
@@ -678,7 +735,7 @@ class IntelligenceProcessor:
             self._caught_up = True
             self._status_due = True  # a takeover that replays nothing commits nothing
             self.ready.set()
-            log.info("alerts: caught up; wall-clock rules on")
+            log.info("%s: caught up; wall-clock rules on", self._label)
         now = time.monotonic()
         if self._caught_up and now - self._last_tick >= TICK_SECONDS:
             self._last_tick = now
@@ -877,10 +934,11 @@ class IntelligenceProcessor:
         self._begin()
         self._send(topic, key.encode(), value)
 
-    def _send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def _send(self, topic: str, key: bytes | None, value: bytes | None, partition: int = -1) -> None:
+        """Produce into the open transaction (``partition`` -1: by the key)."""
         while True:
             try:
-                self._txn.produce(topic, key=key, value=value)
+                self._txn.produce(topic, key=key, value=value, partition=partition)
                 break
             except BufferError:  # the producer's queue is full: let it drain
                 self._txn.poll(0.01)
@@ -933,7 +991,7 @@ class IntelligenceProcessor:
                  "windows_closed": self._windows_closed, "windows_produced": self._windows_produced}
         chunks = _chunks(zlib.compress(json.dumps(delta, separators=(",", ":")).encode(), 1))
         for key, chunk in zip(_delta_keys(self._seq, len(chunks)), chunks):
-            self._send(self._state_topic, key.encode(), chunk)
+            self._send(self._state_topic, key.encode(), chunk, self.shard.index)
         snapshot = None
         if self._encoded is not None and self._encoded.done():
             snapshot = self._encoded.result()
@@ -986,8 +1044,7 @@ class IntelligenceProcessor:
         self._committing = None
         try:
             cut = future.result()
-        except EzStreamError:
-            self._holds_lease = False  # fenced: stop until the lease says otherwise
+        except EzStreamError:  # fenced: the role stops, and its lease goes to whoever took over
             raise
         self._deltas[cut.seq] = cut.chunks
         if cut.snapshot_seq is not None:
@@ -1049,19 +1106,20 @@ class IntelligenceProcessor:
         """Produce an encoded snapshot into the open transaction, with tombstones for the deltas it
         covers."""
         for i, chunk in enumerate(chunks):
-            self._txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk)
+            self._txn.produce(self._state_topic, key=f"chunk-{i}".encode(), value=chunk, partition=self.shard.index)
         self._txn.produce(self._state_topic, key=b"manifest", value=json.dumps(
-            {"snapshot": snapshot, "seq": seq, "chunks": len(chunks)}).encode())
+            {"snapshot": snapshot, "seq": seq, "chunks": len(chunks)}).encode(), partition=self.shard.index)
         for old in sorted(s for s in self._deltas if s <= seq):
             for key in _delta_keys(old, self._deltas[old]):
-                self._txn.produce(self._state_topic, key=key.encode(), value=None)
+                self._txn.produce(self._state_topic, key=key.encode(), value=None, partition=self.shard.index)
         self._snapshot_bytes = sum(map(len, chunks))
         metrics.ALERTS_CHECKPOINT_BYTES.set(self._snapshot_bytes)
 
     def status(self) -> dict[str, Any]:
         """What the processor has committed (from the loop's thread), for ``ezstream status``."""
         status = {
-            "active": self._active,
+            "active": self.active,
+            **({"shard": list(self.shard)} if self.shard.count > 1 else {}),
             "caught_up": self._caught_up,
             "snapshot": self._snapshot,
             "commit": self._seq,

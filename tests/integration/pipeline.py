@@ -50,6 +50,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.alerts_webhook_url is not None:
         env["EZ_ALERTS_WEBHOOK_URL"] = settings.alerts_webhook_url.get_secret_value()
     env["EZ_ALERTS_CHECKPOINT_SECONDS"] = str(settings.alerts_checkpoint_seconds)
+    env["EZ_ALERTS_SHARDS"] = str(settings.alerts_shards)
     if settings.metrics_port is not None:
         env["EZ_METRICS_PORT"] = str(settings.metrics_port)
     env["EZ_LOG_FORMAT"] = settings.log_format

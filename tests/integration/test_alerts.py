@@ -425,19 +425,14 @@ def test_alerts_also_go_to_the_webhook(intel, start, hook):
     assert "secret-token" not in Path(worker.log).read_text()
 
 
-def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alerts_and_windows(intel, start, make_pipe,
-                                                                                              tmp_path):
-    """Five minutes of calls from nine agents over three partitions (budgets crossed, an error
-    spike, a rate-limit storm across agents, a call late in its own partition) go to a live
-    processor in event-time order, one agent's slot at a time. The same messages then go to
-    fresh topics at once, where a new processor reads them from offset 0: Kafka hands it whole
-    partitions per fetch, minutes apart in event time. Every alert and every closed window is
-    the same, field for field; and again on a third set of topics, live with the worker killed
-    (-9) twice at seeded random points."""
-    # Windows close on event time only: the idle period is longer than the test. Budget days end
-    # two hours after midnight, not five minutes: a run just after midnight would otherwise see
-    # the live processor's wall clock end the day of the calls (made 20 minutes back) and count
-    # them late, where the replay, whose wall-clock rules wait for its catch-up, counts none.
+def five_minutes(intel, make_pipe, tmp_path):
+    """Settings for a live run and for a replay on fresh topics, and five minutes of calls from
+    nine agents over three partitions as slots (one agent's six calls within 1.2 s, every 3 s):
+    budgets crossed, an error spike, a rate-limit storm across agents, a call late in its own
+    partition. Windows close on event time only: the idle period is longer than the test. Budget
+    days end two hours after midnight, not five minutes: a run just after midnight would otherwise
+    see the live processor's wall clock end the day of the calls (made 20 minutes back) and count
+    them late, where the replay, whose wall-clock rules wait for its catch-up, counts none."""
     (tmp_path / "no-idle.toml").write_text(RULES.replace("idle_seconds = 2", "idle_seconds = 600")
                                           + "\n[budget]\ngrace_seconds = 7200\n")
     live = intel.model_copy(update={"alerts_config_file": tmp_path / "no-idle.toml", "alerts_checkpoint_seconds": 0.1})
@@ -449,7 +444,7 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
         t0 = midnight - timedelta(minutes=7)
     agents = [f"dev-{i}" for i in range(9)]
     slots = []
-    for k in range(100):  # a slot: one agent's six calls within 1.2 s, every 3 s
+    for k in range(100):
         agent = agents[k % 9]
         calls = []
         for i in range(6):
@@ -465,6 +460,19 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
         if k == 50:  # 70 s behind its partition: too late for its window, by that partition alone
             calls.append(call(agent, cost=0.02, at=t0 + timedelta(seconds=3 * k - 70)))
         slots.append(calls)
+    return live, replay, slots
+
+
+def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alerts_and_windows(intel, start, make_pipe,
+                                                                                              tmp_path):
+    """Five minutes of calls from nine agents over three partitions (budgets crossed, an error
+    spike, a rate-limit storm across agents, a call late in its own partition) go to a live
+    processor in event-time order, one agent's slot at a time. The same messages then go to
+    fresh topics at once, where a new processor reads them from offset 0: Kafka hands it whole
+    partitions per fetch, minutes apart in event time. Every alert and every closed window is
+    the same, field for field; and again on a third set of topics, live with the worker killed
+    (-9) twice at seeded random points."""
+    live, replay, slots = five_minutes(intel, make_pipe, tmp_path)
     count = sum(map(len, slots))
 
     worker = start(live, name="live")
@@ -517,3 +525,82 @@ def test_a_replay_with_partitions_at_different_lags_gives_exactly_the_live_alert
     assert processed(worker, count)["late_events"] == first["late_events"]
     assert by_id(alerts_of(killed)) == alerts, (plan, seed)
     assert by_id(read_topic(killed, "agent.llm_windows")) == windows, (plan, seed)
+
+
+def shards_processed(workers: list[Worker], shards: int, count: int, timeout_s: float = 60) -> dict[int, dict]:
+    """Wait until each shard's latest commit, as the worker active for it reports, covers
+    ``count`` events; the shards' statuses."""
+    def covered():
+        found = {}
+        for worker in workers:
+            for path in (worker.home / "run").glob("alerts-*.shard-*.status.json"):
+                current = json.loads(path.read_text())  # written whole (a rename)
+                if current.get("active") and sum(current.get("positions", {}).values()) >= count:
+                    found[current["shard"][0]] = current
+        return found if len(found) == shards else None
+    return wait_for(covered, timeout_s, f"every shard's commit covering {count} events")
+
+
+def test_two_workers_share_the_shards_and_a_kill_of_one_changes_no_alert_or_window(intel, start, make_pipe, tmp_path):
+    """The five minutes of calls again, with the rules' state in two shards (EZ_ALERTS_SHARDS=2).
+    The reference: one processor for every subject, reading them from offset 0. Then live, two
+    workers holding a shard each; one is killed (-9) at a seeded random point and the other takes
+    its shard over from that shard's last commit; the killed one comes back, and the shards are
+    shared again (a rebalance: each checkpointed and handed over). Every alert and every closed
+    window is the reference's, field for field, and the late events add up to its own."""
+    sharded, single, slots = five_minutes(intel, make_pipe, tmp_path)
+    sharded = sharded.model_copy(update={"alerts_shards": 2})
+    count = sum(map(len, slots))
+    assert produce_slots(single, slots) == count
+    reference = start(single, name="single")
+    expected = wait_for(lambda: (s := processed(reference, count)).get("caught_up") and s, 60, "the reference to catch up")
+    by_id = lambda records: sorted(records, key=lambda r: r["event_id"])  # noqa: E731
+    alerts, windows = by_id(alerts_of(single)), by_id(read_topic(single, "agent.llm_windows"))
+    assert {("budget", "firing"), ("error_rate", "firing"), ("error_rate", "resolved"), ("rate_limit_storm", "firing"),
+            ("rate_limit_storm", "resolved")} <= {(a["kind"], a["state"]) for a in alerts}
+    assert len(windows) >= 20
+
+    seed = int(uuid.uuid4().int % 10_000)
+    print("kill point seed", seed)
+    kill_at = random.Random(seed).randrange(10, 60)
+    workers = [start(sharded, name="a", failpoints=f"alerts.after_batch={kill_at}"), start(sharded, name="b")]
+
+    def one_shard_each():
+        held = [[json.loads(p.read_text()).get("active") for p in (w.home / "run").glob("alerts-*.shard-*.status.json")]
+                for w in workers]
+        return all(h.count(True) == 1 for h in held)
+    wait_for(one_shard_each, 60, "a shard active in each worker")
+    deaths = 0
+
+    def processed_or_restarted(sent: int) -> None:
+        nonlocal deaths
+        if workers[0].exited() and deaths == 0:
+            assert workers[0].proc.returncode == -9, seed
+            deaths += 1
+            # The other takes the shard over (after the group's session timeout); then the
+            # killed one comes back and the group shares the shards out again.
+            shards_processed(workers[1:], 2, sent, timeout_s=90)
+            workers[0] = start(sharded, name="a-again")
+        workers[1].alive()
+        shards_processed(workers, 2, sent, timeout_s=90)
+
+    assert produce_slots(sharded, slots, processed_or_restarted) == count
+    assert deaths == 1, ("the worker was not killed", seed)
+    done = shards_processed(workers, 2, count)
+    late = {rule: sum(s["late_events"][rule] for s in done.values()) for rule in expected["late_events"]}
+    assert late == expected["late_events"], seed
+    assert by_id(alerts_of(sharded)) == alerts, seed
+    assert by_id(read_topic(sharded, "agent.llm_windows")) == windows, seed
+
+
+def test_a_shard_count_the_state_topic_does_not_have_stops_the_worker_naming_the_setting(intel, start):
+    """The shards' states are the state topic's partitions: another EZ_ALERTS_SHARDS cannot read
+    them, and the worker says so at start instead of starting on an empty state."""
+    worker = start(intel, name="one-shard")
+    worker.stop()
+    worker = Worker(intel.model_copy(update={"alerts_shards": 3}), "alerts", worker.home.parent / "three-shards")
+    with pytest.raises(AssertionError, match="is not running"):
+        worker.start(timeout_s=60)
+    log = worker.tail()
+    assert "EZ_ALERTS_SHARDS is 3" in log and "has 1 partition(s)" in log, log
+    assert worker.proc.returncode != 0
