@@ -11,7 +11,11 @@ alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
    activation to its having read them all (its log), and to its first commit covering them with
    no closed window left to produce (its status file): every alert and window of those events
    committed on Kafka with the state that produced them. With its CPU seconds meanwhile: the
-   role is one thread of Python, so events per CPU second is its rate on one core;
+   role is one thread of Python, so events per CPU second is its rate on one core. Then the
+   same events with 1 and with 2 alerts workers (``EZ_ALERTS_SHARDS`` = workers), each run on
+   topics of its own: the workers start on empty topics and settle (a shard each, caught up),
+   then the events go in one Kafka transaction, whose commit hands them the whole backlog at
+   once; timed from that commit to every shard's commit covering them (CPU: all workers);
 1. the raw-Kafka baseline measured in the same run: the same traffic through a plain
    confluent-kafka forwarder process (consume, produce the tagged messages to an output topic,
    no decoding, no rules), timed the same way: the two Kafka hops any processor pays;
@@ -37,6 +41,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
@@ -242,67 +247,149 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_throughput(base, events: int) -> None:
-    """Pre-produce ``events`` of the simulator's mix, start an alerts worker, time its catch-up."""
-    prefix = f"bench.alerts.tp.{int(time.time())}."
-    settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
-    ensure_topics(settings, catalogue(settings))
-    (base.home / "bench").mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="alerts-tp-", dir=base.home / "bench"))
-    (home / "budgets.toml").write_text("[tenant]\ndaily_usd = 50.0\n[agent]\ndaily_usd = 2.0\n")
+def simulated(events: int) -> tuple[list[tuple[str, str, bytes]], int]:
+    """``events`` of the simulator's mix, event times in the last minutes, encoded: (topic base,
+    key, value) each; and how many of them are on the alerts role's topics."""
     codec = default_codec()
-    producer = Producer(client_config(settings, **PRODUCER_DEFAULTS))
     start = datetime.now(timezone.utc) - timedelta(seconds=events / 5000 + 120)
-    sources = 0
-    for event in generate(21, start_time=start, count=events, rate=5000):
-        sources += event.TOPIC in SOURCES
+    messages = [(event.TOPIC, event.agent_id, codec.encode(event.EVENT, event.to_record()))
+                for event in generate(21, start_time=start, count=events, rate=5000)]
+    return messages, sum(topic in SOURCES for topic, _, _ in messages)
+
+
+def produce_all(settings, messages: list[tuple[str, str, bytes]], **config) -> Any:
+    """A producer (of ``config``) with every message sent to this prefix's topics, not flushed."""
+    producer = Producer(client_config(settings, **PRODUCER_DEFAULTS, **config))
+    if "transactional.id" in config:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+    for topic, key, value in messages:
         while True:
             try:
-                producer.produce(topic_name(settings, event.TOPIC), key=event.agent_id,
-                                 value=codec.encode(event.EVENT, event.to_record()))
+                producer.produce(topic_name(settings, topic), key=key, value=value)
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
-    assert producer.flush(120) == 0
-    env = {**os.environ, "EZ_TOPIC_PREFIX": prefix, "EZ_BUDGETS_FILE": str(home / "budgets.toml"),
-           "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "EZ_TOPIC_PARTITIONS": str(settings.topic_partitions),
-           "PYTHONPATH": str(REPO)}
-    log_path = home / "worker.log"
-    status_path = home / "run" / f"alerts-{prefix}.status.json"
+    return producer
 
-    def all_out() -> bool:
-        try:
-            status = json.loads(status_path.read_text())
-        except (OSError, ValueError):
-            return False
-        return (sum(status.get("positions", {}).values()) >= sources
-                and status.get("state", {}).get("pending_windows") == 0)
 
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--only", "alerts", "--home", str(home)],
-                            cwd=REPO, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    marks: dict[str, tuple[float, float]] = {}  # log line -> (time seen, worker CPU seconds then)
-    try:
-        deadline = time.monotonic() + 600
-        while "all out" not in marks:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the alerts worker did not catch up; see {log_path}")
-            text = log_path.read_text(errors="replace")
-            for mark, pattern in (("active", r"alerts: active from commit"), ("caught up", r"alerts: caught up")):
-                if mark not in marks and re.search(pattern, text):
-                    marks[mark] = (time.perf_counter(), cpu_seconds(proc.pid))
-            if "caught up" in marks and all_out():
-                marks["all out"] = (time.perf_counter(), cpu_seconds(proc.pid))
+class Workers:
+    """``n`` alerts workers (``EZ_ALERTS_SHARDS`` = n) on fresh topics, homes under ``$EZ_HOME/bench``."""
+
+    def __init__(self, base, n: int, tag: str) -> None:
+        self.prefix = f"bench.alerts.{tag}.{int(time.time())}.{n}."
+        self.settings = load_settings(topic_prefix=self.prefix, topic_partitions=base.topic_partitions)
+        ensure_topics(self.settings, catalogue(self.settings))
+        (base.home / "bench").mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"alerts-{tag}-", dir=base.home / "bench"))
+        (self.dir / "budgets.toml").write_text("[tenant]\ndaily_usd = 50.0\n[agent]\ndaily_usd = 2.0\n")
+        self.homes = [self.dir / f"worker-{i}" for i in range(n)]
+        self.names = ([f"alerts-{self.prefix}.status.json"] if n == 1
+                      else [f"alerts-{self.prefix}.shard-{i}.status.json" for i in range(n)])
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        env = {**os.environ, "EZ_TOPIC_PREFIX": self.prefix, "EZ_BUDGETS_FILE": str(self.dir / "budgets.toml"),
+               "EZ_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap, "EZ_ALERTS_SHARDS": str(len(self.homes)),
+               "EZ_TOPIC_PARTITIONS": str(self.settings.topic_partitions), "PYTHONPATH": str(REPO)}
+        for home in self.homes:
+            home.mkdir()
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--only", "alerts", "--home", str(home)],
+                cwd=REPO, env=env, stdout=open(home / "worker.log", "ab"), stderr=subprocess.STDOUT,
+                start_new_session=True))
+
+    def log(self) -> str:
+        return "".join((home / "worker.log").read_text(errors="replace") for home in self.homes)
+
+    def shards(self) -> list[dict]:
+        """Each shard's status, from the worker active for it (a shard none is active for: left out)."""
+        found = {}
+        for home in self.homes:
+            for name in self.names:
+                try:
+                    status = json.loads((home / "run" / name).read_text())
+                except (OSError, ValueError):
+                    continue
+                if status.get("active"):
+                    found[name] = status
+        return list(found.values())
+
+    def all_out(self, sources: int) -> bool:
+        """Every shard committed past ``sources`` events with no closed window left to produce."""
+        shards = self.shards()
+        return len(shards) == len(self.names) and all(
+            sum(s.get("positions", {}).values()) >= sources and s.get("state", {}).get("pending_windows") == 0
+            for s in shards)
+
+    def settled(self) -> bool:
+        """Each worker active for one shard, caught up."""
+        held = []
+        for home in self.homes:
+            mine = []
+            for name in self.names:
+                try:
+                    mine.append(json.loads((home / "run" / name).read_text()))
+                except (OSError, ValueError):
+                    continue
+            held.append([s for s in mine if s.get("active") and s.get("caught_up")])
+        return all(len(h) == 1 for h in held)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(proc.pid) for proc in self.procs)
+
+    def wait(self, condition, what: str, timeout_s: float = 600) -> tuple[float, float]:
+        """Poll ``condition`` every 20 ms; (time, the workers' CPU seconds) when it held."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if any(proc.poll() is not None for proc in self.procs) or time.monotonic() > deadline:
+                raise SystemExit(f"the alerts workers did not get to {what}; see {self.dir}/worker-*/worker.log")
             time.sleep(0.02)
+        return time.perf_counter(), self.cpu()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(60)
+
+
+def line(what: str, sources: int, begin: tuple[float, float], end: tuple[float, float]) -> None:
+    seconds, cpu = end[0] - begin[0], end[1] - begin[1]
+    print(f"{what:<34} {sources / seconds:>9,.0f} events/s   ({sources:,} events in {seconds:.1f} s; "
+          f"CPU {cpu:.1f} s: {sources / max(cpu, 1e-9):,.0f} events per CPU second)")
+
+
+def run_throughput(base, messages: list[tuple[str, str, bytes]], sources: int) -> None:
+    """The messages produced first, then an alerts worker started: its catch-up, timed."""
+    workers = Workers(base, 1, "tp")
+    assert produce_all(workers.settings, messages).flush(120) == 0
+    workers.start()
+    try:
+        active = workers.wait(lambda: re.search(r"alerts: active from commit", workers.log()), "activation")
+        read = workers.wait(lambda: re.search(r"alerts: caught up", workers.log()), "catching up")
+        out = workers.wait(lambda: workers.all_out(sources), "all outputs out")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-    for mark, what in (("caught up", "read"), ("all out", "all outputs out")):
-        seconds = marks[mark][0] - marks["active"][0]
-        cpu = marks[mark][1] - marks["active"][1]
-        print(f"{'alerts role, ' + what:<34} {sources / seconds:>9,.0f} events/s   ({sources:,} events in "
-              f"{seconds:.1f} s; CPU {cpu:.1f} s: {sources / max(cpu, 1e-9):,.0f} events per CPU second)")
+        workers.stop()
+    line("alerts role, read", sources, active, read)
+    line("alerts role, all outputs out", sources, active, out)
+
+
+def run_burst(base, messages: list[tuple[str, str, bytes]], sources: int, n: int) -> None:
+    """``n`` workers started on empty topics and settled (a shard each, caught up); then the
+    messages in one Kafka transaction: its commit hands the whole backlog over at once."""
+    workers = Workers(base, n, "burst")
+    workers.start()
+    try:
+        workers.wait(workers.settled, "a shard each")
+        producer = produce_all(workers.settings, messages, **{"transactional.id": f"{workers.prefix}bench"})
+        producer.commit_transaction(120)
+        begin = time.perf_counter(), workers.cpu()
+        out = workers.wait(lambda: workers.all_out(sources), "all outputs out")
+    finally:
+        workers.stop()
+    line(f"{n} alerts worker{'s' if n > 1 else ''}, burst, all out", sources, begin, out)
 
 
 def main() -> None:
@@ -312,11 +399,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each run")
     parser.add_argument("--events", type=int, default=300_000,
                         help="events of the throughput phase (0: skip it)")
+    parser.add_argument("--workers", type=int, action="append",
+                        help="alerts workers (and shards) of a burst run; repeat for several (default 1 and 2)")
     args = parser.parse_args()
 
     base = load_settings()
     if args.events:
-        run_throughput(base, args.events)
+        messages, sources = simulated(args.events)
+        run_throughput(base, messages, sources)
+        for n in args.workers or [1, 2]:
+            run_burst(base, messages, sources, n)
     for rate in args.rate or [1000.0, 20000.0]:
         # Fresh topics per rate: each run's worker starts with nothing to catch up on.
         prefix = f"bench.alerts.{int(time.time())}.{int(rate)}."

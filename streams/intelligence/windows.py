@@ -79,19 +79,28 @@ class LatencySketch:
 
     def add_latencies(self, latencies: np.ndarray) -> None:
         """Add many latencies: the same sketch as :meth:`add` of each, one bin at a time."""
-        values = np.maximum(latencies, 0.0)
-        mapping = self._sketch._mapping
-        positive = values > mapping.min_possible
-        zeros = len(values) - int(positive.sum())
+        zeros, bounds, keys, values, counts = latency_bins(
+            self._sketch._mapping, latencies, np.zeros(len(latencies), np.int64), 1)
+        self.add_bins(int(zeros[0]), keys.tolist(), values.tolist(), counts.tolist())
+
+    def add_bins(self, zeros: int, keys: list[int], values: list[float], counts: list[int]) -> None:
+        """Add ``zeros`` latencies of 0 and, for each bin ``keys[i]``, ``counts[i]`` latencies the
+        first of which was ``values[i]`` (see :func:`latency_bins`): what :meth:`add` of each
+        latency gives (the bins, the count; the sum as DDSketch's add of ``values[i]`` with that
+        weight)."""
+        sketch = self._sketch
         if zeros:
-            self._sketch.add(0.0, float(zeros))
-        values = values[positive]
-        if not len(values):
-            return
-        keys = _keys(mapping, values)
-        distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
-        for value, count in zip(values[first].tolist(), counts.tolist()):
-            self._sketch.add(value, float(count))
+            sketch.add(0.0, float(zeros))
+        store = self._store
+        for key, value, count in zip(keys, values, counts):
+            weight = float(count)
+            store.add(key, weight)
+            sketch._count += weight
+            sketch._sum += value * weight
+            if value < sketch._min:
+                sketch._min = value
+            if value > sketch._max:
+                sketch._max = value
 
     def merge(self, other: LatencySketch) -> None:
         """Add every latency of ``other`` to this sketch (same relative accuracy required)."""
@@ -141,6 +150,28 @@ class LatencySketch:
         for key, weight in data["bins"]:
             store.add(int(key), float(weight))
         return cls(data["relative_accuracy"], _store=store, _zero_count=float(data["zero_count"]))
+
+
+def latency_bins(mapping: Any, latencies: np.ndarray, group_of: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sketch bins of latencies of calls in ``n`` groups (``group_of``: each call's group, the
+    calls of a group in order), for all groups in one pass: (zeros, bounds, keys, values, counts):
+    group ``g`` had ``zeros[g]`` latencies of 0 (or below, counted as 0), and its distinct bins are
+    ``bounds[g]:bounds[g + 1]`` of ``keys`` (ascending), each with the first latency that fell in
+    it (``values``) and how many did (``counts``)."""
+    values = np.maximum(latencies, 0.0)
+    positive = values > mapping.min_possible
+    zeros = np.bincount(group_of[~positive], minlength=n)
+    values, group_of = values[positive], group_of[positive]
+    if not len(values):
+        empty = np.zeros(0, np.int64)
+        return zeros, np.zeros(n + 1, np.int64), empty, values, empty
+    keys = _keys(mapping, values)
+    low = int(keys.min())
+    combined = group_of * (int(keys.max()) - low + 1) + (keys - low)
+    _, first, counts = np.unique(combined, return_index=True, return_counts=True)
+    bounds = np.searchsorted(group_of[first], np.arange(n + 1))
+    return zeros, bounds, keys[first], values[first], counts
 
 
 def _keys(mapping: Any, values: np.ndarray) -> np.ndarray:
@@ -359,7 +390,10 @@ class WindowStore:
             not_ok, limited, calls.numbers("input_tokens")[taken].astype(np.int64),
             calls.numbers("output_tokens")[taken].astype(np.int64))]
         costs = calls.numbers("cost_usd")[taken].tolist()
-        latencies = calls.numbers("latency_ms")[taken]
+        zeros, bounds, bin_keys, bin_values, bin_counts = latency_bins(
+            _mapping(RELATIVE_ACCURACY), calls.numbers("latency_ms")[taken], np.repeat(np.arange(len(lo)), hi - lo), len(lo))
+        zeros, bounds = zeros.tolist(), bounds.tolist()
+        bin_keys, bin_values, bin_counts = bin_keys.tolist(), bin_values.tolist(), bin_counts.tolist()
         agent_types, agent_type_values = calls.codes("agent_type")
         traces, trace_values = calls.codes("trace_id")
         last = taken[hi - 1]
@@ -383,7 +417,9 @@ class WindowStore:
             aggregate.output_tokens += sums[3][g]
             # One addition after the other, in call order: the same float as call by call.
             aggregate.cost_usd = functools.reduce(operator.add, costs[a:b], aggregate.cost_usd)
-            aggregate.latency.add_latencies(latencies[a:b])
+            first_bin, end_bin = bounds[g], bounds[g + 1]
+            aggregate.latency.add_bins(zeros[g], bin_keys[first_bin:end_bin], bin_values[first_bin:end_bin],
+                                       bin_counts[first_bin:end_bin])
             self._changed.add((start, window_key))
 
     def close_due(self, watermark_ms: int | None = None) -> list[ClosedWindow]:
