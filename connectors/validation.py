@@ -31,6 +31,7 @@ a replay a week later, decides the same for the same message. A message without 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,6 +52,11 @@ EVENT_TIME = "event_time"
 MIN_TIME_MS = 0
 END_TIME_MS = 2**32 * 1000
 _DAY_MS = 86_400_000
+#: Arrow type ids with no rule of their own, and of the top-level strings (see :func:`check`).
+_BOOL = pa.bool_().id
+_STRINGS = frozenset({pa.string().id, pa.large_string().id, pa.binary().id})
+#: Columns of at most this many values are asked in Python whether anything is wrong.
+_SMALL = 64
 
 
 @dataclass(frozen=True)
@@ -124,30 +130,43 @@ def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None] | np.ndarr
     if n == 0:
         return []
     reasons: dict[int, str] = {}
-    exempt = set(FREE_TEXT_FIELDS.get(event, ()))
-    for field in table.schema:
-        if field.name in exempt:
+    exempt = FREE_TEXT_FIELDS.get(event, ())
+    # A small batch's columns cost more to visit than to check: those that cannot break a rule
+    # are passed by their type (booleans; top-level strings when the whole table's buffers
+    # together fit the cap, one call for all of them).
+    strings_fit = table.get_total_buffer_size() <= rules.max_string_bytes
+    for i, field in enumerate(table.schema):
+        name, type_id = field.name, field.type.id
+        if name in exempt or type_id == _BOOL or (strings_fit and type_id in _STRINGS):
             continue
-        column = table[field.name].combine_chunks() if isinstance(table[field.name], pa.ChunkedArray) else table[field.name]
-        if field.name == EVENT_TIME:
+        column = table.column(i)
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        if name == EVENT_TIME:
             _event_time(column, kafka_ms, rules, reasons)
         else:
-            _values(field.name, column, None, rules, reasons, top=True)
+            _values(name, column, None, rules, reasons, top=True)
     return [Invalid(row, reasons[row]) for row in sorted(reasons)]
 
 
 def _event_time(column: pa.Array, kafka_ms: Sequence[int | None] | np.ndarray, rules: ValueRules,
                 reasons: dict[int, str]) -> None:
     ms = _epoch_ms(column)
-    _absolute_time(EVENT_TIME, ms, None, reasons)
     if isinstance(kafka_ms, np.ndarray):
         kafka = kafka_ms.astype(np.int64, copy=False)
     else:
         kafka = np.array([-1 if t is None else t for t in kafka_ms], dtype=np.int64)
+    if len(ms) <= _SMALL:  # a live fetch: asked in Python whether anything is wrong at all
+        future, max_age = rules.future_tolerance_ms, rules.max_age_ms
+        if all(MIN_TIME_MS <= t < END_TIME_MS and (k < 0 or k - max_age <= t <= k + future)
+               for t, k in zip((t or MIN_TIME_MS for t in ms.to_pylist()), kafka.tolist())):  # null: as below
+            return
+    values = _numpy(ms, MIN_TIME_MS)  # MIN_TIME_MS is 0: a null is neither late nor old
+    _absolute_time(EVENT_TIME, ms, None, reasons, values)
     known = kafka >= 0
-    values = np.asarray(pc.fill_null(ms, 0))
     late = known & (values > kafka + rules.future_tolerance_ms)
     old = known & (values < kafka - rules.max_age_ms)
+    if not (late.any() or old.any()):
+        return
     for row in np.flatnonzero(late):
         reasons.setdefault(int(row), (
             f"{EVENT_TIME} {_iso(values[row])} is {(values[row] - kafka[row]) / 1000:.0f} s after the message's "
@@ -168,17 +187,26 @@ def _values(name: str, values: pa.Array, parents: np.ndarray | None, rules: Valu
     if pa.types.is_timestamp(kind):
         _absolute_time(name, _epoch_ms(values), parents, reasons)
     elif pa.types.is_floating(kind):
-        # Each branch first asks numpy whether anything at all is wrong: a pyarrow compute call
-        # costs about 10 µs, which is most of a small batch's check (the alerts role's are small).
-        plain = _numpy(values, 0.0)
-        if np.isfinite(plain).all() and not (top and (plain < 0).any()):
-            return
+        # Each branch first asks whether anything at all is wrong (in Python for a few values,
+        # else numpy): a pyarrow compute call costs about 10 µs, which is most of a small batch's
+        # check (the alerts role's are small). A null counts as 0 here, and passes.
+        if len(values) <= _SMALL:
+            if all(v is None or (math.isfinite(v) and not (top and v < 0)) for v in values.to_pylist()):
+                return
+        else:
+            plain = _numpy(values, 0.0)
+            if np.isfinite(plain).all() and not (top and (plain < 0).any()):
+                return
         finite = pc.fill_null(pc.is_finite(values), True)
         _flag(name, pc.invert(finite), values, parents, reasons, "is not a finite number")
         if top:
             _flag(name, pc.fill_null(pc.less(values, 0), False), values, parents, reasons, "is negative")
     elif pa.types.is_integer(kind):
-        if top and pa.types.is_signed_integer(kind) and (_numpy(values, 0) < 0).any():
+        if not (top and pa.types.is_signed_integer(kind)):
+            return
+        negative = (min((v for v in values.to_pylist() if v is not None), default=0) < 0 if len(values) <= _SMALL
+                    else (_numpy(values, 0) < 0).any())
+        if negative:
             _flag(name, pc.fill_null(pc.less(values, 0), False), values, parents, reasons, "is negative")
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
         data = values.buffers()[2]
@@ -220,8 +248,11 @@ def _flag(name: str, mask: pa.Array, values: pa.Array, parents: np.ndarray | Non
                                 "finite and not negative")
 
 
-def _absolute_time(name: str, ms: pa.Array, parents: np.ndarray | None, reasons: dict[int, str]) -> None:
-    plain = _numpy(ms, MIN_TIME_MS)
+def _absolute_time(name: str, ms: pa.Array, parents: np.ndarray | None, reasons: dict[int, str],
+                   plain: np.ndarray | None = None) -> None:
+    """Flag the times outside the stores' range (``plain``: ``ms`` as numpy, nulls as MIN_TIME_MS)."""
+    if plain is None:
+        plain = _numpy(ms, MIN_TIME_MS)
     if not ((plain < MIN_TIME_MS).any() or (plain >= END_TIME_MS).any()):
         return
     out = pc.fill_null(pc.or_(pc.less(ms, MIN_TIME_MS), pc.greater_equal(ms, END_TIME_MS)), False)

@@ -33,7 +33,13 @@ def event_times(table: pa.Table) -> np.ndarray:
         column = column.combine_chunks()
     else:
         column = column.chunk(0)
-    return column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return _epoch_ms(column).to_numpy(zero_copy_only=False)
+
+
+def _epoch_ms(column: pa.Array) -> pa.Array:
+    """A ``timestamp[ms]`` column as int64 epoch milliseconds: a view of the same buffer, where a
+    cast costs a kernel call (about 18 µs, most of a live fetch's budget)."""
+    return column.view(pa.int64()) if column.type.unit == "ms" else pc.cast(column, pa.int64())
 
 
 def rows(event: str, table: pa.Table) -> list[Any]:
@@ -43,7 +49,7 @@ def rows(event: str, table: pa.Table) -> list[Any]:
     row_type = _ROW_TYPES.get((event, names))
     if row_type is None:
         row_type = _ROW_TYPES[(event, names)] = namedtuple(f"{event}_row", names, rename=True)
-    columns = [(pc.cast(column, pa.int64()) if name == "event_time" else column).to_pylist()
+    columns = [(_epoch_ms(column.combine_chunks()) if name == "event_time" else column).to_pylist()
                for name, column in zip(names, table.columns)]
     return list(map(row_type._make, zip(*columns)))
 

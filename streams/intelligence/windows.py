@@ -60,6 +60,8 @@ class LatencySketch:
     ) -> None:
         # We keep the store we hand to the sketch: its bins are what we serialize.
         self._store = DenseStore() if _store is None else _store
+        #: Keys of the bins added to since the last :meth:`to_dict` of them only (``touched``).
+        self._touched: set[int] = set()
         self._relative_accuracy = relative_accuracy
         self._sketch = BaseDDSketch(
             mapping=_mapping(relative_accuracy),
@@ -75,7 +77,10 @@ class LatencySketch:
 
     def add(self, latency_ms: float) -> None:
         """Add one latency; a negative one (a producer's clock bug) counts as 0."""
-        self._sketch.add(max(latency_ms, 0.0))
+        value = max(latency_ms, 0.0)
+        self._sketch.add(value)
+        if value > self._sketch._mapping.min_possible:
+            self._touched.add(self._sketch._mapping.key(value))
 
     def add_latencies(self, latencies: np.ndarray) -> None:
         """Add many latencies: the same sketch as :meth:`add` of each, one bin at a time."""
@@ -92,6 +97,7 @@ class LatencySketch:
         if zeros:
             sketch.add(0.0, float(zeros))
         store = self._store
+        self._touched.update(keys)
         for key, value, count in zip(keys, values, counts):
             weight = float(count)
             store.add(key, weight)
@@ -105,6 +111,7 @@ class LatencySketch:
     def merge(self, other: LatencySketch) -> None:
         """Add every latency of ``other`` to this sketch (same relative accuracy required)."""
         self._sketch.merge(other._sketch)
+        self._touched.update(key for key, _ in other.to_dict()["bins"])
 
     def quantile(self, q: float) -> float | None:
         """Latency at quantile ``q`` (0..1), within the relative accuracy; None when empty."""
@@ -132,9 +139,15 @@ class LatencySketch:
             values.append(float(sketch._mapping.value(key)))
         return values
 
-    def to_dict(self) -> dict[str, Any]:
-        """The sketch as a JSON-friendly dict; :meth:`from_dict` restores it."""
+    def to_dict(self, touched: bool = False) -> dict[str, Any]:
+        """The sketch as a JSON-friendly dict; :meth:`from_dict` restores it. ``touched``: only
+        the bins added to since the last such call (a delta of the sketch: bins only grow, so
+        :func:`merge_bins` of it over the sketch's previous dict gives its dict of now)."""
         offset, bins = self._store.offset, self._store.bins
+        if touched:
+            keys, self._touched = sorted(self._touched), set()
+            return {"relative_accuracy": self._relative_accuracy, "zero_count": self._sketch.count - self._store.count,
+                    "bins": [[key, bins[key - offset]] for key in keys]}
         return {
             "relative_accuracy": self._relative_accuracy,
             # Latencies of 0 ms sit outside the logarithmic bins.
@@ -150,6 +163,13 @@ class LatencySketch:
         for key, weight in data["bins"]:
             store.add(int(key), float(weight))
         return cls(data["relative_accuracy"], _store=store, _zero_count=float(data["zero_count"]))
+
+
+def merge_bins(bins: list[list[Any]], changed: list[list[Any]]) -> list[list[Any]]:
+    """A sketch's ``bins`` (``[key, count]`` by key) with the ``changed`` ones replacing theirs."""
+    merged = dict(map(tuple, bins))
+    merged.update(map(tuple, changed))
+    return [[key, merged[key]] for key in sorted(merged)]
 
 
 def latency_bins(mapping: Any, latencies: np.ndarray, group_of: np.ndarray, n: int
@@ -232,8 +252,9 @@ class WindowAggregate:
         self.cost_usd += other.cost_usd
         self.latency.merge(other.latency)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The totals as a JSON-friendly dict."""
+    def to_dict(self, touched: bool = False) -> dict[str, Any]:
+        """The totals as a JSON-friendly dict (``touched``: of the sketch, the bins added to
+        since the last such call only, see :meth:`LatencySketch.to_dict`)."""
         return {
             "calls": self.calls,
             "errors": self.errors,
@@ -241,7 +262,7 @@ class WindowAggregate:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
-            "latency": self.latency.to_dict(),
+            "latency": self.latency.to_dict(touched),
             "agent_type": self.agent_type,
             "trace_id": self.trace_id,
         }
@@ -485,12 +506,13 @@ class WindowStore:
 
     def delta(self) -> dict[str, Any]:
         """What changed since the last delta, in :meth:`to_dict`'s shape: the scalars, and the
-        windows changed (``totals`` None: closed). :meth:`apply_delta` adds it to a state."""
+        windows changed (``totals`` None: closed; of a latency sketch, the bins changed only).
+        :meth:`apply_delta` adds it to a state."""
         windows = []
         for start, key in sorted(self._changed):
             aggregate = self._open.get(start, {}).get(key)
             windows.append({"start_ms": start, "key": list(key),
-                            "totals": None if aggregate is None else aggregate.to_dict()})
+                            "totals": None if aggregate is None else aggregate.to_dict(touched=True)})
         self._changed.clear()
         return {**self.to_dict(windows=False), "windows": windows}
 
@@ -502,8 +524,13 @@ class WindowStore:
             slot = (window["start_ms"], tuple(window["key"]))
             if window["totals"] is None:
                 windows.pop(slot, None)
-            else:
-                windows[slot] = window
+                continue
+            before = windows.get(slot)
+            if before is not None:  # the sketch's changed bins over its bins before
+                latency = window["totals"]["latency"]
+                window = {**window, "totals": {**window["totals"], "latency": {
+                    **latency, "bins": merge_bins(before["totals"]["latency"]["bins"], latency["bins"])}}}
+            windows[slot] = window
         data.update({**delta, "windows": [windows[slot] for slot in sorted(windows)]})
 
     @classmethod

@@ -214,3 +214,26 @@ def test_latencies_added_many_at_once_and_quantiles_read_from_the_bins_equal_dds
         assert many.to_dict() == one.to_dict()
         qs = (0.0, 0.5, 0.95, 0.99, 1.0)
         assert many.quantiles(qs, many.to_dict()["bins"]) == [one.quantile(q) for q in qs]
+
+
+def test_a_delta_carries_the_sketch_bins_that_changed_and_rebuilds_the_state_over_a_snapshot():
+    """A window's delta holds its totals and, of its latency sketch, the bins added to since the
+    last delta only; applied over the snapshot taken before, the deltas give exactly the state."""
+    store = WindowStore(size_ms=MIN, grace_ms=10_000)
+    for i in range(50):
+        store.add(call(T0 + i * 100, latency_ms=float(10 + i)), now_ms=T0)
+    store.delta()
+    snapshot = json.loads(json.dumps(store.to_dict()))
+    store.add(call(T0 + 6_000, latency_ms=12.0), now_ms=T0)  # a bin it had: its count moves
+    store.add(call(T0 + 6_100, latency_ms=5_000.0), now_ms=T0)  # a new bin
+    store.add(call(T0 + 6_200, latency_ms=0.0), now_ms=T0)  # the zero count
+    delta = json.loads(json.dumps(store.delta()))
+    (window,) = delta["windows"]
+    sketch = window["totals"]["latency"]
+    assert [count for _, count in sketch["bins"]] == [2.0, 1.0] and sketch["zero_count"] == 1.0
+    assert window["totals"]["calls"] == 53
+    WindowStore.apply_delta(snapshot, delta)
+    assert snapshot == json.loads(json.dumps(store.to_dict()))
+    assert store.delta()["windows"] == []  # nothing changed since
+    (closed,) = WindowStore.from_dict(snapshot).close_due(T0 + 2 * MIN)
+    assert closed.calls == 53 and LatencySketch.from_dict(closed.latency_sketch).quantile(1.0) == pytest.approx(5_000, rel=0.02)
