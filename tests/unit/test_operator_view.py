@@ -42,3 +42,23 @@ def test_a_worker_shows_each_role_and_the_restarts_of_one_that_crashed():
     assert lines[worker + 1].split() == ["role", "alerts", "restarting", "since", "2026-12-04T17:05:00Z,", "2",
                                          "restart(s),", "last:", "RuntimeError:", "boom"]
     assert lines[worker + 2].split() == ["role", "sinks", "running", "since", "2026-12-04T17:00:00Z"]
+
+
+def test_each_shard_of_the_alerts_role_has_its_lines(tmp_path):
+    """With EZ_ALERTS_SHARDS=2 each shard's status file is read and shown; a shard no worker
+    here ran is left out."""
+    import json
+
+    from connectors.settings import load_settings
+    from streams.operator_status import alerts_role
+
+    settings = load_settings(home=tmp_path, topic_prefix="t.", alerts_shards=3)
+    settings.run_dir.mkdir(parents=True)
+    for index, commit in ((0, 11), (2, 7)):
+        (settings.run_dir / f"alerts-t..shard-{index}.status.json").write_text(json.dumps(
+            {"active": True, "caught_up": True, "commit": commit, "snapshot": 1, "late_events": {}, "shard": [index, 3]}))
+    found = alerts_role(settings)
+    assert sorted(found["shards"]) == [0, 2]
+    text = format_view(view(found))
+    assert "alerts shard 0: active, caught up: True, commit 11" in text
+    assert "alerts shard 2: active, caught up: True, commit 7" in text and "alerts shard 1" not in text
