@@ -16,7 +16,8 @@ import pytest
 from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall
 from connectors.kafka.native import NativeCodec
-from streams.intelligence.alerts import (BudgetConfig, Budgets, ErrorRateConfig, RateLimitStormConfig)
+from streams.intelligence.alerts import (BudgetConfig, Budgets, ErrorRateConfig, RateLimitStormConfig,
+                                         SilentAgentConfig, StuckTaskConfig)
 from streams.intelligence.batch import Batch, rows
 from streams.intelligence.config import IntelligenceConfig, WindowConfig
 from streams.intelligence.processor import Rules
@@ -55,6 +56,74 @@ def hostile_calls(rng: random.Random, n: int) -> list[LlmCall]:
     return out
 
 
+TASK_RULES = IntelligenceConfig(
+    silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
+    stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
+                               forget_after_ms=900_000))
+
+
+def hostile_tasks(rng: random.Random, count: int) -> list:
+    """The task events and telemetry of ``count`` simulated events, some redelivered, some
+    reordered (minutes back), some tasks started again (the same or the next attempt)."""
+    events = [e for e in generate(rng.randrange(1 << 30), start_time=T0, count=count, rate=20)
+              if e.EVENT in ("task_event", "telemetry")]
+    hostile = []
+    for event in events:
+        hostile.append(event)
+        roll = rng.random()
+        if roll < 0.05:
+            hostile.append(event)  # redelivered
+        elif roll < 0.08:
+            hostile.append(replace(event, event_time=event.event_time - timedelta(seconds=rng.randrange(1, 300))))
+        elif roll < 0.1 and event.EVENT == "task_event":
+            hostile.append(replace(event, status="started", attempt=event.attempt + rng.choice([0, 1])))
+    return hostile
+
+
+def call_rules(rng: random.Random) -> IntelligenceConfig:
+    """Rule settings for ``hostile_calls``: thresholds low enough that every call rule fires."""
+    return IntelligenceConfig(
+        budget=BudgetConfig(Budgets(tenant_daily_usd=rng.choice([5.0, 20.0]), agent_daily_usd=rng.choice([0.2, 0.5]))),
+        error_rate=ErrorRateConfig(window_ms=60_000, bucket_ms=10_000, min_calls=rng.choice([5, 20])),
+        rate_limit_storm=RateLimitStormConfig(fire_count=rng.choice([3, 5, 8]), resolve_count=1),
+        windows=WindowConfig(size_ms=60_000, grace_ms=rng.choice([0, 5_000]), idle_ms=10_000))
+
+
+def call_fetches(rng: random.Random, calls: list[LlmCall]):
+    """The calls over three partitions, cut in fetches of random sizes, each fetch in runs of one
+    partition's calls: (first, end, the fetch as a decoded table, each call's watermark (its
+    partition's event time before it), the partitions' watermarks after the fetch) each."""
+    table = decoded(calls)
+    partition = np.array([rng.randrange(3) for _ in calls])
+    watermarks: dict[int, int] = {}
+    begin = 0
+    while begin < len(calls):
+        end = min(len(calls), begin + rng.choice([1, 2, 7, 50, 300, 1000]))
+        order = np.argsort(partition[begin:end], kind="stable") + begin
+        batch = table.take(order)
+        marks = np.empty(len(order), np.int64)
+        for j, (row, p) in enumerate(zip(rows("llm_call", batch), partition[order].tolist())):
+            marks[j] = watermarks.get(p, 0)
+            watermarks[p] = max(int(marks[j]), row.event_time)
+        yield begin, end, batch, marks, watermarks
+        begin = end
+
+
+def task_fetches(rng: random.Random, events: list):
+    """``events`` cut in fetches of random sizes: (first, end, [(schema, the fetch's events of it
+    as one decoded table)]) each."""
+    begin = 0
+    while begin < len(events):
+        end = min(len(events), begin + rng.choice([1, 3, 40, 200, 800]))
+        tables = []
+        for name in ("task_event", "telemetry"):
+            mine = [e for e in events[begin:end] if e.EVENT == name]
+            if mine:
+                tables.append((name, _native.decode_batch_arrow([_codec.encode(name, e.to_record()) for e in mine], name).table))
+        yield begin, end, tables
+        begin = end
+
+
 def decoded(calls: list[LlmCall]):
     batch = _native.decode_batch_arrow([_codec.encode("llm_call", c.to_record()) for c in calls], "llm_call")
     assert not batch.failures
@@ -69,34 +138,16 @@ def state(rules: Rules) -> str:
 def test_a_batch_as_columns_gives_exactly_the_alerts_and_state_of_one_call_at_a_time(seed):
     print("seed", seed, "(EZ_TEST_SEED to repeat)")
     rng = random.Random(seed)
-    config = IntelligenceConfig(
-        budget=BudgetConfig(Budgets(tenant_daily_usd=rng.choice([5.0, 20.0]), agent_daily_usd=rng.choice([0.2, 0.5]))),
-        error_rate=ErrorRateConfig(window_ms=60_000, bucket_ms=10_000, min_calls=rng.choice([5, 20])),
-        rate_limit_storm=RateLimitStormConfig(fire_count=rng.choice([3, 5, 8]), resolve_count=1),
-        windows=WindowConfig(size_ms=60_000, grace_ms=rng.choice([0, 5_000]), idle_ms=10_000))
+    config = call_rules(rng)
     calls = hostile_calls(rng, 6_000)
-    table = decoded(calls)
-    partition = np.array([rng.randrange(3) for _ in calls])
     reference, columnar = Rules(config), Rules(config)
     columnar.rows_up_to = 0  # in columns, however small the batch (live fetches go as rows)
-    watermarks: dict[int, int] = {}
     now_ms = int((T0 + timedelta(hours=1)).timestamp() * 1000)
     kinds: set[str] = set()
-    begin = 0
-    while begin < len(calls):
-        end = min(len(calls), begin + rng.choice([1, 2, 7, 50, 300, 1000]))
-        # A fetch: runs of one partition's calls, each call with its partition's watermark.
-        order = np.argsort(partition[begin:end], kind="stable") + begin
-        batch = table.take(order)
-        at = Batch(batch, np.zeros(len(order), np.int64)).at
-        marks = np.empty(len(order), np.int64)
-        expected = []
-        for j, (row, p) in enumerate(zip(rows("llm_call", batch), partition[order].tolist())):
-            own = watermarks.get(p, 0)
-            marks[j] = own
-            expected += reference.observe_call(row, now_ms, own)
-            watermarks[p] = max(own, row.event_time)
-        got = columnar.observe_calls(Batch(batch, marks, at), now_ms)
+    for begin, end, batch, marks, watermarks in call_fetches(rng, calls):
+        expected = [alert for row, mark in zip(rows("llm_call", batch), marks.tolist())
+                    for alert in reference.observe_call(row, now_ms, mark)]
+        got = columnar.observe_calls(Batch(batch, marks), now_ms)
         assert [a.to_record() for a in got] == [a.to_record() for a in expected], f"calls {begin}..{end}"
         kinds |= {a.kind for a in expected}
         low = min(watermarks.values()) - rng.randrange(0, 30_000)
@@ -106,7 +157,6 @@ def test_a_batch_as_columns_gives_exactly_the_alerts_and_state_of_one_call_at_a_
             assert columnar.tick(tick) == reference.tick(tick)
         assert state(columnar) == state(reference), f"calls {begin}..{end}"
         assert json.dumps(columnar.delta(), sort_keys=True) == json.dumps(reference.delta(), sort_keys=True)
-        begin = end
     assert {"budget", "error_rate", "rate_limit_storm"} <= kinds, kinds
     assert reference.windows.late_events and reference.budget.late_events
 
@@ -117,37 +167,15 @@ def test_task_events_and_telemetry_as_columns_give_exactly_what_one_at_a_time_do
     one event at a time: redelivered and reordered events, repeated starts and new attempts, ends
     of tasks never seen started; wall-clock ticks between batches fire silences and stuck tasks,
     which later events resolve. The same alerts in the same order, the same state, every batch."""
-    from streams.intelligence.alerts import SilentAgentConfig, StuckTaskConfig
-
     print("seed", seed, "(EZ_TEST_SEED to repeat)")
     rng = random.Random(seed)
-    config = IntelligenceConfig(
-        silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
-        stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
-                                   forget_after_ms=900_000))
-    events = [e for e in generate(rng.randrange(1 << 30), start_time=T0, count=20_000, rate=20)
-              if e.EVENT in ("task_event", "telemetry")]
-    hostile = []
-    for event in events:
-        hostile.append(event)
-        roll = rng.random()
-        if roll < 0.05:
-            hostile.append(event)  # redelivered
-        elif roll < 0.08:
-            hostile.append(replace(event, event_time=event.event_time - timedelta(seconds=rng.randrange(1, 300))))
-        elif roll < 0.1 and event.EVENT == "task_event":
-            hostile.append(replace(event, status="started", attempt=event.attempt + rng.choice([0, 1])))
+    config = TASK_RULES
+    hostile = hostile_tasks(rng, 20_000)
     reference, columnar = Rules(config), Rules(config)
     columnar.rows_up_to = 0  # in columns, however small the batch (live fetches go as rows)
     kinds: set[str] = set()
-    begin = 0
-    while begin < len(hostile):
-        end = min(len(hostile), begin + rng.choice([1, 3, 40, 200, 800]))
-        for name in ("task_event", "telemetry"):
-            mine = [e for e in hostile[begin:end] if e.EVENT == name]
-            if not mine:
-                continue
-            table = _native.decode_batch_arrow([_codec.encode(name, e.to_record()) for e in mine], name).table
+    for begin, end, tables in task_fetches(rng, hostile):
+        for name, table in tables:
             observe = reference.observer(name)
             expected = [alert for row in rows(name, table) for alert in observe(row, 0)]
             got = columnar.observe_batch(Batch(table, event=name))
@@ -157,5 +185,4 @@ def test_task_events_and_telemetry_as_columns_give_exactly_what_one_at_a_time_do
         assert [a.to_record() for a in columnar.tick(tick)] == [a.to_record() for a in reference.tick(tick)]
         assert state(columnar) == state(reference), f"events {begin}..{end}"
         assert json.dumps(columnar.delta(), sort_keys=True) == json.dumps(reference.delta(), sort_keys=True)
-        begin = end
     assert {"silent_agent.resolved", "stuck_task.resolved"} <= kinds, kinds

@@ -9,21 +9,16 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import pytest
 
-from streams.intelligence.alerts import (BudgetConfig, Budgets, ErrorRateConfig, RateLimitStormConfig,
-                                         SilentAgentConfig, StuckTaskConfig)
 from streams.intelligence.batch import Batch, rows
-from streams.intelligence.config import IntelligenceConfig, WindowConfig
+from streams.intelligence.config import IntelligenceConfig
 from streams.intelligence.processor import Rules
 from streams.intelligence.shards import Shard
-from streams.simulate import generate
-from tests.unit.test_columnar_rules import T0, _codec, _native, decoded, hostile_calls
+from tests.unit.test_columnar_rules import T0, TASK_RULES, call_fetches, call_rules, hostile_calls, hostile_tasks, task_fetches
 
 SEEDS = [int(os.environ["EZ_TEST_SEED"])] if "EZ_TEST_SEED" in os.environ else [1, 2, 3]
 
@@ -82,33 +77,18 @@ def restored(rules: Rules, config: IntelligenceConfig, shard: Shard, via: dict[s
 def test_shards_of_the_call_rules_together_give_exactly_one_processor_s_alerts_windows_and_state(seed, count):
     print("seed", seed, "(EZ_TEST_SEED to repeat)")
     rng = random.Random(seed * 10 + count)
-    config = IntelligenceConfig(
-        budget=BudgetConfig(Budgets(tenant_daily_usd=rng.choice([5.0, 20.0]), agent_daily_usd=rng.choice([0.2, 0.5]))),
-        error_rate=ErrorRateConfig(window_ms=60_000, bucket_ms=10_000, min_calls=rng.choice([5, 20])),
-        rate_limit_storm=RateLimitStormConfig(fire_count=rng.choice([3, 5, 8]), resolve_count=1),
-        windows=WindowConfig(size_ms=60_000, grace_ms=rng.choice([0, 5_000]), idle_ms=10_000))
+    config = call_rules(rng)
     calls = hostile_calls(rng, 5_000)
-    table = decoded(calls)
-    partition = np.array([rng.randrange(3) for _ in calls])
     shards = [Shard(i, count) for i in range(count)]
     single = in_columns(Rules(config))
     columnar = [in_columns(Rules(config, shard=s)) for s in shards]
     by_rows = [Rules(config, shard=s) for s in shards]  # the reference path, sharded
     saved = [r.to_dict() for r in columnar]
-    watermarks: dict[int, int] = {}
     now_ms = int((T0 + timedelta(hours=1)).timestamp() * 1000)
     kinds: set[str] = set()
     closed_any = False
-    begin = 0
-    while begin < len(calls):
-        end = min(len(calls), begin + rng.choice([1, 2, 7, 50, 300, 1000]))
-        order = np.argsort(partition[begin:end], kind="stable") + begin
-        batch = table.take(order)
-        at = Batch(batch, np.zeros(len(order), np.int64)).at
-        marks = np.empty(len(order), np.int64)
-        for j, (row, p) in enumerate(zip(rows("llm_call", batch), partition[order].tolist())):
-            marks[j] = watermarks.get(p, 0)
-            watermarks[p] = max(int(marks[j]), row.event_time)
+    for begin, end, batch, marks, watermarks in call_fetches(rng, calls):
+        at = Batch(batch, marks).at
         expected = single.observe_calls(Batch(batch, marks, at), now_ms)
         kinds |= {a.kind for a in expected}
         got = [a for r in columnar for a in r.observe_calls(Batch(batch, marks, at), now_ms)]
@@ -140,7 +120,6 @@ def test_shards_of_the_call_rules_together_give_exactly_one_processor_s_alerts_w
         else:
             for r, via in zip(columnar, saved):
                 Rules.apply_delta(via, r.delta())
-        begin = end
     assert {"budget", "error_rate", "rate_limit_storm"} <= kinds, kinds
     assert closed_any and single.windows.late_events and single.budget.late_events
     # Each shard holds its share of the subjects: none is left with all of them.
@@ -152,30 +131,15 @@ def test_shards_of_the_call_rules_together_give_exactly_one_processor_s_alerts_w
 def test_shards_of_the_task_and_telemetry_rules_together_give_exactly_one_processor_s_alerts(seed):
     print("seed", seed, "(EZ_TEST_SEED to repeat)")
     rng = random.Random(seed)
-    config = IntelligenceConfig(
-        silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
-        stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
-                                   forget_after_ms=900_000))
-    events = [e for e in generate(rng.randrange(1 << 30), start_time=T0, count=15_000, rate=20)
-              if e.EVENT in ("task_event", "telemetry")]
-    hostile = []
-    for event in events:
-        hostile.append(event)
-        if rng.random() < 0.05:
-            hostile.append(replace(event, event_time=event.event_time - timedelta(seconds=rng.randrange(1, 300))))
+    config = TASK_RULES
+    hostile = hostile_tasks(rng, 15_000)
     shards = [Shard(i, 2) for i in range(2)]
     single = in_columns(Rules(config))
     columnar = [in_columns(Rules(config, shard=s)) for s in shards]
     by_rows = [Rules(config, shard=s) for s in shards]
     kinds: set[str] = set()
-    begin = 0
-    while begin < len(hostile):
-        end = min(len(hostile), begin + rng.choice([1, 3, 40, 200, 800]))
-        for name in ("task_event", "telemetry"):
-            mine = [e for e in hostile[begin:end] if e.EVENT == name]
-            if not mine:
-                continue
-            table = _native.decode_batch_arrow([_codec.encode(name, e.to_record()) for e in mine], name).table
+    for _, end, tables in task_fetches(rng, hostile):
+        for name, table in tables:
             expected = single.observe_batch(Batch(table, event=name))
             kinds |= {f"{a.kind}.{a.state}" for a in expected}
             assert records(a for r in columnar for a in r.observe_batch(Batch(table, event=name))) == records(expected)
@@ -186,7 +150,6 @@ def test_shards_of_the_task_and_telemetry_rules_together_give_exactly_one_proces
         for group in (columnar, by_rows):
             assert records(a for r in group for a in r.tick(tick)) == records(expected)
             assert json.dumps(merged([r.to_dict() for r in group]), sort_keys=True) == json.dumps(single.to_dict(), sort_keys=True)
-        begin = end
     assert {"silent_agent.firing", "silent_agent.resolved", "stuck_task.firing", "stuck_task.resolved"} <= kinds, kinds
     assert all(r.size()["silent_agent"] and r.size()["stuck_task"] for r in columnar)
 
