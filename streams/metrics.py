@@ -48,19 +48,20 @@ ALERTS = Counter("ezstream_alerts", "Alerts produced to agent.alerts, per kind a
                  registry=REGISTRY)
 WINDOWS_CLOSED = Counter("ezstream_windows_closed", "Closed LLM-call windows produced, per cause.", ["closed_by"],
                          registry=REGISTRY)
-LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rule (still in lake and ClickHouse).",
-                    ["rule"], registry=REGISTRY)
+LATE_EVENTS = Gauge("ezstream_late_events", "Events too late for a window or rule (still in lake and ClickHouse), "
+                    "per rule and shard of the alerts role.", ["rule", "shard"], registry=REGISTRY)
 ALERTS_STATE_ENTRIES = Gauge("ezstream_alerts_state_entries",
                              "Entries the alerts role's state holds per rule (subjects, days, buckets, firing "
-                             "conditions, open windows), as of its latest snapshot.", ["rule"], registry=REGISTRY)
+                             "conditions, open windows), per rule and shard, as of its latest status.", ["rule", "shard"],
+                             registry=REGISTRY)
 ALERTS_EVENT_TIME_SKEW = Gauge("ezstream_alerts_event_time_skew_seconds",
                                "How far apart the event times of the LLM-call partitions the alerts role hears "
-                               "from are (windows close on the slowest).",
-                               registry=REGISTRY)
+                               "from are (windows close on the slowest), per shard.",
+                               ["shard"], registry=REGISTRY)
 ALERTS_CHECKPOINT_BYTES = Gauge("ezstream_alerts_checkpoint_bytes",
                                 "Size of the alerts role's latest snapshot of its whole state on its state topic "
-                                "(compressed; each step between snapshots writes only its changes).",
-                                registry=REGISTRY)
+                                "(compressed; each step between snapshots writes only its changes), per shard.",
+                                ["shard"], registry=REGISTRY)
 
 INFERENCE_REQUESTS = Counter("ezstream_inference_requests", "Inference requests read (decoded), answerable or not.",
                              registry=REGISTRY)

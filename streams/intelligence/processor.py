@@ -1131,7 +1131,7 @@ class ShardProcessor:
             for key in _delta_keys(old, self._deltas[old]):
                 self._txn.produce(self._state_topic, key=key.encode(), value=None, partition=self.shard.index)
         self._snapshot_bytes = sum(map(len, chunks))
-        metrics.ALERTS_CHECKPOINT_BYTES.set(self._snapshot_bytes)
+        metrics.ALERTS_CHECKPOINT_BYTES.labels(str(self.shard.index)).set(self._snapshot_bytes)
 
     def status(self) -> dict[str, Any]:
         """What the processor has committed (from the loop's thread), for ``ezstream status``."""
@@ -1149,12 +1149,12 @@ class ShardProcessor:
             status["state"] = {"entries": self.rules.size(), "snapshot_bytes": self._snapshot_bytes,
                                "pending_windows": len(self._closed_windows)}
             for rule, entries in status["state"]["entries"].items():
-                metrics.ALERTS_STATE_ENTRIES.labels(rule).set(entries)
+                metrics.ALERTS_STATE_ENTRIES.labels(rule, str(self.shard.index)).set(entries)
             status["event_time"] = {"low_ms": self._watermarks.low(), "skew_ms": self._watermarks.skew(),
                                     "catching_up": self._merge is not None}
-            metrics.ALERTS_EVENT_TIME_SKEW.set(status["event_time"]["skew_ms"] / 1000)
+            metrics.ALERTS_EVENT_TIME_SKEW.labels(str(self.shard.index)).set(status["event_time"]["skew_ms"] / 1000)
             for rule, late in status["late_events"].items():
-                metrics.LATE_EVENTS.labels(rule).set(late)
+                metrics.LATE_EVENTS.labels(rule, str(self.shard.index)).set(late)
         return status
 
     def _write_status(self) -> None:
