@@ -303,18 +303,21 @@ class Workers:
     def log(self) -> str:
         return "".join((home / "worker.log").read_text(errors="replace") for home in self.homes)
 
+    def active(self, home: Path) -> dict[str, dict]:
+        """The statuses of the shards the worker of ``home`` is active for, by file name."""
+        found = {}
+        for name in self.names:
+            try:
+                status = json.loads((home / "run" / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if status.get("active"):
+                found[name] = status
+        return found
+
     def shards(self) -> list[dict]:
         """Each shard's status, from the worker active for it (a shard none is active for: left out)."""
-        found = {}
-        for home in self.homes:
-            for name in self.names:
-                try:
-                    status = json.loads((home / "run" / name).read_text())
-                except (OSError, ValueError):
-                    continue
-                if status.get("active"):
-                    found[name] = status
-        return list(found.values())
+        return list({name: s for home in self.homes for name, s in self.active(home).items()}.values())
 
     def all_out(self, sources: int) -> bool:
         """Every shard committed past ``sources`` events with no closed window left to produce."""
@@ -325,16 +328,7 @@ class Workers:
 
     def settled(self) -> bool:
         """Each worker active for one shard, caught up."""
-        held = []
-        for home in self.homes:
-            mine = []
-            for name in self.names:
-                try:
-                    mine.append(json.loads((home / "run" / name).read_text()))
-                except (OSError, ValueError):
-                    continue
-            held.append([s for s in mine if s.get("active") and s.get("caught_up")])
-        return all(len(h) == 1 for h in held)
+        return all(len([s for s in self.active(home).values() if s.get("caught_up")]) == 1 for home in self.homes)
 
     def cpu(self) -> float:
         return sum(cpu_seconds(proc.pid) for proc in self.procs)

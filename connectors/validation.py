@@ -150,7 +150,7 @@ def check(table: pa.Table, event: str, kafka_ms: Sequence[int | None] | np.ndarr
 
 def _event_time(column: pa.Array, kafka_ms: Sequence[int | None] | np.ndarray, rules: ValueRules,
                 reasons: dict[int, str]) -> None:
-    ms = _epoch_ms(column)
+    ms = epoch_ms_array(column)
     if isinstance(kafka_ms, np.ndarray):
         kafka = kafka_ms.astype(np.int64, copy=False)
     else:
@@ -185,7 +185,7 @@ def _values(name: str, values: pa.Array, parents: np.ndarray | None, rules: Valu
     ``parents[i]`` (or row i when ``parents`` is None)."""
     kind = values.type
     if pa.types.is_timestamp(kind):
-        _absolute_time(name, _epoch_ms(values), parents, reasons)
+        _absolute_time(name, epoch_ms_array(values), parents, reasons)
     elif pa.types.is_floating(kind):
         # Each branch first asks whether anything at all is wrong (in Python for a few values,
         # else numpy): a pyarrow compute call costs about 10 µs, which is most of a small batch's
@@ -271,8 +271,9 @@ def _numpy(values: pa.Array, null: Any) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
 
 
-def _epoch_ms(values: pa.Array) -> pa.Array:
-    """Epoch milliseconds of a timestamp array (of any unit), as int64."""
+def epoch_ms_array(values: pa.Array) -> pa.Array:
+    """Epoch milliseconds of a timestamp array (of any unit), as int64: for milliseconds a view of
+    the same buffer (a cast would cost a kernel call, about 18 µs, most of a live fetch's budget)."""
     unit = values.type.unit
     raw = values.view(pa.int64())
     if unit == "ms":

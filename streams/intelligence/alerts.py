@@ -365,7 +365,7 @@ class BudgetRule:
         if self.owns is None:
             self.late_events += int(late.sum())
         else:
-            self.late_events += int((late & calls.owned("tenant_id", self.owns)).sum())
+            self.late_events += int((late & calls.matches("tenant_id", self.owns)).sum())
         kept = np.flatnonzero(~late)
         costs = calls.numbers("cost_usd")
         found: list[tuple[int, int, Alert]] = []

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.validation import epoch_ms_array
+
 #: Batches of at most this many events are encoded in Python (Arrow's kernels cost more to call).
 SMALL = 64
 
@@ -33,13 +35,7 @@ def event_times(table: pa.Table) -> np.ndarray:
         column = column.combine_chunks()
     else:
         column = column.chunk(0)
-    return _epoch_ms(column).to_numpy(zero_copy_only=False)
-
-
-def _epoch_ms(column: pa.Array) -> pa.Array:
-    """A ``timestamp[ms]`` column as int64 epoch milliseconds: a view of the same buffer, where a
-    cast costs a kernel call (about 18 µs, most of a live fetch's budget)."""
-    return column.view(pa.int64()) if column.type.unit == "ms" else pc.cast(column, pa.int64())
+    return epoch_ms_array(column).to_numpy(zero_copy_only=False)
 
 
 def rows(event: str, table: pa.Table) -> list[Any]:
@@ -49,7 +45,7 @@ def rows(event: str, table: pa.Table) -> list[Any]:
     row_type = _ROW_TYPES.get((event, names))
     if row_type is None:
         row_type = _ROW_TYPES[(event, names)] = namedtuple(f"{event}_row", names, rename=True)
-    columns = [(_epoch_ms(column.combine_chunks()) if name == "event_time" else column).to_pylist()
+    columns = [(epoch_ms_array(column.combine_chunks()) if name == "event_time" else column).to_pylist()
                for name, column in zip(names, table.columns)]
     return list(map(row_type._make, zip(*columns)))
 
@@ -101,13 +97,13 @@ class Batch:
 
     def is_in(self, name: str, values: frozenset[str] | set[str]) -> np.ndarray:
         """Whether each call's ``name`` is one of ``values`` (a boolean array)."""
-        codes, distinct = self.codes(name)
-        return np.array([value in values for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
+        return self.matches(name, values.__contains__)
 
-    def owned(self, name: str, owns: Callable[[Any], bool]) -> np.ndarray:
-        """Whether ``owns`` each event's ``name`` (a boolean array; see :mod:`~streams.intelligence.shards`)."""
+    def matches(self, name: str, predicate: Callable[[Any], bool]) -> np.ndarray:
+        """Whether each event's ``name`` satisfies ``predicate`` (a boolean array), asked once per
+        distinct value (e.g. a shard's ``owns``, see :mod:`~streams.intelligence.shards`)."""
         codes, distinct = self.codes(name)
-        return np.array([owns(value) for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
+        return np.array([predicate(value) for value in distinct], dtype=bool)[codes] if distinct else np.zeros(self.n, bool)
 
     def take(self, indices: np.ndarray) -> Batch:
         """The events at ``indices``, in that order, as a batch of their own."""

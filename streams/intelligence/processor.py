@@ -327,7 +327,7 @@ class Rules:
             observe = self.observer(batch.event)
             return [alert for row in rows(batch.event, batch.table) for alert in observe(row, 0)]
         if self._owns is not None:
-            batch = batch.take(np.flatnonzero(batch.owned(subject, self._owns)))
+            batch = batch.take(np.flatnonzero(batch.matches(subject, self._owns)))
         return [alert for _, alert in rule.observe_batch(batch)]
 
     def observer(self, event: str) -> Callable[[Any, int], list[Alert]]:
@@ -488,7 +488,7 @@ class IntelligenceProcessor:
             self._lease.subscribe([self._state_topic], on_assign=self._on_assign,
                                   on_revoke=self._on_revoke, on_lost=self._on_revoke)
             while not self._stopping.is_set():
-                active = [p for p in self._processors.values() if p.active]
+                active = any(p.active for p in self._processors.values())
                 self._lease.poll(0 if active else 0.2)  # the lease's messages are ignored
                 for index in sorted(self._held or ()):
                     if not self.processor(index).active:
@@ -528,10 +528,6 @@ class IntelligenceProcessor:
             if processor is not None and processor.active:
                 # Checkpoint while the state is still ours, so the next holder replays little.
                 processor._deactivate(checkpoint=True)
-
-    def status(self) -> dict[str, Any]:
-        """The status of each shard this worker ran (by index)."""
-        return {index: processor.status() for index, processor in sorted(self._processors.items())}
 
 
 class ShardProcessor:

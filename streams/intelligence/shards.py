@@ -10,8 +10,9 @@ rate-limited calls.
 Every shard reads every event: the clocks that decide lateness and the windows' movement (the
 partitions' watermarks, the sliding windows' clocks, the window starts open) are the same in
 each, so a subject's state in its shard is, event after event, the state it has in one processor
-for all subjects. That is what keeps the shards exact; what they share out is the rules' work
-(about four fifths of the role's CPU time), not the decoding.
+for all subjects. That is what keeps the shards exact; what they share out is the rules' state
+and work, not the reading: every shard consumes, decodes and checks every event (about two
+thirds of one processor's cost per event, docs/intelligence.md "Shards").
 """
 
 from __future__ import annotations

@@ -392,7 +392,7 @@ class WindowStore:
             self.late_events += int(late.sum())
             kept = np.flatnonzero(~late)
         else:
-            ours = calls.owned("agent_id", self.owns)
+            ours = calls.matches("agent_id", self.owns)
             self.late_events += int((late & ours).sum())
             for start in np.unique(starts[~late]).tolist():
                 self._open.setdefault(start, {})
