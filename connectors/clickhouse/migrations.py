@@ -28,7 +28,8 @@ so the code reads and writes the names it always does; a materialized view reads
 source table and writes the local target table, on each shard. ``ALTER TABLE <name>`` alters
 ``<name>_local``, and the Distributed table too when it changes columns (``ADD``/``DROP``/
 ``MODIFY``/``RENAME``/``COMMENT COLUMN``): the Distributed table has the columns, not the parts,
-TTL or indexes. ``schema_migrations`` is replicated to every node of the cluster instead, so any
+TTL or indexes; ``ALTER TABLE <view> MODIFY QUERY`` gives each node's view a query that reads the
+local tables, as its ``CREATE`` did. ``schema_migrations`` is replicated to every node of the cluster instead, so any
 node knows what was applied.
 """
 
@@ -56,6 +57,8 @@ _COMMENT_LINE = re.compile(r"^\s*--.*$", re.M)
 _CREATE = re.compile(r"^CREATE (?P<kind>TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS (?P<db>\w+)\.(?P<name>\w+)\b")
 _ENGINE = re.compile(r"^ENGINE = (?P<engine>\w*MergeTree)(?:\((?P<args>[^()]*)\))?$", re.M)
 _ALTER = re.compile(r"^ALTER TABLE (?P<db>\w+)\.(?P<name>\w+)\b")
+#: A materialized view's query replaced in place.
+_MODIFY_QUERY = re.compile(r"^ALTER TABLE (?P<db>\w+)\.(?P<name>\w+)(?= MODIFY QUERY\b)")
 #: Where a clause of an ALTER TABLE starts (the parts of a SET list or a GROUP BY start otherwise).
 _ALTER_CLAUSE = re.compile(
     r"(?:ADD|DROP|MODIFY|RENAME|COMMENT|CLEAR|MATERIALIZE|REMOVE|UPDATE|DELETE|APPLY|ATTACH|DETACH"
@@ -264,12 +267,17 @@ def _cluster_form(migration: Migration, statement: str, cluster: str, tables: se
     alter = _ALTER.match(statement)
     if alter is not None and alter["name"] in tables:
         return _cluster_alter(migration, statement, alter, cluster)
+    modify_query = _MODIFY_QUERY.match(statement)
+    if modify_query is not None:
+        # Each node's view, as created, reads and writes the local tables: its new query does too.
+        rest = _local_names(modify_query["db"], tables, statement[modify_query.end():])
+        return [statement[: modify_query.end()] + _on_cluster(cluster) + rest]
     create = _CREATE.match(statement)
     if create is None:
         raise ConfigError(
             f"ClickHouse migration {migration.name}: `{statement.splitlines()[0]}` has no cluster form "
-            "(only CREATE TABLE/MATERIALIZED VIEW/VIEW IF NOT EXISTS and ALTER TABLE of a MergeTree "
-            "table the migrations create are rendered ON CLUSTER): extend connectors.clickhouse.migrations for it"
+            "(only CREATE TABLE/MATERIALIZED VIEW/VIEW IF NOT EXISTS, ALTER TABLE of a MergeTree "
+            "table the migrations create and ALTER TABLE … MODIFY QUERY of a view are rendered ON CLUSTER): extend connectors.clickhouse.migrations for it"
         )
     db, name, kind = create["db"], create["name"], create["kind"]
     on_cluster = _on_cluster(cluster)
@@ -280,9 +288,7 @@ def _cluster_form(migration: Migration, statement: str, cluster: str, tables: se
         # Each node's view sees the blocks inserted into its own local table and writes its shard's part.
         if not tables:
             return [statement[: create.end()] + on_cluster + statement[create.end():]]
-        local_names = re.compile(rf"\b{re.escape(db)}\.({'|'.join(map(re.escape, sorted(tables)))})\b")
-        rest = local_names.sub(rf"{db}.\g<1>{LOCAL_SUFFIX}", statement[create.end():])
-        return [statement[: create.end()] + on_cluster + rest]
+        return [statement[: create.end()] + on_cluster + _local_names(db, tables, statement[create.end():])]
     engine = _ENGINE.search(statement)
     if engine is None:
         raise ConfigError(
@@ -309,6 +315,12 @@ def _cluster_form(migration: Migration, statement: str, cluster: str, tables: se
         f"ENGINE = Distributed('{cluster}', '{db}', '{name}{LOCAL_SUFFIX}', {key})"
     )
     return [local, distributed]
+
+
+def _local_names(db: str, tables: set[str], sql: str) -> str:
+    """``sql`` with each storage table of ``db`` it names replaced by that table's local table."""
+    names = re.compile(rf"\b{re.escape(db)}\.({'|'.join(map(re.escape, sorted(tables)))})\b")
+    return names.sub(rf"{db}.\g<1>{LOCAL_SUFFIX}", sql)
 
 
 def _cluster_alter(migration: Migration, statement: str, alter: re.Match[str], cluster: str) -> list[str]:

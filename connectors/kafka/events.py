@@ -160,7 +160,7 @@ class InferenceResult(Event):
 class LlmCall(Event):
     """One request of an agent to an LLM (topic agent.llm_calls).
 
-    Schema llm_call v1.
+    Schema llm_call v2.
     """
 
     EVENT: ClassVar[str] = 'llm_call'
@@ -188,11 +188,11 @@ class LlmCall(Event):
     model: str
     #: Alias of the API key the call used (e.g. openai-07). Only ever an alias, never the key itself: keys are secrets and rotate every 7 days.
     api_key_alias: str
-    #: Prompt tokens billed for the call.
+    #: Prompt tokens billed for the call, all of them: those read from and written to the provider's prompt cache included (cache_read_tokens and cache_write_tokens are parts of it).
     input_tokens: int
-    #: Completion tokens billed for the call.
+    #: Completion tokens billed for the call, all of them: reasoning tokens included (reasoning_tokens is a part of it).
     output_tokens: int
-    #: Cost of the call in USD from the price table price_version; 0 for self-hosted models.
+    #: Cost of the call in USD from the price table price_version, each kind of token at its own price (cache reads and writes, reasoning); 0 for self-hosted models.
     cost_usd: float
     #: Version of the price table cost_usd was computed with; prices change, so costs are only comparable within a version.
     price_version: str
@@ -208,6 +208,12 @@ class LlmCall(Event):
     prompt_snippet: str | None = None
     #: Beginning of the response, for debugging. Only stored when snippet capture is enabled (it may hold personal data) and cut to the configured size cap; null otherwise.
     output_snippet: str | None = None
+    #: Prompt tokens read from the provider's prompt cache (billed at its cache-read price); part of input_tokens. 0 when none were, or when the producer wrote v1, which has no such field.
+    cache_read_tokens: int = 0
+    #: Prompt tokens written to the provider's prompt cache (billed at its cache-write price where it has one); part of input_tokens. 0 when none were, or for a v1 producer.
+    cache_write_tokens: int = 0
+    #: Completion tokens the model spent reasoning before its answer; part of output_tokens. 0 when none were, or for a v1 producer.
+    reasoning_tokens: int = 0
 
 @dataclass(kw_only=True)
 class LlmWindow(Event):

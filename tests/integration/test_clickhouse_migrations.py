@@ -22,14 +22,12 @@ from connectors.clickhouse.schema_check import MissingColumns
 from connectors.clickhouse.sink import ClickHouseSink
 from connectors.kafka.codec import Codec
 from connectors.kafka.events import LlmCall
-from connectors.kafka.schemas import SCHEMAS_DIR, SchemaRegistry
+from connectors.kafka.schemas import SCHEMAS_DIR
 from connectors.settings import Settings, load_settings
 from connectors.sink import OFFSET_COLUMN, PARTITION_COLUMN, TABLES, OffsetRange, ResumePoint, SinkBatch
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
 TTL_DAYS = 30
-NEW_FIELD = {"name": "reasoning_tokens", "type": ["null", "int"], "default": None,
-             "doc": "Tokens the model spent reasoning; null where the provider does not say."}
 
 
 @pytest.fixture
@@ -52,40 +50,39 @@ def column(settings: Settings, sql: str) -> list:
     return [row[0] for row in get_client(settings).query(sql.format(db=settings.clickhouse_database)).result_rows]
 
 
-# --- a new schema version ---------------------------------------------------------------------
+# --- a new schema version: LlmCall v2 and its migration ---------------------------------------
 
 
-def v2_folders(root: Path) -> tuple[Path, Path]:
-    """A schemas folder with llm_call v2 (v1 plus one optional field), and a migrations folder
-    with the migration that adds its column."""
-    schemas, migrations = root / "schemas", root / "migrations"
-    shutil.copytree(SCHEMAS_DIR, schemas)
-    v2 = json.loads((schemas / "llm_call" / "v1.avsc").read_text())
-    v2["fields"].append(NEW_FIELD)
-    (schemas / "llm_call" / "v2.avsc").write_text(json.dumps(v2, indent=2))
-    shutil.copytree(MIGRATIONS_DIR, migrations)
-    version = max(int(path.name[:3]) for path in migrations.glob("*.sql")) + 1
-    (migrations / f"{version:03d}_llm_call_v2.sql").write_text(
-        "ALTER TABLE {db}.llm_calls ADD COLUMN IF NOT EXISTS reasoning_tokens Nullable(Int32);\n"
-    )
-    return schemas, migrations
+def without_the_v2_migration(root: Path) -> Path:
+    """The repository's migrations up to the one before LlmCall v2's (010)."""
+    folder = root / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder)
+    (folder / "010_llm_call_v2.sql").unlink()
+    return folder
 
 
-def llm_call(i: int) -> LlmCall:
+def llm_call(i: int, **tokens: int) -> LlmCall:
     return LlmCall(
         event_time=NOW, agent_id="research-1", agent_type="research", tenant_id="tenant-1", trace_id=f"trace-{i}",
         call_id=f"call-{i}", provider="anthropic", model="claude-3-haiku", api_key_alias="key-01",
-        input_tokens=100, output_tokens=10, cost_usd=0.001, price_version="2026-11-01", latency_ms=50.0,
-        status="ok", cache_hit=False,
+        input_tokens=2000, output_tokens=300, cost_usd=0.001, price_version="2026-11-01", latency_ms=50.0,
+        status="ok", cache_hit=False, **tokens,
     )
 
 
+#: (cache read, cache write, reasoning) of the v2 calls of :func:`v2_batch`.
+V2_TOKENS = [(0, 0, 0), (1024, 0, 0), (0, 1500, 0), (512, 256, 120)]
+
+
 def v2_batch(codec: Codec, topic: str) -> SinkBatch:
-    """Three calls written with v2 (reasoning_tokens null, 7, 42) and one written with v1, as the
-    loop hands them over: decoded into v2, the reader."""
-    messages = [codec.encode("llm_call", {**llm_call(i).to_record(), "reasoning_tokens": tokens})
-                for i, tokens in enumerate([None, 7, 42])]
-    messages.append(codec.encode("llm_call", llm_call(3).to_record(), version=1))
+    """Four calls written with v2 and one written with v1, as the loop hands them over: decoded
+    into v2, the reader (the v1 call with the schema's defaults, 0)."""
+    messages = [codec.encode("llm_call", llm_call(i, cache_read_tokens=r, cache_write_tokens=w,
+                                                  reasoning_tokens=z).to_record())
+                for i, (r, w, z) in enumerate(V2_TOKENS)]
+    v1 = llm_call(len(V2_TOKENS)).to_record()
+    v1_names = {f["name"] for f in json.loads((SCHEMAS_DIR / "llm_call" / "v1.avsc").read_text())["fields"]}
+    messages.append(codec.encode("llm_call", {k: v for k, v in v1.items() if k in v1_names}, version=1))
     decoded = codec.decode_batch_arrow(messages, "llm_call")
     assert decoded.failures == []
     n = decoded.table.num_rows
@@ -94,36 +91,36 @@ def v2_batch(codec: Codec, topic: str) -> SinkBatch:
     return SinkBatch(TABLES["agent.llm_calls"], "llm_call", rows, (OffsetRange(topic, 0, 0, n - 1),))
 
 
-def test_a_v2_field_reaches_clickhouse_through_its_migration_and_not_without(ch, tmp_path, unique, monkeypatch):
-    schemas, migrations = v2_folders(tmp_path)
-    registry = SchemaRegistry(schemas)
+def test_llm_call_v2_reaches_clickhouse_and_its_rollup_through_its_migration_and_not_without(ch, tmp_path, unique):
     client = get_client(ch)
 
     # Without the migration: refused once migrated, naming event, table, column and the migration.
     with pytest.raises(MissingColumns) as refused:
-        apply_migrations(client, ch, MIGRATIONS_DIR, registry)
+        apply_migrations(client, ch, without_the_v2_migration(tmp_path))
     message = str(refused.value)
-    assert "llm_call v2 adds field 'reasoning_tokens': llm_calls has no column reasoning_tokens" in message
-    assert f"{ch.clickhouse_database}" in message and "_llm_call_v2.sql" in message
-    assert "ALTER TABLE {db}.llm_calls ADD COLUMN IF NOT EXISTS reasoning_tokens Nullable(Int32);" in message
+    for field in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+        assert f"llm_call v2 adds field '{field}': llm_calls has no column {field}" in message
+    assert f"{ch.clickhouse_database}" in message and "010_llm_call_v2.sql" in message
 
-    # A sink whose readers are v2 stops at start, rather than retrying its inserts forever.
-    monkeypatch.setattr(schema_check, "default_registry", lambda: registry)
+    # A sink applies the package's migrations at start: 010 with them, so the columns arrive and
+    # the rollup's view sums them.
     sink = ClickHouseSink(ch, group=f"g.{unique}")
-    with pytest.raises(MissingColumns, match="reasoning_tokens"):
-        sink.setup()
-
-    # With it, the column arrives and the sink starts.
-    assert apply_migrations(client, ch, migrations, registry) == [sorted(migrations.glob("*.sql"))[-1].stem]
     sink.setup()
+    assert apply_migrations(client, ch) == []
     topic = f"it.{unique}.agent.llm_calls"
-    sink.write(v2_batch(Codec(registry), topic))
+    sink.write(v2_batch(Codec(), topic))
 
+    db = ch.clickhouse_database
     stored = client.query(
-        f"SELECT call_id, reasoning_tokens FROM {ch.clickhouse_database}.llm_calls ORDER BY call_id"
+        f"SELECT cache_read_tokens, cache_write_tokens, reasoning_tokens FROM {db}.llm_calls ORDER BY call_id"
     ).result_rows
-    assert stored == [("call-0", None), ("call-1", 7), ("call-2", 42), ("call-3", None)]
-    assert sink.resume_points(topic, [0]) == {0: ResumePoint(4)}
+    assert stored == [*V2_TOKENS, (0, 0, 0)]
+    rollup = client.query(
+        f"SELECT countMerge(calls), sumMerge(input_tokens_sum), sumMerge(cache_read_tokens_sum), "
+        f"sumMerge(cache_write_tokens_sum), sumMerge(reasoning_tokens_sum) FROM {db}.llm_calls_1m"
+    ).result_rows
+    assert rollup == [(5, 5 * 2000, *(sum(t[k] for t in V2_TOKENS) for k in range(3)))]
+    assert sink.resume_points(topic, [0]) == {0: ResumePoint(5)}
     sink.close()
 
 

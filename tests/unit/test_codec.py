@@ -67,7 +67,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "research-11", "research", call_id="call-77f1", task_id="task-8813", provider="anthropic",
         model="claude-3-haiku", api_key_alias="anthropic-07", input_tokens=1834, output_tokens=412,
         cost_usd=0.000561, price_version="2025-03", latency_ms=812.5, status="ok", cache_hit=False,
-        region="eu-west-1", prompt_snippet=None, output_snippet=None,
+        region="eu-west-1", prompt_snippet=None, output_snippet=None, cache_read_tokens=1024,
+        cache_write_tokens=0, reasoning_tokens=0,
     ),
     "telemetry": envelope(
         "enterprise-02", "enterprise", cpu_percent=71.5, memory_percent=64.2, memory_mb=3288.0,
@@ -227,7 +228,9 @@ def test_old_reader_reads_a_new_enum_symbol_as_the_default(tmp_path):
         tmp_path, "llm_call", lambda s: next(f for f in s["fields"] if f["name"] == "provider")["type"]["symbols"]
         .insert(-1, "mistral"),
     )
-    record = SAMPLES["llm_call"] | {"provider": "mistral", "model": "mistral-large"}
+    v1_fields = {f["name"] for f in schema_file("llm_call")["fields"]}
+    record = {k: v for k, v in SAMPLES["llm_call"].items() if k in v1_fields}
+    record |= {"provider": "mistral", "model": "mistral-large"}
     data = Codec(registry).encode("llm_call", record)
     assert Codec(registry).decode(data)[1]["provider"] == "mistral"
     _, old_view = Codec(registry, reader_versions={"llm_call": 1}).decode(data)

@@ -32,19 +32,21 @@ from connectors.sink import TABLES
 from streams.cli import cli
 
 #: The field a second version of LlmCall adds in these tests.
-NEW_FIELD = {"name": "reasoning_tokens", "type": ["null", "int"], "default": None,
-             "doc": "Tokens the model spent reasoning; null where the provider does not say."}
-NEW_GAP = ColumnGap("llm_call", 2, "llm_calls", "reasoning_tokens", "Nullable(Int32)", None)
-MIGRATION = "ALTER TABLE {db}.llm_calls ADD COLUMN IF NOT EXISTS reasoning_tokens Nullable(Int32);\n"
+NEW_FIELD = {"name": "audio_input_tokens", "type": ["null", "int"], "default": None,
+             "doc": "Prompt tokens of audio; null where the provider does not say."}
+#: The version of LlmCall these tests add: the one after the repository's latest.
+NEW = max(int(path.stem[1:]) for path in (SCHEMAS_DIR / "llm_call").glob("v*.avsc")) + 1
+NEW_GAP = ColumnGap("llm_call", NEW, "llm_calls", "audio_input_tokens", "Nullable(Int32)", None)
+MIGRATION = "ALTER TABLE {db}.llm_calls ADD COLUMN IF NOT EXISTS audio_input_tokens Nullable(Int32);\n"
 
 
-def schemas_with_llm_call_v2(root: Path) -> Path:
-    """The repository's schemas plus llm_call v2: v1 and one optional field."""
+def schemas_with_new_llm_call(root: Path) -> Path:
+    """The repository's schemas plus the next version of llm_call: the latest and one optional field."""
     schemas = root / "schemas"
     shutil.copytree(SCHEMAS_DIR, schemas)
-    v2 = json.loads((schemas / "llm_call" / "v1.avsc").read_text())
-    v2["fields"].append(NEW_FIELD)
-    (schemas / "llm_call" / "v2.avsc").write_text(json.dumps(v2, indent=2))
+    new = json.loads((schemas / "llm_call" / f"v{NEW - 1}.avsc").read_text())
+    new["fields"].append(NEW_FIELD)
+    (schemas / "llm_call" / f"v{NEW}.avsc").write_text(json.dumps(new, indent=2))
     return schemas
 
 
@@ -65,31 +67,31 @@ def test_the_repository_migrations_make_every_column_of_the_current_schemas():
 
 
 def test_a_schema_version_without_its_migration_is_refused_naming_event_column_and_migration(tmp_path):
-    schemas = schemas_with_llm_call_v2(tmp_path)
+    schemas = schemas_with_new_llm_call(tmp_path)
     assert check_all(schemas) == []  # a compatible version: only ClickHouse lacks its column
 
     gaps = check_migrations(MIGRATIONS_DIR, schemas)
 
     assert gaps == [NEW_GAP]
     report = format_gaps(gaps)
-    assert "llm_call v2 adds field 'reasoning_tokens': llm_calls has no column reasoning_tokens" in report
-    assert f"{next_version():03d}_llm_call_v2.sql" in report
+    assert f"llm_call v{NEW} adds field 'audio_input_tokens': llm_calls has no column audio_input_tokens" in report
+    assert f"{next_version():03d}_llm_call_v{NEW}.sql" in report
     assert MIGRATION.strip() in report
 
 
 def test_with_the_migration_the_schema_version_passes(tmp_path):
-    schemas = schemas_with_llm_call_v2(tmp_path)
-    migrations = migrations_with(tmp_path, f"{next_version():03d}_llm_call_v2.sql", MIGRATION)
+    schemas = schemas_with_new_llm_call(tmp_path)
+    migrations = migrations_with(tmp_path, f"{next_version():03d}_llm_call_v{NEW}.sql", MIGRATION)
     assert check_migrations(migrations, schemas) == []
 
 
 def test_a_column_of_another_type_is_a_gap(tmp_path):
-    schemas = schemas_with_llm_call_v2(tmp_path)
-    migrations = migrations_with(tmp_path, f"{next_version():03d}_llm_call_v2.sql",
-                                 "ALTER TABLE {db}.llm_calls ADD COLUMN IF NOT EXISTS reasoning_tokens Int32;\n")
+    schemas = schemas_with_new_llm_call(tmp_path)
+    migrations = migrations_with(tmp_path, f"{next_version():03d}_llm_call_v{NEW}.sql",
+                                 "ALTER TABLE {db}.llm_calls ADD COLUMN IF NOT EXISTS audio_input_tokens Int32;\n")
     (gap,) = check_migrations(migrations, schemas)
-    assert (gap.column, gap.expected, gap.actual) == ("reasoning_tokens", "Nullable(Int32)", "Int32")
-    assert "MODIFY COLUMN reasoning_tokens Nullable(Int32)" in gap.sql
+    assert (gap.column, gap.expected, gap.actual) == ("audio_input_tokens", "Nullable(Int32)", "Int32")
+    assert "MODIFY COLUMN audio_input_tokens Nullable(Int32)" in gap.sql
 
 
 def test_a_refused_migration_is_a_config_error_naming_it(tmp_path):
@@ -99,25 +101,25 @@ def test_a_refused_migration_is_a_config_error_naming_it(tmp_path):
 
 
 def test_schemas_check_command_names_the_missing_column(tmp_path, monkeypatch):
-    schemas = schemas_with_llm_call_v2(tmp_path)
+    schemas = schemas_with_new_llm_call(tmp_path)
     real_check = schema_check.check_migrations
     monkeypatch.setattr(schema_check, "check_migrations", lambda: real_check(MIGRATIONS_DIR, schemas))
     result = CliRunner().invoke(cli, ["schemas", "check"])
     assert result.exit_code == 1, result.output
     assert "compatible" in result.output
-    assert "llm_call v2 adds field 'reasoning_tokens'" in result.output
-    assert "ADD COLUMN IF NOT EXISTS reasoning_tokens Nullable(Int32)" in result.output
+    assert f"llm_call v{NEW} adds field 'audio_input_tokens'" in result.output
+    assert "ADD COLUMN IF NOT EXISTS audio_input_tokens Nullable(Int32)" in result.output
 
 
 # --- the comparison, without an engine ---------------------------------------------------------
 
 
 def test_every_event_table_gets_the_fields_of_its_current_version_and_the_loop_columns(tmp_path):
-    registry = SchemaRegistry(schemas_with_llm_call_v2(tmp_path))
+    registry = SchemaRegistry(schemas_with_new_llm_call(tmp_path))
     columns = expected_columns(registry)
     assert set(columns) == set(TABLES.values())
     llm_calls = {c.name: c for c in columns["llm_calls"]}
-    assert (llm_calls["reasoning_tokens"].version, llm_calls["reasoning_tokens"].clickhouse_type) == (2, "Nullable(Int32)")
+    assert (llm_calls["audio_input_tokens"].version, llm_calls["audio_input_tokens"].clickhouse_type) == (NEW, "Nullable(Int32)")
     assert (llm_calls["call_id"].version, llm_calls["event_time"].clickhouse_type) == (1, "DateTime64(3, 'UTC')")
     assert (llm_calls["kafka_partition"].version, llm_calls["kafka_offset"].clickhouse_type) == (None, "Int64")
 
