@@ -298,6 +298,28 @@ class Settings(BaseSettings):
         description="Local MinIO root password (secret; the local stack listens on loopback only).",
     )
     minio_bucket: str = Field(default="ezstream-lake", description="Bucket that `ezstream up` creates in MinIO.")
+    # The OpenTelemetry Collector of the local stack (infra/local/otelcol.py): OTLP in, `otlp_spans` out.
+    otel_collector_version: str = Field(
+        default="0.165.0", pattern=r"^\d+\.\d+\.\d+$",
+        description="OpenTelemetry Collector core release that infra/local builds the collector with: the "
+        "collector builder, otlpreceiver and batchprocessor (go.opentelemetry.io/collector, built with go).",
+    )
+    otel_contrib_version: str = Field(
+        default="0.165.1", pattern=r"^\d+\.\d+\.\d+$",
+        description="opentelemetry-collector-contrib release of the collector's kafkaexporter and "
+        "healthcheckextension; same minor release as EZ_OTEL_COLLECTOR_VERSION.",
+    )
+    otel_grpc_port: int = Field(
+        default=4317, ge=1, le=65535, description="Local collector: OTLP/gRPC port on 127.0.0.1."
+    )
+    otel_http_port: int = Field(
+        default=4318, ge=1, le=65535,
+        description="Local collector: OTLP/HTTP port on 127.0.0.1 (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318).",
+    )
+    otel_health_port: int = Field(
+        default=13133, ge=1, le=65535,
+        description="Local collector: port of its health check on 127.0.0.1 (`ezstream status`).",
+    )
     start_timeout_s: float = Field(
         default=120.0, gt=0, description="Seconds to wait for a local service to become ready."
     )
@@ -350,6 +372,20 @@ class Settings(BaseSettings):
     def _check_minio_address(cls, value: str) -> str:
         _check_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_otel(self) -> "Settings":
+        # Contrib components only build against the core release of the same minor version.
+        core, contrib = self.otel_collector_version, self.otel_contrib_version
+        if core.split(".")[:2] != contrib.split(".")[:2]:
+            raise ValueError(f"EZ_OTEL_CONTRIB_VERSION {contrib} is not of the release of "
+                             f"EZ_OTEL_COLLECTOR_VERSION {core}: they must share major.minor")
+        ports = {"EZ_OTEL_GRPC_PORT": self.otel_grpc_port, "EZ_OTEL_HTTP_PORT": self.otel_http_port,
+                 "EZ_OTEL_HEALTH_PORT": self.otel_health_port}
+        if len(set(ports.values())) < len(ports):
+            raise ValueError(f"{', '.join(ports)} must be three different ports, got "
+                             f"{', '.join(str(p) for p in ports.values())}")
+        return self
 
     @field_validator("s3_endpoint")
     @classmethod

@@ -26,7 +26,7 @@ def cli() -> None:
 
 @cli.command()
 def up() -> None:
-    """Start the local stack (Kafka, MinIO; ClickHouse is embedded). Idempotent."""
+    """Start the local stack (Kafka, MinIO, the OpenTelemetry Collector; ClickHouse is embedded). Idempotent."""
     from infra.local import Stack
 
     Stack(_settings()).up(echo=click.echo)
@@ -59,12 +59,14 @@ def status(as_json: bool) -> None:
 
 @cli.command()
 def fetch() -> None:
-    """Download/build the local services into the cache (Kafka jars, MinIO) without starting them."""
+    """Download/build the local services into the cache (Kafka jars, MinIO, the OpenTelemetry Collector)
+    without starting them."""
     from infra.local import Stack
 
     stack = Stack(_settings())
     click.echo(f"kafka jars  {stack.kafka.libs()}")
     click.echo(f"minio       {stack.minio.binary()}")
+    click.echo(f"otelcol     {stack.otelcol.binary()}")
 
 
 @cli.group()

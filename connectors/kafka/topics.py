@@ -31,6 +31,18 @@ EVENT_TOPICS: dict[str, str] = {
     "inference.results": "InferenceResult",
 }
 
+#: The topic the OpenTelemetry Collector writes spans to (infra/local/otelcol.py, infra/k8s,
+#: infra/docker-compose.yml): OTLP ``TracesData`` protobuf (the kafkaexporter's ``otlp_proto``).
+#: Each message holds spans of one trace only, keyed by its trace id in hex, so that all the spans
+#: of a trace are on one partition (a trace may span several messages).
+OTLP_SPANS = "otlp_spans"
+
+#: Topics whose messages are not project events (no Avro schema), with what they carry. Each also
+#: has a ``<topic>.dlq`` for what its readers cannot process.
+FOREIGN_TOPICS: dict[str, str] = {
+    OTLP_SPANS: "OTLP TracesData (otlp_proto), written by the OpenTelemetry Collector",
+}
+
 
 def topic_name(settings: Settings, base: str) -> str:
     """The name on the broker of catalogue topic ``base`` (``EZ_TOPIC_PREFIX`` applied)."""
@@ -53,7 +65,7 @@ class TopicSpec:
 def catalogue(settings: Settings) -> list[TopicSpec]:
     """Every topic of the project, with partitions and retention from settings."""
     specs = []
-    for base in EVENT_TOPICS:
+    for base in (*EVENT_TOPICS, *FOREIGN_TOPICS):
         topic = topic_name(settings, base)
         specs.append(TopicSpec(topic, settings.topic_partitions, settings.topic_replication, {
             "cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms),

@@ -1,4 +1,5 @@
-"""The local stack: Kafka, MinIO and ClickHouse, started, checked and stopped together."""
+"""The local stack: Kafka, MinIO, ClickHouse and the OpenTelemetry Collector, started, checked and
+stopped together."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from connectors.settings import Settings
 from infra.local.clickhouse import ClickHouseEngine
 from infra.local.kafka import KafkaBroker
 from infra.local.minio import MinioServer
+from infra.local.otelcol import OtelCollector
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,12 @@ class Stack:
         self.kafka = KafkaBroker(settings)
         self.minio = MinioServer(settings)
         self.clickhouse = ClickHouseEngine(settings)
+        self.otelcol = OtelCollector(settings)
 
     @property
     def services(self):
-        return [self.kafka, self.minio, self.clickhouse]
+        # The collector after Kafka (it creates its topic there first), stopped first by `down`.
+        return [self.kafka, self.minio, self.clickhouse, self.otelcol]
 
     def up(self, echo=print) -> None:
         """Start what is not running yet (idempotent); raises ServiceError if one cannot start."""
