@@ -30,6 +30,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
+def otel_ports() -> dict[str, int]:
+    """Three different free ports for the collector (free_port may answer the same one twice)."""
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return dict(zip(("otel_grpc_port", "otel_http_port", "otel_health_port"), ports))
+
+
 @pytest.fixture(scope="session")
 def stack_overrides(tmp_path_factory) -> dict[str, Any]:
     """Explicit settings for the test stack (explicit arguments win over any EZ_* in the env)."""
@@ -38,6 +48,8 @@ def stack_overrides(tmp_path_factory) -> dict[str, Any]:
         "home": home,
         "kafka_bootstrap": f"127.0.0.1:{free_port()}",
         "minio_address": f"127.0.0.1:{free_port()}",
+        # The OpenTelemetry Collector's OTLP endpoints: stack.otelcol.http_endpoint / grpc_endpoint.
+        **otel_ports(),
         "lake_uri": f"file://{home / 'lake'}",
         "clickhouse_dsn": f"chdb://{home / 'clickhouse'}",
     }

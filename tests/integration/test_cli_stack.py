@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from connectors.kafka.topics import EVENT_TOPICS, catalogue, describe_topics, dlq_topic, ensure_topics
+from connectors.kafka.topics import EVENT_TOPICS, FOREIGN_TOPICS, catalogue, describe_topics, dlq_topic, ensure_topics
 from infra.local.net import free_port
+from tests.integration.conftest import otel_ports
 
 
 def ezstream(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -23,6 +24,9 @@ def stack_env(settings) -> dict[str, str]:
         "EZ_HOME": str(settings.home),
         "EZ_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "EZ_MINIO_ADDRESS": settings.minio_address,
+        "EZ_OTEL_GRPC_PORT": str(settings.otel_grpc_port),
+        "EZ_OTEL_HTTP_PORT": str(settings.otel_http_port),
+        "EZ_OTEL_HEALTH_PORT": str(settings.otel_health_port),
     }
 
 
@@ -30,18 +34,22 @@ def test_status_reports_every_service_healthy(settings):
     result = ezstream("status", "--json", env=stack_env(settings))
     assert result.returncode == 0, result.stderr
     services = {row["name"]: row for row in json.loads(result.stdout)["services"]}
-    assert set(services) == {"kafka", "minio", "clickhouse"}
+    assert set(services) == {"kafka", "minio", "clickhouse", "otelcol"}
     assert services["kafka"] == {
         "name": "kafka", "address": settings.kafka_bootstrap, "state": "running", "healthy": True,
     }
     assert services["minio"]["state"] == "running" and services["minio"]["healthy"]
     assert services["clickhouse"]["state"] == "embedded"
+    assert services["otelcol"] == {
+        "name": "otelcol", "address": f"http://127.0.0.1:{settings.otel_http_port}", "state": "running",
+        "healthy": True,
+    }
 
 
 def test_up_is_idempotent(settings):
     result = ezstream("up", env=stack_env(settings))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("already running") == 2
+    assert result.stdout.count("already running") == 3
 
 
 def test_up_then_down_leaves_nothing_running(tmp_path):
@@ -50,13 +58,14 @@ def test_up_then_down_leaves_nothing_running(tmp_path):
         "EZ_HOME": str(home),
         "EZ_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "EZ_MINIO_ADDRESS": f"127.0.0.1:{free_port()}",
+        **{f"EZ_{name.upper()}": str(port) for name, port in otel_ports().items()},
     }
     try:
         up = ezstream("up", env=env)
         assert up.returncode == 0, up.stderr + up.stdout
-        assert up.stdout.count("started") == 2
+        assert up.stdout.count("started") == 3
         ours = _processes_mentioning(str(home))
-        assert len(ours) == 2, ours
+        assert len(ours) == 3, ours
     finally:
         down = ezstream("down", env=env)
     assert down.returncode == 0, down.stderr
@@ -84,7 +93,8 @@ def test_bad_setting_fails_at_start_naming_it(tmp_path):
 def test_topics_create_is_idempotent_with_settings(settings):
     first = ensure_topics(settings, catalogue(settings))
     second = ensure_topics(settings, catalogue(settings))
-    names = set(EVENT_TOPICS) | {dlq_topic(t) for t in EVENT_TOPICS}
+    bases = [*EVENT_TOPICS, *FOREIGN_TOPICS]
+    names = set(bases) | {dlq_topic(t) for t in bases}
     assert set(first) == set(second) == names
     assert set(second.values()) == {"exists"}
     described = {row["topic"]: row for row in describe_topics(settings, sorted(names))}
@@ -102,6 +112,6 @@ def _processes_mentioning(text: str) -> list[str]:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline and ("kafka.Kafka" in cmdline or "minio server" in cmdline):
+        if text in cmdline and ("kafka.Kafka" in cmdline or "minio server" in cmdline or "otelcol" in cmdline):
             found.append(cmdline)
     return found
