@@ -1,8 +1,8 @@
 """The deployment manifests (infra/k8s, infra/docker-compose.yml) agree with the code.
 
 No Kubernetes cluster is needed: the files are parsed and checked against the topic catalogue,
-the worker roles, the inference worker and the settings; core kinds are checked against the
-Kubernetes JSON schemas when ``kubernetes-validate`` is installed, and the kustomization is built
+the worker roles, the inference worker, the OpenTelemetry Collector's pipeline and the settings;
+core kinds are checked against the Kubernetes JSON schemas when ``kubernetes-validate`` is installed, and the kustomization is built
 when ``kubectl`` is.
 """
 
@@ -19,8 +19,9 @@ import yaml
 from pydantic import SecretStr
 
 from connectors.kafka.events import InferenceRequest
-from connectors.kafka.topics import catalogue, topic_name
+from connectors.kafka.topics import OTLP_SPANS, catalogue, dlq_topic, topic_name
 from connectors.settings import Settings
+from infra.local.otelcol import collector_config
 from connectors.sink import TABLES
 from streams.inference.service import ready_file
 from streams.inference.worker import group_id
@@ -39,6 +40,10 @@ IMAGE = "ezaigent/streams:latest"
 INFERENCE_IMAGE = "ezaigent/streams-inference:latest"
 INFERENCE_DEPLOYMENT = "ezstream-inference"
 INFERENCE_EXTRAS = "stream,inference"
+#: The workers' settings (the other ConfigMap holds the collector's configuration).
+SETTINGS_CONFIGMAP = "ezstream-config"
+OTELCOL = "ezstream-otelcol"
+OTELCOL_IMAGE = "otel/opentelemetry-collector-contrib"
 #: Kubernetes object names (DNS-1123 subdomain).
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -57,6 +62,11 @@ def _documents() -> list[tuple[Path, dict]]:
 
 def _of_kind(kind: str) -> list[dict]:
     return [doc for _, doc in _documents() if doc["kind"] == kind]
+
+
+def _settings_configmap() -> dict:
+    (config,) = [c for c in _of_kind("ConfigMap") if c["metadata"]["name"] == SETTINGS_CONFIGMAP]
+    return config
 
 
 def _default_settings() -> Settings:
@@ -137,9 +147,9 @@ def test_kafka_is_kraft_with_a_scram_user():
     assert pools and all(p["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"] for p in pools)
     assert {"controller", "broker"} <= {role for p in pools for role in p["spec"]["roles"]}
     listeners = {entry["port"]: entry for entry in kafka["spec"]["kafka"]["listeners"]}
-    (user,) = _of_kind("KafkaUser")
+    config = _settings_configmap()
+    (user,) = [u for u in _of_kind("KafkaUser") if u["metadata"]["name"] == config["data"]["EZ_KAFKA_SASL_USERNAME"]]
     assert user["spec"]["authentication"]["type"] == "scram-sha-512"
-    (config,) = _of_kind("ConfigMap")
     port = int(config["data"]["EZ_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1])
     assert listeners[port]["authentication"]["type"] == "scram-sha-512" and listeners[port]["tls"]
     assert config["data"]["EZ_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -162,12 +172,15 @@ def _command(deployment: dict) -> list[str]:
 
 
 def _worker_deployments() -> list[dict]:
-    """Every Deployment but the inference one; each must run ``ezstream worker`` (``_worker_role``)."""
-    return [d for d in _of_kind("Deployment") if _command(d)[:2] != ["ezstream", "inference-worker"]]
+    """Every Deployment but the inference one and the collector; each must run ``ezstream worker``
+    (``_worker_role``)."""
+    return [d for d in _of_kind("Deployment")
+            if d["metadata"]["name"] != OTELCOL and _command(d)[:2] != ["ezstream", "inference-worker"]]
 
 
 def _inference_deployment() -> dict:
-    (deployment,) = [d for d in _of_kind("Deployment") if _command(d)[:2] == ["ezstream", "inference-worker"]]
+    (deployment,) = [d for d in _of_kind("Deployment")
+                     if d["metadata"]["name"] != OTELCOL and _command(d)[:2] == ["ezstream", "inference-worker"]]
     assert deployment["metadata"]["name"] == INFERENCE_DEPLOYMENT
     return deployment
 
@@ -182,7 +195,7 @@ def _worker_role(deployment: dict) -> str:
 
 
 def test_one_deployment_per_worker_role():
-    (config,) = _of_kind("ConfigMap")
+    config = _settings_configmap()
     home = config["data"]["EZ_HOME"]
     roles = {}
     for deployment in _worker_deployments():
@@ -224,7 +237,7 @@ def test_scaled_objects_autoscale_the_sinks_within_the_partitions():
 
 
 def test_inference_deployment_runs_the_inference_worker_on_a_gpu():
-    (config,) = _of_kind("ConfigMap")
+    config = _settings_configmap()
     deployment = _inference_deployment()
     spec = deployment["spec"]["template"]["spec"]
     (container,) = spec["containers"]
@@ -317,7 +330,7 @@ def test_placeholder_secrets_say_so():
         for keys, value in _walk(doc):
             if keys[-1] == "name" and len(keys) >= 2 and keys[-2] in ("secretRef", "secretKeyRef"):
                 referenced.add(value)
-    generated = {"ezstream-worker"}  # Strimzi's user operator writes the KafkaUser's password
+    generated = {u["metadata"]["name"] for u in _of_kind("KafkaUser")}  # Strimzi writes each user's password
     assert referenced - generated <= {doc["metadata"]["name"] for doc in docs}
 
 
@@ -402,3 +415,85 @@ def test_compose_runs_the_inference_worker_on_a_gpu():
     (device,) = service["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
     assert service["environment"]["EZ_KAFKA_BOOTSTRAP"] == services["worker-lake"]["environment"]["EZ_KAFKA_BOOTSTRAP"]
+
+
+def _otelcol_release() -> str:
+    """The collector image tag: the contrib release infra/local builds."""
+    return Settings.model_fields["otel_contrib_version"].default
+
+
+def test_k8s_collector_runs_the_local_pipeline_as_its_own_kafka_user():
+    config = _settings_configmap()
+    (collector_config_map,) = [c for c in _of_kind("ConfigMap") if c["metadata"]["name"] == OTELCOL]
+    (deployment,) = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == OTELCOL]
+    (user,) = [u for u in _of_kind("KafkaUser") if u["metadata"]["name"] == OTELCOL]
+    # The workers' Kafka settings, the collector's own user: otherwise the local stack's pipeline.
+    settings = Settings(**{**{key.removeprefix("EZ_").lower(): value for key, value in config["data"].items()},
+                           "kafka_sasl_username": user["metadata"]["name"]})
+    shipped = yaml.safe_load(collector_config_map["data"]["config.yaml"])
+    assert shipped == collector_config(settings, listen_host="0.0.0.0")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == f"{OTELCOL_IMAGE}:{_otelcol_release()}"
+    assert container["args"] == ["--config=/etc/otelcol/config.yaml"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EZ_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": OTELCOL, "key": "password"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"otlp-grpc": settings.otel_grpc_port, "otlp-http": settings.otel_http_port,
+                     "health": settings.otel_health_port}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/", "port": "health"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/etc/otelcol", "kafka-ca": "/etc/ezstream/kafka-ca"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == OTELCOL
+    assert shipped["exporters"]["kafka"]["tls"]["ca_file"].startswith(mounts["kafka-ca"] + "/")
+    (service,) = [s for s in _of_kind("Service") if s["metadata"]["name"] == OTELCOL]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert {p["port"] for p in service["spec"]["ports"]} == {settings.otel_grpc_port, settings.otel_http_port}
+    # Least privilege: the collector only writes its one topic.
+    topic_acls = [acl for acl in user["spec"]["authorization"]["acls"] if acl["resource"]["type"] == "topic"]
+    assert topic_acls == [{"resource": {"type": "topic", "name": OTLP_SPANS, "patternType": "literal"},
+                           "operations": ["Describe", "Write"]}]
+
+
+def test_workers_may_read_the_collectors_spans_and_write_their_dead_letters():
+    config = _settings_configmap()
+    (user,) = [u for u in _of_kind("KafkaUser") if u["metadata"]["name"] == config["data"]["EZ_KAFKA_SASL_USERNAME"]]
+    for topic in (OTLP_SPANS, dlq_topic(OTLP_SPANS)):
+        allowed = {op for acl in user["spec"]["authorization"]["acls"] if acl["resource"]["type"] == "topic"
+                   and (topic == acl["resource"]["name"] if acl["resource"]["patternType"] == "literal"
+                        else topic.startswith(acl["resource"]["name"])) for op in acl["operations"]}
+        assert {"Describe", "Read", "Write"} <= allowed, topic
+
+
+def test_compose_collector_runs_the_local_pipeline_after_its_topics():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    service = services["otelcol"]
+    assert service["image"] == f"{OTELCOL_IMAGE}:{_otelcol_release()}"
+    assert service["command"] == ["--config=/etc/otelcol/config.yaml"]
+    (config,) = service["configs"]
+    assert config["target"] == "/etc/otelcol/config.yaml"
+    bootstrap = services["worker-lake"]["environment"]["EZ_KAFKA_BOOTSTRAP"]
+    shipped = yaml.safe_load(compose["configs"][config["source"]]["content"])
+    assert shipped == collector_config(Settings(kafka_bootstrap=bootstrap), listen_host="0.0.0.0")
+    settings = _default_settings()
+    assert set(service["ports"]) == {f"127.0.0.1:{p}:{p}" for p in (
+        settings.otel_grpc_port, settings.otel_http_port, settings.otel_health_port)}
+    # Not in a profile: `up -d` starts it with the services; its topics exist before it writes.
+    assert "profiles" not in service
+    assert service["depends_on"] == {"otlp-topics": {"condition": "service_completed_successfully"}}
+    script = " ".join(services["otlp-topics"]["entrypoint"])
+    commands = [c.split() for c in script.split("&&")]
+    specs = {spec.name: spec for spec in catalogue(settings)}
+    made = {}
+    for argv in commands:
+        assert f"--bootstrap-server {bootstrap}" in " ".join(argv) and "--if-not-exists" in argv
+        topic = argv[argv.index("--topic") + 1]
+        configs = dict(argv[i + 1].split("=", 1) for i, word in enumerate(argv) if word == "--config")
+        made[topic] = (int(argv[argv.index("--partitions") + 1]), configs)
+    expected = {OTLP_SPANS, dlq_topic(OTLP_SPANS)}
+    assert set(made) == expected
+    for topic in expected:
+        assert made[topic] == (specs[topic].partitions, specs[topic].config), topic
