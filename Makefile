@@ -30,6 +30,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[stream,test,inference]'
 	touch $@
 
+## fetch: download/build the local services into $EZ_CACHE_DIR: Kafka's jars, MinIO and the OpenTelemetry
+## Collector (collector builder, a few minutes the first time); `make test` runs it, `make demo` builds them in `ezstream up`
 fetch: install
 	$(EZ) fetch
 
