@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EZ     := $(BIN)/ezstream
 
-.PHONY: install native demo test test-unit test-integration up down status fetch clean airflow airflow-install airflow-stop
+.PHONY: install native demo test test-unit test-integration up down status fetch clean airflow airflow-install airflow-stop kcat
 
 install: $(VENV)/.installed $(VENV)/.native
 
@@ -49,17 +49,23 @@ demo: install
 	$(EZ) demo
 
 ## test: set up and run the whole suite (the integration fixtures start and stop their own stack)
-test: fetch airflow-install
+test: fetch airflow-install kcat
 	$(BIN)/python -m pytest tests
 
 test-unit: install airflow-install
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: fetch airflow-install
+test-integration: fetch airflow-install kcat
 	$(BIN)/python -m pytest tests/integration
 
 clean: down
 	rm -rf $(VENV) .ezstream
+
+## kcat: Debian's kcat, the plain Kafka client tests/integration/test_json_ingest.py produces JSON events with
+kcat:
+	@command -v kcat >/dev/null || \
+		{ SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kcat >/dev/null; }
 
 ## airflow-install: Airflow's own virtualenv (pinned, cached under ~/.cache/ezstream) and Debian's chromium for the UI test
 airflow-install: install
