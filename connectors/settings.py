@@ -175,6 +175,14 @@ class Settings(BaseSettings):
         "shows spend against them.",
     )
 
+    # Prices (connectors/pricing)
+    prices_file: Path | None = Field(
+        default=None,
+        description="TOML file of [[prices]] rows, USD per 1,000,000 tokens, that win over the price table: "
+        "self-hosted, fine-tuned or negotiated prices (docs/pricing.md). Costs then record the price version "
+        "`<table>+overrides-<hash of the rows>`; a bad file fails at start naming the row.",
+    )
+
     # Real-time intelligence (the alerts role): windows and alert rules
     alerts_config_file: Path | None = Field(
         default=None,
@@ -348,6 +356,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected a JSON object of librdkafka properties ({exc.msg})") from None
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("prices_file")
+    @classmethod
+    def _check_prices_file(cls, value: Path | None) -> Path | None:
+        # Read now, so a bad row fails every command at start rather than the first priced call.
+        if value is not None:
+            from connectors.pricing import PRICES_FILE_SETTING, read_overrides
+
+            try:
+                read_overrides(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix(f"{PRICES_FILE_SETTING} ")) from None
         return value
 
     @field_validator("alerts_webhook_url")

@@ -222,6 +222,48 @@ def simulate(rate: float, duration: float, seed: int, agents: str | None) -> Non
         sys.exit(1)
 
 
+@cli.group(invoke_without_command=True)
+@click.option("--version", "version", help="Price table version (default: the latest).")
+@click.option("--provider", help="Only this provider's models (an event's name, e.g. openai, or other).")
+@click.pass_context
+def prices(ctx: click.Context, version: str | None, provider: str | None) -> None:
+    """Show the price table costs are computed with (USD per 1,000,000 tokens), EZ_PRICES_FILE
+    overrides applied; `prices update` makes a new version."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from connectors.pricing import load_prices
+
+    table = load_prices(_settings(), version)
+    rows = table.rows(provider)
+    click.echo(f"price table {table.version}: {len(rows)} models; USD per 1,000,000 tokens; "
+               f"tiers: rates of a call with more input tokens than the threshold")
+    click.echo(f"{'provider':<11} {'model':<40} {'input':>8} {'output':>8} {'cache rd':>8} {'cache wr':>8} "
+               f"{'reason':>8}  tiers / source")
+    for row in rows:
+        tiers = "; ".join(f">{t.above_input_tokens:,}: {t.input_usd_per_mtok:g}/{t.output_usd_per_mtok:g}"
+                          for t in row.tiers)
+        click.echo(f"{row.provider:<11} {row.model:<40} {row.input_usd_per_mtok:>8g} {row.output_usd_per_mtok:>8g} "
+                   f"{row.cache_read_usd_per_mtok:>8g} {row.cache_write_usd_per_mtok:>8g} "
+                   f"{row.reasoning_usd_per_mtok:>8g}  {tiers or row.source}")
+
+
+@prices.command("update")
+@click.option("--date", "version", default=None, help="Version of the new table, YYYY-MM-DD (default: today, UTC).")
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
+              help="Folder of the price tables (default: the package's price_tables/).")
+def prices_update(version: str | None, folder: str | None) -> None:
+    """Write a new price table version from the installed genai-prices and the supplement, and
+    print what changed since the latest version (nothing is written when nothing changed)."""
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from connectors.pricing import PRICE_TABLES_DIR
+    from connectors.pricing.update import update
+
+    version = version or datetime.now(timezone.utc).date().isoformat()
+    click.echo(update(version, Path(folder) if folder else PRICE_TABLES_DIR).report())
+
+
 @cli.command()
 @click.option("--only", help="Comma-separated roles to run (default: all): lake, clickhouse.")
 @click.option("--detach", is_flag=True, help="Run in the background; `ezstream down` stops it.")
