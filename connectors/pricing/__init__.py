@@ -35,6 +35,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Sequence
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -88,10 +89,10 @@ class PriceTable:
     def __init__(
         self,
         version: str,
-        prices: list[ModelPrice],
-        limits: list[KeyLimits] = (),  # type: ignore[assignment]
+        prices: Sequence[ModelPrice],
+        limits: Sequence[KeyLimits] = (),
         *,
-        overrides: list[ModelPrice] = (),  # type: ignore[assignment]
+        overrides: Sequence[ModelPrice] = (),
     ) -> None:
         #: What events record as ``price_version``: the table's version, and its overrides' hash.
         self.version = version
