@@ -25,6 +25,14 @@ The model, in simulated time (DOMAIN.md gives the shape):
   retries are spent the attempt fails with that category. Only fresh successful generations are
   billed: cache hits and failed calls carry 0 tokens and 0 cost, every other call's cost is the
   price table's cost of its tokens, and the table's version is in ``price_version``.
+- Prompt caching, as the providers do it: a call's prompt starts with a prefix the task repeats
+  (system prompt, tools, the task's context; a share of the prompt fixed per agent type). The
+  first call of a task to a model writes the prefix to that provider's cache (``cache_write_tokens``
+  where the provider bills writes: anthropic), later calls of the task to the same model read it
+  (``cache_read_tokens``) unless it was evicted meanwhile; prompts below the provider's minimum
+  are not cached, and groq and ollama cache nothing. Both are parts of ``input_tokens`` and
+  billed at the price table's cache prices. These draws come from a generator of their own,
+  seeded from the simulation's, so every other field of a seed's stream stays what it was.
 - Each agent sends telemetry every 10 s (less often when the rate could not carry it): CPU from
   its running tasks, memory with a slow leak on some agents (restarting near its limit), response
   time growing with its load, the errors since the last report, and how many of its tasks are queued.
@@ -136,6 +144,8 @@ class AgentProfile:
     think_ms: float
     #: Share of successful calls answered from the cache.
     cache_hit_rate: float
+    #: Share of a prompt that is the task's repeated prefix (what the provider's prompt cache holds).
+    prefix_share: float
     #: Share of attempts that fail for other reasons than their calls (invalid output, tool errors).
     failure_rate: float
     #: Share of attempts cancelled while running.
@@ -158,7 +168,7 @@ PROFILES: Mapping[str, AgentProfile] = MappingProxyType({
                 ("groq", "mixtral-8x7b"): 5},
         queues={"high_priority": 15, "normal": 50, "batch": 25, "background": 10},
         calls_per_task=(3, 8), input_tokens=3_500, output_tokens=700, think_ms=2_500,
-        cache_hit_rate=0.08, failure_rate=0.04, cancel_rate=0.015,
+        prefix_share=0.7, cache_hit_rate=0.08, failure_rate=0.04, cancel_rate=0.015,
         cpu_base=30, memory_base_mb=2_048, memory_limit_mb=8_192, response_ms=400,
     ),
     "content": AgentProfile(
@@ -168,7 +178,7 @@ PROFILES: Mapping[str, AgentProfile] = MappingProxyType({
                 ("groq", "llama2-70b"): 10},
         queues={"high_priority": 10, "normal": 50, "batch": 30, "background": 10},
         calls_per_task=(2, 5), input_tokens=1_500, output_tokens=1_100, think_ms=800,
-        cache_hit_rate=0.05, failure_rate=0.03, cancel_rate=0.02,
+        prefix_share=0.4, cache_hit_rate=0.05, failure_rate=0.03, cancel_rate=0.02,
         cpu_base=20, memory_base_mb=1_024, memory_limit_mb=4_096, response_ms=300,
     ),
     "enterprise": AgentProfile(
@@ -178,7 +188,7 @@ PROFILES: Mapping[str, AgentProfile] = MappingProxyType({
                 ("ollama", "mixtral:8x7b"): 5},
         queues={"high_priority": 40, "normal": 40, "batch": 15, "background": 5},
         calls_per_task=(4, 12), input_tokens=6_000, output_tokens=1_200, think_ms=1_500,
-        cache_hit_rate=0.04, failure_rate=0.02, cancel_rate=0.01,
+        prefix_share=0.75, cache_hit_rate=0.04, failure_rate=0.02, cancel_rate=0.01,
         cpu_base=40, memory_base_mb=4_096, memory_limit_mb=16_384, response_ms=600,
     ),
     "research": AgentProfile(
@@ -188,7 +198,7 @@ PROFILES: Mapping[str, AgentProfile] = MappingProxyType({
                 ("openai", "gpt-3.5-turbo"): 10, ("ollama", "mixtral:8x7b"): 5},
         queues={"high_priority": 5, "normal": 35, "batch": 30, "background": 30},
         calls_per_task=(1, 4), input_tokens=2_000, output_tokens=300, think_ms=3_000,
-        cache_hit_rate=0.15, failure_rate=0.05, cancel_rate=0.02,
+        prefix_share=0.3, cache_hit_rate=0.15, failure_rate=0.05, cancel_rate=0.02,
         cpu_base=15, memory_base_mb=768, memory_limit_mb=4_096, response_ms=250,
     ),
 })
@@ -212,6 +222,25 @@ _PROVIDERS: dict[str, _Provider] = {
     "groq": _Provider(keys=12, error_rate=0.03, rate_limited_rate=0.015, storm_every_s=600, timeout_ms=30_000),
     "ollama": _Provider(keys=10, error_rate=0.015, rate_limited_rate=0.0, storm_every_s=None, timeout_ms=90_000),
 }
+
+
+@dataclass(frozen=True)
+class _PromptCache:
+    #: Shortest prompt the provider caches, in tokens.
+    min_tokens: int
+    #: Whether the provider bills (and reports) the tokens written to its cache.
+    bills_writes: bool
+
+
+# Providers' prompt caches: anthropic's explicit breakpoints (writes billed), openai's and
+# deepseek's automatic ones (reads reported, writes free); groq and ollama cache nothing here.
+_PROMPT_CACHES: dict[str, _PromptCache] = {
+    "anthropic": _PromptCache(min_tokens=1_024, bills_writes=True),
+    "openai": _PromptCache(min_tokens=1_024, bills_writes=False),
+    "deepseek": _PromptCache(min_tokens=64, bills_writes=False),
+}
+# Chance that a cached prefix is gone by a task's next call to the model (TTL, eviction).
+_PROMPT_CACHE_EVICTION = 0.1
 # Share of calls rate limited during a storm, and how long storms last, in seconds.
 _STORM_RATE_LIMITED = 0.6
 _STORM_S = (20.0, 120.0)
@@ -352,7 +381,7 @@ class _Agent:
 class _Task:
     __slots__ = ("agent", "task_id", "trace_id", "queue", "attempt", "queued_ms", "started_ms",
                  "calls_needed", "calls_done", "cancel_after", "primary", "call", "call_failures",
-                 "cost", "quality_sum", "outcome", "error_category")
+                 "cost", "quality_sum", "outcome", "error_category", "cached")
 
     def __init__(self, agent: _Agent, task_id: str, trace_id: str, queue: str) -> None:
         self.agent = agent
@@ -366,8 +395,11 @@ class _Task:
         self.calls_done = 0
         self.cancel_after = 0
         self.primary: tuple[str, str] = ("", "")
-        # The planned call: provider, model, key alias, input/output tokens, cost, latency, status, cache hit.
-        self.call: tuple[str, str, str, int, int, float, float, str, bool] | None = None
+        # The planned call: provider, model, key alias, input/output tokens, cost, latency, status,
+        # cache hit, cache-read and cache-write tokens.
+        self.call: tuple[str, str, str, int, int, float, float, str, bool, int, int] | None = None
+        # The models whose provider's prompt cache holds this task's prefix.
+        self.cached: set[tuple[str, str]] = set()
         self.call_failures = 0
         self.cost = 0.0
         self.quality_sum = 0.0
@@ -402,6 +434,8 @@ class _Simulation:
         self, rng: random.Random, fleet: Mapping[str, int], rate: float, start_ms: int, prices: PriceTable
     ) -> None:
         self.rng = rng
+        # Prompt-cache draws: seeded from the simulation's generator without drawing from it.
+        self.cache_rng = random.Random(",".join(map(str, rng.getstate()[1])))
         self.rate = rate
         self.start_ms = start_ms
         self.now = start_ms
@@ -505,7 +539,7 @@ class _Simulation:
         storm = self.storms.get(provider)
         rate_limited = (_STORM_RATE_LIMITED if storm is not None and storm.active(self.now + delay_ms, rng)
                         else behaviour.rate_limited_rate)
-        input_tokens = output_tokens = 0
+        input_tokens = output_tokens = cache_read = cache_write = 0
         cost = 0.0
         cache_hit = False
         draw = rng.random()
@@ -526,15 +560,30 @@ class _Simulation:
                 status = "ok"
                 input_tokens = min(100_000, max(30, int(rng.lognormvariate(agent.in_mu, _TOKENS_SIGMA))))
                 output_tokens = output
-                cost = self.prices.cost(provider, model, input_tokens, output_tokens)
+                cache_read, cache_write = self._prompt_cache(task, provider, model, input_tokens)
+                cost = self.prices.cost(provider, model, input_tokens, output_tokens,
+                                        cache_read_tokens=cache_read, cache_write_tokens=cache_write)
         alias = f"{provider}-key-{rng.randint(1, behaviour.keys):02d}"
-        task.call = (provider, model, alias, input_tokens, output_tokens, cost, round(latency, 1), status, cache_hit)
+        task.call = (provider, model, alias, input_tokens, output_tokens, cost, round(latency, 1), status, cache_hit,
+                     cache_read, cache_write)
         self._schedule(task, delay_ms + latency, self._called)
+
+    def _prompt_cache(self, task: _Task, provider: str, model: str, input_tokens: int) -> tuple[int, int]:
+        """The cache-read and cache-write tokens of a fresh call of ``task`` to ``model``."""
+        cache = _PROMPT_CACHES.get(provider)
+        prefix = int(input_tokens * task.agent.profile.prefix_share)
+        if cache is None or prefix < cache.min_tokens:
+            return 0, 0
+        if (provider, model) in task.cached and self.cache_rng.random() >= _PROMPT_CACHE_EVICTION:
+            return prefix, 0
+        task.cached.add((provider, model))
+        return 0, prefix if cache.bills_writes else 0
 
     def _called(self, task: _Task, at: datetime) -> LlmCall:
         rng, agent = self.rng, task.agent
         assert task.call is not None
-        provider, model, alias, input_tokens, output_tokens, cost, latency, status, cache_hit = task.call
+        (provider, model, alias, input_tokens, output_tokens, cost, latency, status, cache_hit,
+         cache_read, cache_write) = task.call
         task.cost += cost
         event = LlmCall(
             event_id=self._id(), event_time=at, agent_id=agent.agent_id, agent_type=agent.agent_type,
@@ -543,6 +592,7 @@ class _Simulation:
             input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
             price_version=self.prices.version, latency_ms=latency, status=status,  # type: ignore[arg-type]
             cache_hit=cache_hit, region=agent.region,
+            cache_read_tokens=cache_read, cache_write_tokens=cache_write,
         )
         if status == "ok":
             task.call_failures = 0

@@ -174,9 +174,12 @@ def test_calls_are_billed_from_the_price_table(events):
         billed = c.status == "ok" and not c.cache_hit
         if billed:
             assert c.input_tokens > 0 and c.output_tokens > 0
-            assert c.cost_usd == table.cost(c.provider, c.model, c.input_tokens, c.output_tokens)
+            assert c.cost_usd == table.cost(c.provider, c.model, c.input_tokens, c.output_tokens,
+                                            cache_read_tokens=c.cache_read_tokens,
+                                            cache_write_tokens=c.cache_write_tokens)
         else:
             assert (c.input_tokens, c.output_tokens, c.cost_usd) == (0, 0, 0.0)
+            assert (c.cache_read_tokens, c.cache_write_tokens) == (0, 0)
         assert c.model in table.models(c.provider)
         assert re.fullmatch(rf"{c.provider}-key-\d\d", c.api_key_alias)
     keys = defaultdict(set)
@@ -318,3 +321,29 @@ def test_format_report_has_a_row_per_topic_and_a_total():
     assert "6,000 events in 3.00 s (2,000/s, paced at 2,000/s); seed 7" in text
     assert "error: delivery failed" in text
     assert (report.sent, report.delivered, report.failed, report.ok) == (6_000, 5_998, 2, False)
+
+
+def test_prompt_caches_read_and_write_as_each_provider_does(events):
+    calls = [c for c in of(events, LlmCall) if c.status == "ok" and not c.cache_hit]
+    by_provider = defaultdict(lambda: [0, 0, 0])  # input, cache read, cache write
+    for c in calls:
+        assert c.cache_read_tokens + c.cache_write_tokens <= c.input_tokens and c.reasoning_tokens == 0
+        assert not (c.cache_read_tokens and c.cache_write_tokens), "a call reads the prefix or writes it"
+        totals = by_provider[c.provider]
+        totals[0] += c.input_tokens
+        totals[1] += c.cache_read_tokens
+        totals[2] += c.cache_write_tokens
+    # groq and ollama cache nothing; only anthropic bills (and reports) writes.
+    for provider in ("groq", "ollama"):
+        assert by_provider[provider][1:] == [0, 0]
+    for provider in ("openai", "deepseek"):
+        assert by_provider[provider][2] == 0
+    # Tasks repeat their prefix: a good part of the prompt tokens of the caching providers are reads.
+    for provider in ("anthropic", "openai", "deepseek"):
+        total, read, write = by_provider[provider]
+        assert 0.2 < read / total < 0.75, (provider, read / total)
+    assert 0 < by_provider["anthropic"][2] < by_provider["anthropic"][1]
+    # A read costs less than the same tokens fresh.
+    table = PriceTable.load()
+    c = next(c for c in calls if c.provider == "anthropic" and c.cache_read_tokens)
+    assert c.cost_usd < table.cost(c.provider, c.model, c.input_tokens, c.output_tokens)
