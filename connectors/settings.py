@@ -212,6 +212,18 @@ class Settings(BaseSettings):
         "read_committed consumers on commit.",
     )
 
+    # The spans role (streams/agents/spans.py): OpenTelemetry GenAI spans on otlp_spans -> events.
+    otel_tenant_attribute: str = Field(
+        default="tenant.id", min_length=1,
+        description="Spans role: the span or resource attribute naming a span's tenant (tenant_id of its "
+        "events; `unknown` where neither has it).",
+    )
+    otel_agent_type_attribute: str = Field(
+        default="agent.type", min_length=1,
+        description="Spans role: the span or resource attribute naming the agent type (agent_type of its "
+        "events; `unknown` where neither has it).",
+    )
+
     # Inference: `ezstream inference-worker`, a consumer group on inference.requests.
     inference_model: str = Field(
         default="all-MiniLM-L6-v2", description="Inference worker: the local model it serves, by name."

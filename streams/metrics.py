@@ -63,6 +63,10 @@ ALERTS_CHECKPOINT_BYTES = Gauge("ezstream_alerts_checkpoint_bytes",
                                 "(compressed; each step between snapshots writes only its changes), per shard.",
                                 ["shard"], registry=REGISTRY)
 
+SPANS = Counter("ezstream_spans", "OpenTelemetry spans read by the spans role from otlp_spans, per outcome: "
+                "llm_call (a GenAI call), task (an invoke_agent span) or skipped (any other span).",
+                ["outcome"], registry=REGISTRY)
+
 INFERENCE_REQUESTS = Counter("ezstream_inference_requests", "Inference requests read (decoded), answerable or not.",
                              registry=REGISTRY)
 INFERENCE_RESULTS = Counter("ezstream_inference_results", "Inference results committed, error results included.",

@@ -43,8 +43,9 @@ from streams.sinks.runner import SinkRunner
 log = logging.getLogger(__name__)
 
 #: Every role, in start order; ``ezstream worker`` runs them all unless told ``--only``.
-#: ``alerts`` runs the windows and alert rules (:mod:`streams.intelligence.processor`).
-ROLES = ("lake", "clickhouse", "alerts")
+#: ``alerts`` runs the windows and alert rules (:mod:`streams.intelligence.processor`), ``spans``
+#: maps OpenTelemetry GenAI spans from ``otlp_spans`` to events (:mod:`streams.agents.spans`).
+ROLES = ("lake", "clickhouse", "alerts", "spans")
 
 
 def parse_roles(only: str | None) -> list[str]:
@@ -66,6 +67,10 @@ def make_runner(settings: Settings, role: str):
         from streams.intelligence.processor import IntelligenceProcessor
 
         return IntelligenceProcessor(settings)
+    if role == "spans":
+        from streams.agents.spans import SpanMapper
+
+        return SpanMapper(settings)
     group = f"{settings.topic_prefix}ezstream.{role}"
     if role == "lake":
         from connectors.lake.sink import LakeSink
@@ -79,9 +84,9 @@ def make_runner(settings: Settings, role: str):
 
 class Role(Protocol):
     """A loop the worker runs in a thread of its own: a sink loop, the sinks' shared feed, the
-    alerts processor."""
+    alerts processor, the span mapper."""
 
-    #: The role's name (``lake``, ``clickhouse``, ``sinks``, ``alerts``).
+    #: The role's name (``lake``, ``clickhouse``, ``sinks``, ``alerts``, ``spans``).
     name: str
     #: Set once the role is set up and reading.
     ready: threading.Event
