@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.kafka.freetext import FREE_TEXT_FIELDS
+from connectors.kafka.jsonrecord import json_indexes
 from connectors.settings import Settings
 
 #: Error class of a value that fails a rule (a DLQ header value).
@@ -100,10 +101,15 @@ class Screened:
 def screen(decoder: Any, messages: Sequence[Any], event: str, rules: ValueRules) -> Screened:
     """Decode Kafka ``messages`` of ``event`` in one call of ``decoder`` (a
     :class:`~connectors.kafka.native.NativeCodec`) and :func:`check` the rows against each
-    message's Kafka timestamp: the one decision every sink and the alerts role take."""
+    message's Kafka timestamp: the one decision every sink and the alerts role take.
+
+    Avro single-object messages and JSON objects are decoded alike; a message whose headers say
+    ``content-type: application/json`` is read as JSON whatever its bytes
+    (:mod:`connectors.kafka.jsonrecord`)."""
     from confluent_kafka import Message
 
-    result = decoder.decode_batch_arrow(list(map(Message.value, messages)), event)
+    json = json_indexes(list(map(Message.headers, messages)))
+    result = decoder.decode_batch_arrow(list(map(Message.value, messages)), event, json)
     failures = [(f.index, f.error_class, f.message) for f in result.failures]
     table = result.table
     kafka_ms = np.array([ms if kind else -1 for kind, ms in map(Message.timestamp, messages)], np.int64)

@@ -24,7 +24,10 @@ fn collect(dir: &Path, root: &Path, out: &mut Vec<String>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read when the script runs, not baked in when it is compiled: cargo reuses a compiled build
+    // script for a checkout at another path (the target dir may be shared).
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&root);
     let mut files: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
     collect(&root.join("src"), root, &mut files);
     files.sort();

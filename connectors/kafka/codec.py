@@ -3,7 +3,8 @@
 A message is, per the Avro specification: the marker ``C3 01``, the 8-byte little-endian
 CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary body.
 The fingerprint lets a consumer find the writer version and resolve it to the version it reads,
-so producers and consumers upgrade independently (see :mod:`connectors.kafka.compat`).
+so producers and consumers upgrade independently (see :mod:`connectors.kafka.compat`). The batch
+decoders also read JSON objects from any Kafka client (:mod:`connectors.kafka.jsonrecord`).
 
 Every error raised for a message is a :class:`~connectors.errors.TerminalError`: the bytes are
 wrong and retrying cannot help, so the message belongs in its DLQ. Batch decoding never stops on
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,11 @@ class WrongEventType(CodecError):
 
 class UndecodableBody(CodecError):
     """The body is truncated, malformed, has trailing bytes or cannot be resolved to the reader."""
+
+
+class InvalidJson(CodecError):
+    """A JSON message is no JSON object or breaks its event's schema; the message names the field
+    (the rules: :mod:`connectors.kafka.jsonrecord`)."""
 
 
 @dataclass(frozen=True)
@@ -157,24 +163,33 @@ class Codec:
                 failures.append(Failure(index, type(exc).__name__, str(exc)))
         return DecodedBatch(records, failures)
 
-    def decode_batch_arrow(self, messages: Sequence[bytes | None], event: str) -> ArrowBatch:
+    def decode_batch_arrow(self, messages: Sequence[bytes | None], event: str,
+                           json: Collection[int] = ()) -> ArrowBatch:
         """Like :meth:`decode_batch`, the records as one table typed by :meth:`arrow_schema`.
 
-        The sinks' hot path. Bodies are read with the logical types left out (timestamps as epoch
-        milliseconds, UUIDs as text) and the columns converted once for the whole batch, which is
-        more than twice as fast as building a datetime and a UUID object per value; the UUID
-        text is then checked for the whole column at once.
+        The reference of the sinks' hot path (:mod:`connectors.kafka.native`). Bodies are read with
+        the logical types left out (timestamps as epoch milliseconds, UUIDs as text) and the
+        columns converted once for the whole batch; the UUID text is then checked for the whole
+        column at once. A message that looks like a JSON object, or whose index is in ``json``
+        (its headers say so), is read by :class:`~connectors.kafka.jsonrecord.JsonReader`.
         """
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from connectors.kafka.jsonrecord import JsonReader, looks_like_json
+
         reader = self.reader(event)
         reader_plain = _plain(reader)
+        json_reader = JsonReader(reader, self.other_fields(event))
         records: list[dict[str, Any]] = []
         positions: list[int] = []
         failures: list[Failure] = []
         for index, data in enumerate(messages):
             try:
+                if index in json or looks_like_json(data):
+                    records.append(json_reader.record(data))
+                    positions.append(index)
+                    continue
                 writer = self._writer_of(data, event)
                 buffer = io.BytesIO(data)
                 buffer.seek(HEADER_SIZE)
@@ -224,6 +239,13 @@ class Codec:
             failures.sort(key=lambda f: f.index)
             table = table.filter(pc.invert(bad))
         return ArrowBatch(table, failures)
+
+    def other_fields(self, event: str) -> list[str]:
+        """The top-level fields of ``event``'s versions that its reader version lacks: a JSON
+        message may carry them, and they are ignored, as Avro resolution skips them."""
+        own = {field["name"] for field in self.reader(event).schema["fields"]}
+        return sorted({field["name"] for number in self.registry.versions(event)
+                       for field in self.registry.get(event, number).schema["fields"]} - own)
 
     def _writer_of(self, data: bytes | None, event: str | None) -> SchemaVersion:
         """The writer schema a message names in its header, checked against ``event``."""

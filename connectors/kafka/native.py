@@ -1,7 +1,8 @@
 """The native batch decoder: :meth:`Codec.decode_batch_arrow`'s contract, in Rust (``native/``).
 
 The extension ``ezstream_native`` (pyo3 on arrow-rs' arrow-avro) decodes a batch of Avro
-single-object messages into one Arrow record batch with the GIL released. This module builds its
+single-object messages, and JSON objects among them (``native/src/json.rs``, by the rules of
+:mod:`connectors.kafka.jsonrecord`), into one Arrow record batch with the GIL released. This module builds its
 decoders from a :class:`~connectors.kafka.codec.Codec`'s registry, one per event, and returns the
 same :class:`~connectors.kafka.codec.ArrowBatch` as the fastavro path: the table typed by
 :meth:`Codec.arrow_schema`, the same failure class for each message, the UUID check included
@@ -15,9 +16,9 @@ the end), and an ``int`` past 32 bits (fastavro reads it, and the fastavro path'
 fails for the whole batch, where here only its message fails).
 
 The extension is built by ``make native``. A missing one, or one built from other sources than
-``native/`` holds now (the hash of :data:`SOURCE_FILES` and ``native/src``, which ``build.rs``
-embeds as ``SOURCE_HASH``), is a :class:`ConfigError` naming that command: there is no silent
-fallback to the Python path.
+``native/`` holds now (the hash of :data:`SOURCE_FILES` and of every file under ``native/src``,
+``json.rs`` included, which ``build.rs`` embeds as ``SOURCE_HASH``), is a :class:`ConfigError`
+naming that command: there is no silent fallback to the Python path.
 """
 
 from __future__ import annotations
@@ -101,21 +102,26 @@ class NativeCodec:
                 self._decoders[event] = module.Decoder(
                     event, reader.label, _plain_json(reader), writers, self.codec.arrow_schema(event),
                     uuid_fields, str(registry.schemas_dir),
+                    reader_json_schema=_schema_json(reader), other_fields=self.codec.other_fields(event),
                 )
             except ValueError as exc:
                 raise ConfigError(f"no native decoder for {reader.label}: {exc}") from None
 
-    def decode_batch_arrow(self, messages: Sequence[bytes | None], event: str) -> ArrowBatch:
+    def decode_batch_arrow(self, messages: Sequence[bytes | None], event: str,
+                           json: Sequence[int] = ()) -> ArrowBatch:
         """The messages of a topic carrying ``event`` as one table; bad ones become failures.
 
-        :param messages: each ``bytes`` (or ``bytearray``) or ``None``.
+        :param messages: each ``bytes`` (or ``bytearray``) or ``None``: Avro single-object
+            messages and JSON objects (:mod:`connectors.kafka.jsonrecord`), in any mix.
+        :param json: the indexes of the messages whose headers say ``content-type:
+            application/json``; each is read as JSON whatever its first byte.
         :raises ConfigError: ``event`` has no schema.
         :raises TypeError: a message is of another type.
         """
         decoder = self._decoders.get(event)
         if decoder is None:
             self.codec.reader(event)  # raises the ConfigError that lists the known events
-        table, failures = decoder.decode(messages)
+        table, failures = decoder.decode(messages, list(json)) if json else decoder.decode(messages)
         return ArrowBatch(table, [Failure(*failure) for failure in failures])
 
 
@@ -139,5 +145,17 @@ def _plain_json(version: SchemaVersion) -> str:
         # fastavro's own keys (``__fastavro_parsed``) go too; defaults are values, not schemas.
         return {k: v if k == "default" else strip(v) for k, v in node.items()
                 if not k.startswith("__") and not (k == "logicalType" and "type" in node)}
+
+    return json.dumps(strip(version.schema))
+
+
+def _schema_json(version: SchemaVersion) -> str:
+    """``version``'s schema as JSON, logical types kept: what JSON messages are checked against."""
+    def strip(node: Any) -> Any:
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        return {k: v if k == "default" else strip(v) for k, v in node.items() if not k.startswith("__")}
 
     return json.dumps(strip(version.schema))

@@ -7,8 +7,13 @@
 //! classes are ours: its framed mode cannot tell a truncated body from one whose end is still to
 //! come, nor trailing bytes from the start of the next message.
 //!
+//! A JSON object instead (`json.rs`) is checked against the reader version and written as its
+//! Avro body, which a decoder of the reader's own version reads (InvalidJson otherwise); its rows
+//! take their place among the Avro rows in message order.
+//!
 //! The failure classes and the decoded values are those of `connectors/kafka/codec.py`'s
-//! `Codec.decode_batch_arrow`, the reference (tests/unit/test_native_codec.py proves it).
+//! `Codec.decode_batch_arrow`, the reference (tests/unit/test_native_codec.py and
+//! tests/unit/test_native_json.py prove it).
 
 use std::collections::HashMap;
 
@@ -20,6 +25,7 @@ use arrow_avro::schema::{AvroSchema, SchemaStore};
 
 use crate::check::{check, BodyError};
 use crate::convert::{dedupe_map_keys, is_uuid};
+use crate::json::{looks_like_json, JsonSchema};
 use crate::schema::Schema;
 
 pub const MARKER: [u8; 2] = [0xc3, 0x01];
@@ -62,6 +68,8 @@ pub struct Config {
     /// Rows per output record batch. Column buffers that stay this small grow in cache; one
     /// buffer for a whole large batch is copied at each doubling and faulted in page by page.
     pub chunk_rows: usize,
+    /// The reader version as JSON messages are checked against it (see `json.rs`).
+    pub json: JsonSchema,
 }
 
 struct Writer {
@@ -83,6 +91,17 @@ pub struct BatchDecoder {
     by_fingerprint: HashMap<[u8; 8], usize>,
     /// The fingerprint and index of the writer version that is the reader's, if any.
     reader_writer: Option<([u8; 8], usize)>,
+    /// Reads the bodies written from JSON messages: the reader's version, nothing to resolve.
+    json_decoder: Decoder,
+    /// The body of the JSON message at hand, reused.
+    json_body: Vec<u8>,
+}
+
+/// Which decoder holds the rows not flushed yet.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    Writer(usize),
+    Json,
 }
 
 fn new_decoder(writer_json: &str, reader_json: &str) -> Result<Decoder, String> {
@@ -127,7 +146,9 @@ impl BatchDecoder {
             by_fingerprint.insert(spec.fingerprint, writers.len());
             writers.push(Writer { label, own });
         }
-        Ok(BatchDecoder { config, writers, by_fingerprint, reader_writer })
+        let json_decoder = new_decoder(&config.reader_json, &config.reader_json).map_err(|e| format!("JSON: {e}"))?;
+        check_castable(&json_decoder.schema(), &config.target).map_err(|e| format!("JSON: {e}"))?;
+        Ok(BatchDecoder { config, writers, by_fingerprint, reader_writer, json_decoder, json_body: Vec::new() })
     }
 
     /// The writer version a message names in its header, checked against the event.
@@ -162,20 +183,48 @@ impl BatchDecoder {
     }
 
     /// Decode a batch: the record batches (of at most `chunk_rows` rows) of the messages that
-    /// decode, in order, and the others' failures.
+    /// decode, in order, and the others' failures. A message is JSON when `json[index]` says so
+    /// (its headers did) or when it looks like a JSON object; Avro single-object otherwise.
     ///
     /// Err only for a fault of this decoder itself (a bug), never for a message.
-    pub fn decode(&mut self, messages: &[Option<&[u8]>]) -> Result<(Vec<RecordBatch>, Vec<Failure>), String> {
+    pub fn decode(&mut self, messages: &[Option<&[u8]>], json: &[bool]) -> Result<(Vec<RecordBatch>, Vec<Failure>), String> {
         let mut failures = Vec::new();
         let mut batches: Vec<RecordBatch> = Vec::new();
         // The message index of each row decoded, in order.
         let mut rows: Vec<usize> = Vec::with_capacity(messages.len());
-        // The writer whose decoder holds rows, and the bodies of those rows.
-        let mut active: Option<usize> = None;
+        // The decoder that holds rows, the Avro bodies of those rows (kept to rebuild a writer's
+        // decoder, see below) and how many rows it holds.
+        let mut active: Option<Source> = None;
         let mut pending: Vec<&[u8]> = Vec::new();
+        let mut held = 0;
         for (index, message) in messages.iter().enumerate() {
             if let Some(Some(ahead)) = messages.get(index + PREFETCH_AHEAD) {
                 prefetch(ahead);
+            }
+            if json.get(index).copied().unwrap_or(false) || message.is_some_and(looks_like_json) {
+                if let Err(message) = self.json_to_body(*message) {
+                    failures.push(Failure { index, class: "InvalidJson", message });
+                    continue;
+                }
+                if active != Some(Source::Json) {
+                    if let Some(previous) = active {
+                        self.flush(previous, &mut batches)?;
+                    }
+                    active = Some(Source::Json);
+                    pending.clear();
+                    held = 0;
+                }
+                match self.json_decoder.decode(&self.json_body) {
+                    Ok(n) if n == self.json_body.len() => {}
+                    _ => return Err(format!("{}: a body written from JSON does not decode", self.config.reader_label)),
+                }
+                rows.push(index);
+                held += 1;
+                if held >= self.config.chunk_rows {
+                    self.flush(Source::Json, &mut batches)?;
+                    held = 0;
+                }
+                continue;
             }
             let w = match self.writer_of(*message) {
                 Ok(w) => w,
@@ -214,12 +263,13 @@ impl BatchDecoder {
                     continue;
                 }
             }
-            if active != Some(w) {
+            if active != Some(Source::Writer(w)) {
                 if let Some(previous) = active {
-                    flush(&mut self.writers, &self.config.target, previous, &mut batches)?;
+                    self.flush(previous, &mut batches)?;
                 }
-                active = Some(w);
+                active = Some(Source::Writer(w));
                 pending.clear();
+                held = 0;
             }
             let writer = &mut self.writers[w];
             let own = writer.own.as_mut().expect("checked by writer_of");
@@ -228,9 +278,11 @@ impl BatchDecoder {
                 Ok(n) if n == body.len() => {
                     pending.push(body);
                     rows.push(index);
-                    if pending.len() >= self.config.chunk_rows {
-                        flush(&mut self.writers, &self.config.target, w, &mut batches)?;
+                    held += 1;
+                    if held >= self.config.chunk_rows {
+                        self.flush(Source::Writer(w), &mut batches)?;
                         pending.clear();
+                        held = 0;
                     }
                 }
                 outcome => {
@@ -241,7 +293,7 @@ impl BatchDecoder {
                         Ok(n) => format!("{n} of the body's {} bytes read", body.len()),
                         Err(e) => e.to_string(),
                     };
-                    failures.push(fail(format!("{} read as {reader_label}: {reason}", writer.label)));
+                    failures.push(fail(format!("{} read as {}: {reason}", writer.label, self.config.reader_label)));
                     let mut fresh = new_decoder(&own.schema_json, &self.config.reader_json)?;
                     for done in &pending {
                         match fresh.decode(done) {
@@ -250,13 +302,14 @@ impl BatchDecoder {
                         }
                     }
                     own.decoder = Ok(fresh);
-                    flush(&mut self.writers, &self.config.target, w, &mut batches)?;
+                    self.flush(Source::Writer(w), &mut batches)?;
                     pending.clear();
+                    held = 0;
                 }
             }
         }
         if let Some(previous) = active {
-            flush(&mut self.writers, &self.config.target, previous, &mut batches)?;
+            self.flush(previous, &mut batches)?;
         }
         let mut checked = Vec::with_capacity(batches.len());
         let mut first_row = 0;
@@ -269,6 +322,48 @@ impl BatchDecoder {
         Ok((checked, failures))
     }
 
+    /// Parse a JSON message and write it into `json_body` as the reader version's Avro body.
+    fn json_to_body(&mut self, message: Option<&[u8]>) -> Result<(), String> {
+        let label = &self.config.reader_label;
+        let Some(data) = message else {
+            return Err(format!("JSON as {label}: no value"));
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(data).map_err(|e| format!("JSON as {label}: not JSON: {e}"))?;
+        self.json_body.clear();
+        self.config.json.encode(&value, &mut self.json_body).map_err(|e| format!("JSON as {label}: {e}"))
+    }
+
+    /// Flush the rows `source`'s decoder holds as a batch of the target schema.
+    fn flush(&mut self, source: Source, batches: &mut Vec<RecordBatch>) -> Result<(), String> {
+        let (decoder, label) = match source {
+            Source::Json => (&mut self.json_decoder, "JSON"),
+            Source::Writer(w) => {
+                let writer = &mut self.writers[w];
+                let decoder = writer.own.as_mut().and_then(|o| o.decoder.as_mut().ok()).expect("an own, resolvable writer");
+                (decoder, writer.label.as_str())
+            }
+        };
+        let Some(batch) = decoder.flush().map_err(|e| format!("{label}: {e}"))? else {
+            return Ok(());
+        };
+        let target = &self.config.target;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(target.fields())
+            .map(|(column, field)| {
+                let column = if column.data_type() == field.data_type() {
+                    column.clone()
+                } else {
+                    cast(column, field.data_type()).map_err(|e| e.to_string())?
+                };
+                dedupe_map_keys(&column)
+            })
+            .collect::<Result<Vec<ArrayRef>, String>>()?;
+        batches.push(RecordBatch::try_new(target.clone(), columns).map_err(|e| e.to_string())?);
+        Ok(())
+    }
 
     /// Drop the rows whose UUID columns hold other text, each a failure of its message.
     fn check_uuids(&self, batch: RecordBatch, rows: &[usize], failures: &mut Vec<Failure>) -> Result<RecordBatch, String> {
@@ -304,30 +399,6 @@ impl BatchDecoder {
         }
         filter_record_batch(&batch, &BooleanArray::from(keep)).map_err(|e| e.to_string())
     }
-}
-
-/// Flush writer `w`'s rows as a batch of the target schema.
-fn flush(writers: &mut [Writer], target: &SchemaRef, w: usize, batches: &mut Vec<RecordBatch>) -> Result<(), String> {
-    let writer = &mut writers[w];
-    let decoder = writer.own.as_mut().and_then(|o| o.decoder.as_mut().ok()).expect("an own, resolvable writer");
-    let Some(batch) = decoder.flush().map_err(|e| format!("{}: {e}", writer.label))? else {
-        return Ok(());
-    };
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(target.fields())
-        .map(|(column, field)| {
-            let column = if column.data_type() == field.data_type() {
-                column.clone()
-            } else {
-                cast(column, field.data_type()).map_err(|e| e.to_string())?
-            };
-            dedupe_map_keys(&column)
-        })
-        .collect::<Result<Vec<ArrayRef>, String>>()?;
-    batches.push(RecordBatch::try_new(target.clone(), columns).map_err(|e| e.to_string())?);
-    Ok(())
 }
 
 /// arrow-avro's columns must become the target's by a cast: same names, castable types.

@@ -1,7 +1,7 @@
 //! `ezstream_native`: the native batch decoder of EzAigent Streams.
 //!
-//! One [`Decoder`] per event turns a batch of Avro single-object messages into one Arrow table
-//! and the failures of the messages that do not decode, with the GIL released while it
+//! One [`Decoder`] per event turns a batch of Avro single-object messages, and JSON objects among
+//! them, into one Arrow table and the failures of the messages that do not decode, with the GIL released while it
 //! works. connectors/kafka/native.py builds the decoders from the codec's schema registry and is
 //! the only caller; `SOURCE_HASH` lets it refuse an extension built from other sources.
 
@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict};
 mod check;
 mod convert;
 mod decode;
+mod json;
 mod schema;
 
 use decode::{BatchDecoder, Config, WriterSpec};
@@ -36,6 +37,10 @@ type FailureTuple = (usize, &'static str, String);
 /// :param uuid_fields: the columns whose text must be a UUID.
 /// :param schemas_dir: named in UnknownSchema failures.
 /// :param chunk_rows: rows per chunk of the output table.
+/// :param reader_json_schema: the reader version's schema with its logical types, which JSON
+///     messages are checked against (a UUID, a timestamp).
+/// :param other_fields: top-level fields of the event's other versions, which a JSON message
+///     may carry and which are ignored (a field no version has fails it).
 #[pyclass(frozen, module = "ezstream_native")]
 struct Decoder {
     event: String,
@@ -47,7 +52,7 @@ struct Decoder {
 impl Decoder {
     #[new]
     #[allow(clippy::too_many_arguments)] // the Python signature, documented above
-    #[pyo3(signature = (event, reader_label, reader_schema_json, writers, arrow_schema, uuid_fields, schemas_dir, chunk_rows = 8192))]
+    #[pyo3(signature = (event, reader_label, reader_schema_json, writers, arrow_schema, uuid_fields, schemas_dir, chunk_rows = 8192, reader_json_schema = None, other_fields = Vec::new()))]
     fn new(
         event: String,
         reader_label: String,
@@ -57,6 +62,8 @@ impl Decoder {
         uuid_fields: Vec<String>,
         schemas_dir: String,
         chunk_rows: usize,
+        reader_json_schema: Option<String>,
+        other_fields: Vec<String>,
     ) -> PyResult<Self> {
         if chunk_rows == 0 {
             return Err(PyValueError::new_err("chunk_rows must be at least 1"));
@@ -83,6 +90,8 @@ impl Decoder {
             }
             uuid_columns.push(index);
         }
+        let json = json::JsonSchema::parse(reader_json_schema.as_deref().unwrap_or(&reader_schema_json), other_fields)
+            .map_err(|e| PyValueError::new_err(format!("{event}: JSON: {e}")))?;
         let config = Config {
             event: event.clone(),
             reader_label,
@@ -92,6 +101,7 @@ impl Decoder {
             uuid_columns,
             schemas_dir,
             chunk_rows,
+            json,
         };
         let inner = BatchDecoder::new(config).map_err(|e| PyValueError::new_err(format!("{event}: {e}")))?;
         Ok(Decoder { event, target, inner: Mutex::new(inner) })
@@ -103,16 +113,20 @@ impl Decoder {
         &self.event
     }
 
-    /// Decode ``messages`` (each ``bytes`` or ``None``).
+    /// Decode ``messages`` (each ``bytes`` or ``None``): Avro single-object messages, and JSON
+    /// objects (a message whose first byte past JSON whitespace is ``{``, or whose index is in
+    /// ``json``: its headers said ``content-type: application/json``).
     ///
     /// :returns: the ``pyarrow.Table`` of the messages that decode, in message order (in
     ///     chunks of at most ``chunk_rows``), and ``[(index, error_class, message), ...]`` for
     ///     the others, by index.
     /// :raises TypeError: a message is neither bytes nor None.
+    #[pyo3(signature = (messages, json = Vec::new()))]
     fn decode<'py>(
         &self,
         py: Python<'py>,
         messages: &Bound<'py, PyAny>,
+        json: Vec<usize>,
     ) -> PyResult<(Bound<'py, PyAny>, Vec<FailureTuple>)> {
         let mut owned: Vec<Option<PyBackedBytes>> = Vec::with_capacity(messages.len().unwrap_or(0));
         for (index, item) in messages.try_iter()?.enumerate() {
@@ -128,12 +142,16 @@ impl Decoder {
             owned.push(Some(bytes));
         }
         let slices: Vec<Option<&[u8]>> = owned.iter().map(|m| m.as_deref()).collect();
+        let mut is_json = vec![false; if json.is_empty() { 0 } else { slices.len() }];
+        for index in json {
+            *is_json.get_mut(index).ok_or_else(|| PyValueError::new_err(format!("json: no message {index}")))? = true;
+        }
         let outcome = py.detach(|| {
             let mut inner = self
                 .inner
                 .lock()
                 .map_err(|_| format!("{}: the decoder broke in an earlier call", self.event))?;
-            inner.decode(&slices)
+            inner.decode(&slices, &is_json)
         });
         let (batches, failures) = outcome.map_err(PyRuntimeError::new_err)?;
         let failures = failures.into_iter().map(|f| (f.index, f.class, f.message)).collect();
