@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from connectors.kafka import client_config
-from connectors.kafka.topics import EVENT_TOPICS, dlq_topic, topic_name
+from connectors.kafka.topics import EVENT_TOPICS, FOREIGN_TOPICS, OTLP_SPANS, dlq_topic, topic_name
 from connectors.settings import Settings
 from connectors.sink import TABLES
 
@@ -28,6 +28,7 @@ def consumer_groups(settings: Settings) -> dict[str, list[str]]:
         **{f"{prefix}ezstream.alerts.positions" + (f".{i}" if i else ""): names(("agent.tasks", "agent.llm_calls", "agent.telemetry"))
            for i in range(settings.alerts_shards)},  # one group per shard of the alerts role
         f"{prefix}ezstream.inference": names(("inference.requests",)),
+        f"{prefix}ezstream.spans": names((OTLP_SPANS,)),
     }
 
 
@@ -75,7 +76,7 @@ def dlq_sizes(settings: Settings, timeout_s: float = 10.0) -> dict[str, int]:
     try:
         metadata = probe.list_topics(timeout=timeout_s)
         sizes = {}
-        for base in EVENT_TOPICS:
+        for base in (*EVENT_TOPICS, *FOREIGN_TOPICS):
             topic = dlq_topic(topic_name(settings, base))
             if topic not in metadata.topics:
                 continue
