@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from connectors.errors import ConfigError
 from connectors.kafka.events import Event, LlmCall, TaskEvent, Telemetry
 from connectors.kafka.producer import DeliveryError, EventProducer
-from connectors.pricing import PriceTable
+from connectors.pricing import PriceTable, load_prices
 
 if TYPE_CHECKING:
     from connectors.settings import Settings
@@ -819,7 +819,7 @@ def run_simulation(
     # Cut to milliseconds, as event times are, so the report shows the first event's time.
     start_time = start_time or datetime.now(timezone.utc)
     start_time = start_time.replace(microsecond=start_time.microsecond // 1000 * 1000)
-    prices = PriceTable.load()
+    prices = load_prices(settings)  # EZ_PRICES_FILE overrides win
     total = round(rate * duration_s) if rate else None
     events = generate(seed, start_time=start_time, count=total, rate=rate or DEFAULT_RATE, fleet=fleet,
                       prices=prices)
