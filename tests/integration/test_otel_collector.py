@@ -3,13 +3,19 @@ and its spans arrive on ``otlp_spans`` as OTLP protobuf, each trace on one parti
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
 
 from connectors.kafka import client_config
 from connectors.kafka.topics import OTLP_SPANS, topic_name
+from connectors.settings import load_settings
+from infra.local.kafka import KafkaBroker
+from infra.local.net import free_port
+from infra.local.otelcol import OtelCollector
 from tests.conftest import wait_for
+from tests.integration.conftest import otel_ports
 
 GEN_AI = {"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet", "gen_ai.usage.input_tokens": 812,
           "gen_ai.usage.output_tokens": 96, "gen_ai.operation.name": "chat"}
@@ -119,3 +125,41 @@ def test_spans_from_an_instrumented_app_land_on_otlp_spans_one_partition_per_tra
         # of them are on one partition.
         assert {key for _, _, key in messages} == {trace_id.encode()}
         assert len({partition for partition, _, _ in messages}) == 1, f"trace {trace_id}: {messages}"
+
+
+def test_collector_writes_to_a_sasl_ssl_broker_with_the_password_only_in_its_environment(tmp_path, unique):
+    """A broker of its own with TLS and SCRAM-SHA-512, as `ezstream up` starts it for such settings."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    password = "kafka-" + secrets.token_urlsafe(18)
+    settings = load_settings(
+        home=tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="ezstream-app", kafka_sasl_password=password,
+        kafka_ssl_ca_location=tmp_path / "client" / "ca.pem", topic_partitions=2, **otel_ports())
+    broker, collector = KafkaBroker(settings), OtelCollector(settings)
+    try:
+        assert broker.up() == "started"
+        assert collector.up() == "started"
+        provider = TracerProvider(resource=Resource.create({"service.name": unique}))
+        exporter = OTLPSpanExporter(endpoint=f"{collector.http_endpoint}/v1/traces")
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("ezstream.tests").start_as_current_span("agent.task") as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        provider.shutdown()
+        reader = SpanReader(settings, topic_name(settings, OTLP_SPANS), unique, group=f"{unique}-reader")
+        try:
+            wait_for(lambda: reader.count() >= 1, 60, "the span on the SASL_SSL broker", interval_s=0)
+        finally:
+            reader.consumer.close()
+        assert reader.spans == {trace_id: [("agent.task", {})]}
+        # The password reaches the collector through its environment only.
+        pid = collector.proc.pid()
+        assert password not in collector.config_file.read_text()
+        assert password not in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        assert password not in collector.proc.log_file.read_text()
+    finally:
+        collector.down()
+        broker.down()

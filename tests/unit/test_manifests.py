@@ -2,8 +2,8 @@
 
 No Kubernetes cluster is needed: the files are parsed and checked against the topic catalogue,
 the worker roles, the inference worker, the OpenTelemetry Collector's pipeline and the settings;
-core kinds are checked against the Kubernetes JSON schemas when ``kubernetes-validate`` is installed, and the kustomization is built
-when ``kubectl`` is.
+core kinds are checked against the Kubernetes JSON schemas when ``kubernetes-validate`` is
+installed, and the kustomization is built when ``kubectl`` is.
 """
 
 from __future__ import annotations
