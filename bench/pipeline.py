@@ -13,14 +13,18 @@ a lake and ClickHouse folder of its own under ``$EZ_HOME/bench``. Prints, assert
 5. catch-up: the workers stopped, N more events produced, the workers started again: from their
    being ready to the last event durable, what they do with a backlog (as the raw consume rate
    is measured), with the workers' and the broker's CPU seconds meanwhile;
-6. with ``--peers``, ``bench/peers.py`` on the same events: ClickHouse's own Kafka table engine.
+6. with ``--json``, the catch-up again on N more events sent as JSON objects (what any Kafka
+   client may produce, connectors/kafka/jsonrecord.py) instead of Avro, printed beside the Avro
+   catch-up of the same run;
+7. with ``--peers``, ``bench/peers.py`` on the same events: ClickHouse's own Kafka table engine.
 
-    .venv/bin/python bench/pipeline.py --events 300000 [--split] [--peers]
+    .venv/bin/python bench/pipeline.py --events 300000 [--split] [--json] [--peers]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -43,11 +47,19 @@ from streams.simulate import generate
 REPO = Path(__file__).resolve().parents[1]
 
 
-def encoded_events(n: int, seed: int, start: datetime) -> list[tuple[str, str, bytes]]:
+def encoded_events(n: int, seed: int, start: datetime, as_json: bool = False) -> list[tuple[str, str, bytes]]:
+    """(topic, key, message) of ``n`` simulated events: Avro single-object, or JSON objects with
+    epoch-millisecond times."""
     codec = default_codec()
     out = []
     for event in generate(seed, start_time=start, count=n, rate=5000):
-        out.append((event.TOPIC, event.agent_id, codec.encode(event.EVENT, event.to_record())))
+        record = event.to_record()
+        if as_json:
+            record["event_time"] = round(record["event_time"].timestamp() * 1000)
+            value = json.dumps(record, default=str).encode()
+        else:
+            value = codec.encode(event.EVENT, record)
+        out.append((event.TOPIC, event.agent_id, value))
     return out
 
 
@@ -134,6 +146,9 @@ def main() -> None:
                              "bounds the freshness figure from below")
     parser.add_argument("--split", action="store_true",
                         help="one worker process per sink role (--only lake, --only clickhouse) instead of one for both")
+    parser.add_argument("--json", action="store_true",
+                        help="then catch up on as many events again, sent as JSON objects, and print that rate beside "
+                             "the Avro catch-up's")
     parser.add_argument("--peers", action="store_true",
                         help="then run bench/peers.py on the same events (ClickHouse's own Kafka table engine), in "
                              "a process of its own, and print its figures with these")
@@ -223,21 +238,32 @@ def main() -> None:
         rss = sum(peak_rss_mb(worker.pid) for _, worker in workers)
         stop_workers(workers)
 
-        print(f"catch-up phase: {args.events:,} more events produced, then the workers started…", flush=True)
-        produce(settings, encoded_events(args.events, seed=13, start=datetime(2026, 11, 27, tzinfo=timezone.utc)))
-        workers = start_workers("catch-up")
-        broker_cpu = cpu_seconds(kafka_pid(base))
-        worker_cpu = sum(cpu_seconds(worker.pid) for _, worker in workers)
-        started = time.perf_counter()
-        caught_up: dict[str, float] = {}
-        while len(caught_up) < len(groups):
-            for role, group in zip(("lake", "clickhouse"), groups):
-                if role not in caught_up and not lag(settings, group):
-                    caught_up[role] = time.perf_counter() - started
-            time.sleep(0.05)
-        catch_up = max(caught_up.values())
-        worker_cpu = sum(cpu_seconds(worker.pid) for _, worker in workers) - worker_cpu
-        broker_cpu = cpu_seconds(kafka_pid(base)) - broker_cpu
+        def catch_up_phase(phase: str, day: int, as_json: bool) -> tuple[float, dict[str, float], float, float]:
+            """Produce N events with the workers stopped, start them: seconds to durable, per role,
+            and the workers' and the broker's CPU seconds meanwhile."""
+            nonlocal workers
+            print(f"{phase} phase: {args.events:,} more events produced{' as JSON' if as_json else ''}, "
+                  "then the workers started…", flush=True)
+            produce(settings, encoded_events(args.events, seed=12 + day, as_json=as_json,
+                                             start=datetime(2026, 11, day, tzinfo=timezone.utc)))
+            workers = start_workers(phase)
+            broker_cpu = cpu_seconds(kafka_pid(base))
+            worker_cpu = sum(cpu_seconds(worker.pid) for _, worker in workers)
+            started = time.perf_counter()
+            caught_up: dict[str, float] = {}
+            while len(caught_up) < len(groups):
+                for role, group in zip(("lake", "clickhouse"), groups):
+                    if role not in caught_up and not lag(settings, group):
+                        caught_up[role] = time.perf_counter() - started
+                time.sleep(0.05)
+            return (max(caught_up.values()), caught_up,
+                    sum(cpu_seconds(worker.pid) for _, worker in workers) - worker_cpu,
+                    cpu_seconds(kafka_pid(base)) - broker_cpu)
+
+        catch_up, caught_up, worker_cpu, broker_cpu = catch_up_phase("catch-up", 27, as_json=False)
+        if args.json:
+            stop_workers(workers)
+            json_catch_up, json_caught_up, json_worker_cpu, _ = catch_up_phase("json", 28, as_json=True)
     finally:
         stop_workers(workers)
 
@@ -256,6 +282,12 @@ def main() -> None:
           f"workers' start; lake {caught_up['lake']:.1f} s, ClickHouse {caught_up['clickhouse']:.1f} s; CPU s: "
           f"workers {worker_cpu:.1f}, broker {broker_cpu:.1f})")
     print(f"catch-up / raw consume:                 {n / catch_up / raw:>10.2f}")
+    if args.json:
+        print(f"catch-up of {n:,} as JSON:             {n / json_catch_up:>10,.0f} events/s  ({json_catch_up:.1f} s; "
+              f"lake {json_caught_up['lake']:.1f} s, ClickHouse {json_caught_up['clickhouse']:.1f} s; CPU s: workers "
+              f"{json_worker_cpu:.1f})")
+        print(f"  beside the Avro catch-up, same run:   {n / catch_up:>10,.0f} events/s; JSON / Avro: "
+              f"{catch_up / json_catch_up:.2f}")
     if args.peers:
         print("\npeer, same events, after the workers stopped:", flush=True)
         peers = subprocess.run([sys.executable, str(REPO / "bench" / "peers.py"), "--events", str(n)], cwd=REPO,
