@@ -314,8 +314,10 @@ def test_the_workers_name_the_cluster_of_the_clickhouse_installation():
     (cluster,) = chi["spec"]["configuration"]["clusters"]
     (config,) = [d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == "ezstream-config"]
     assert config["data"]["EZ_CLICKHOUSE_CLUSTER"] == cluster["name"]
-    # Every Deployment of the project's image; the OpenTelemetry Collector (otelcol.yaml) reads no settings.
-    workers = [d for d in docs if d.get("kind") == "Deployment" and d["metadata"]["name"] != "ezstream-otelcol"]
+    # Every Deployment of the project's image; the OpenTelemetry Collector (otelcol.yaml) and Grafana
+    # (grafana.yaml) read no settings.
+    workers = [d for d in docs if d.get("kind") == "Deployment"
+               and d["metadata"]["name"] not in ("ezstream-otelcol", "ezstream-grafana")]
     assert workers
     for deployment in workers:
         (container,) = deployment["spec"]["template"]["spec"]["containers"]

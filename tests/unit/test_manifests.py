@@ -44,6 +44,10 @@ INFERENCE_EXTRAS = "stream,inference"
 SETTINGS_CONFIGMAP = "ezstream-config"
 OTELCOL = "ezstream-otelcol"
 OTELCOL_IMAGE = "otel/opentelemetry-collector-contrib"
+GRAFANA = "ezstream-grafana"
+#: infra/grafana: the dashboards and provisioning, and the kustomization that makes ConfigMaps of them.
+GRAFANA_DIR = ROOT / "infra" / "grafana"
+GRAFANA_KUSTOMIZATION = "../grafana"
 #: Kubernetes object names (DNS-1123 subdomain).
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -113,7 +117,9 @@ def test_every_document_names_its_api_kind_and_name():
 def test_kustomization_applies_every_manifest_but_the_placeholder_secrets():
     kustomization = _load(K8S / KUSTOMIZATION)[0]
     assert kustomization["kind"] == "Kustomization"
-    expected = {p.name for p in _manifest_files()} - {PLACEHOLDER_SECRETS}
+    # and infra/grafana's kustomization (its ConfigMaps: kustomize reads a generator's files only
+    # from within the generator's folder).
+    expected = {p.name for p in _manifest_files()} - {PLACEHOLDER_SECRETS} | {GRAFANA_KUSTOMIZATION}
     assert set(kustomization["resources"]) == expected
     assert not [doc for doc in _load(K8S / KUSTOMIZATION) if doc.get("secretGenerator")]
 
@@ -175,12 +181,12 @@ def _worker_deployments() -> list[dict]:
     """Every Deployment but the inference one and the collector; each must run ``ezstream worker``
     (``_worker_role``)."""
     return [d for d in _of_kind("Deployment")
-            if d["metadata"]["name"] != OTELCOL and _command(d)[:2] != ["ezstream", "inference-worker"]]
+            if d["metadata"]["name"] not in (OTELCOL, GRAFANA) and _command(d)[:2] != ["ezstream", "inference-worker"]]
 
 
 def _inference_deployment() -> dict:
     (deployment,) = [d for d in _of_kind("Deployment")
-                     if d["metadata"]["name"] != OTELCOL and _command(d)[:2] == ["ezstream", "inference-worker"]]
+                     if d["metadata"]["name"] not in (OTELCOL, GRAFANA) and _command(d)[:2] == ["ezstream", "inference-worker"]]
     assert deployment["metadata"]["name"] == INFERENCE_DEPLOYMENT
     return deployment
 
@@ -366,7 +372,13 @@ def test_kustomization_builds():
     assert built.returncode == 0, built.stderr
     docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
     applied = [doc for path, doc in _documents() if path.name != PLACEHOLDER_SECRETS]
-    assert len(docs) == len(applied)
+    generated = _load(GRAFANA_DIR / KUSTOMIZATION)[0]["configMapGenerator"]
+    assert len(docs) == len(applied) + len(generated)
+    # The Grafana Deployment mounts the generated ConfigMaps under their hashed names.
+    names = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "ConfigMap"}
+    (grafana,) = [doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == GRAFANA]
+    mounted = {v["configMap"]["name"] for v in grafana["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
+    assert mounted <= names and {g["name"] for g in generated} == {m.rsplit("-", 1)[0] for m in mounted}
     assert {doc["metadata"].get("namespace") for doc in docs if doc["kind"] != "Namespace"} == {"ezstream"}
 
 
@@ -497,3 +509,84 @@ def test_compose_collector_runs_the_local_pipeline_after_its_topics():
     assert set(made) == expected
     for topic in expected:
         assert made[topic] == (specs[topic].partitions, specs[topic].config), topic
+
+
+def _grafana_datasource_variables() -> set[str]:
+    """The environment variables Grafana's data-source provisioning reads (``${NAME}``)."""
+    text = (GRAFANA_DIR / "provisioning" / "datasources" / "ezstream.yaml").read_text()
+    return set(re.findall(r"\$\{(\w+)\}", re.sub(r"(?m)^\s*#.*$", "", text)))
+
+
+def _grafana_provider_path() -> str:
+    (provider,) = _load(GRAFANA_DIR / "provisioning" / "dashboards" / "ezstream.yaml")[0]["providers"]
+    return provider["options"]["path"]
+
+
+def _pinned_grafana(image: str, plugins: str) -> None:
+    assert re.fullmatch(r"grafana/grafana:12\.\d+\.\d+", image), image
+    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugins), plugins
+
+
+def test_compose_runs_grafana_and_prometheus_in_their_profile():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    grafana, prometheus = services["grafana"], services["prometheus"]
+    # Opt-in: `up -d` starts what it did; `--profile grafana up -d` adds both.
+    assert grafana["profiles"] == prometheus["profiles"] == ["grafana"]
+    env = grafana["environment"]
+    _pinned_grafana(grafana["image"], env["GF_INSTALL_PLUGINS"])
+    assert _grafana_datasource_variables() <= set(env)
+    assert env["CLICKHOUSE_DATABASE"] == Settings.model_fields["clickhouse_database"].default
+    dsn = services["worker-clickhouse"]["environment"]["EZ_CLICKHOUSE_DSN"]
+    assert f"://{env['CLICKHOUSE_USER']}:{env['CLICKHOUSE_PASSWORD']}@{env['CLICKHOUSE_HOST']}:" \
+           f"{env['CLICKHOUSE_PORT']}/" in dsn
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in grafana["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    assert mounts[_grafana_provider_path()] == "./grafana/dashboards"
+    assert (COMPOSE.parent / "grafana" / "dashboards").is_dir()
+    # Prometheus scrapes every worker service on the port the workers serve their metrics on.
+    assert env["PROMETHEUS_URL"] == "http://prometheus:9090"
+    (config,) = prometheus["configs"]
+    scrape = yaml.safe_load(compose["configs"][config["source"]]["content"])
+    (job,) = scrape["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    workers = {name for name, s in services.items() if s.get("image") in (IMAGE, INFERENCE_IMAGE) and "command" in s
+               and name != "topics"}
+    assert set(discovery["names"]) == workers
+    port = {int(services[name]["environment"]["EZ_METRICS_PORT"]) for name in workers}
+    assert port == {discovery["port"]}
+    assert {services[name]["environment"]["EZ_METRICS_HOST"] for name in workers} == {"0.0.0.0"}
+
+
+def test_k8s_grafana_mounts_the_generated_configmaps():
+    config = _settings_configmap()
+    (deployment,) = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == GRAFANA]
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    compose_grafana = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]
+    # The same Grafana and plugin as docker-compose.
+    assert container["image"] == compose_grafana["image"]
+    assert env["GF_INSTALL_PLUGINS"]["value"] == compose_grafana["environment"]["GF_INSTALL_PLUGINS"]
+    assert _grafana_datasource_variables() <= set(env)
+    assert env["CLICKHOUSE_DATABASE"]["value"] == config["data"]["EZ_CLICKHOUSE_DATABASE"]
+    assert env["CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ezstream-clickhouse", "key": "password"}
+    assert env["GF_SECURITY_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == GRAFANA
+    # The ConfigMaps infra/grafana/kustomization.yaml generates, mounted where the provisioning looks.
+    generated = {g["name"]: g["files"] for g in _load(GRAFANA_DIR / KUSTOMIZATION)[0]["configMapGenerator"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    by_map = {v["configMap"]["name"]: name for name, v in volumes.items() if "configMap" in v}
+    assert set(by_map) == set(generated)
+    assert mounts[by_map["ezstream-grafana-dashboards"]] == _grafana_provider_path()
+    assert mounts[by_map["ezstream-grafana-provisioning"]] == "/etc/grafana/provisioning"
+    items = {i["key"]: i["path"] for i in volumes[by_map["ezstream-grafana-provisioning"]]["configMap"]["items"]}
+    keys = dict(entry.split("=", 1) for entry in generated["ezstream-grafana-provisioning"])
+    assert {key: f"provisioning/{path}" for key, path in items.items()} == keys
+    for files in generated.values():
+        for entry in files:
+            assert (GRAFANA_DIR / entry.split("=")[-1]).is_file(), entry
+    (service,) = [s for s in _of_kind("Service") if s["metadata"]["name"] == GRAFANA]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/api/health"
