@@ -70,6 +70,8 @@ def says_json(headers: Iterable[tuple[str, bytes | None]] | None) -> bool:
 
 def json_indexes(headers: Sequence[Any]) -> list[int]:
     """The positions of the messages whose ``headers`` (each a list of pairs, or None) say JSON."""
+    if not any(headers):  # most batches: no message has headers (a C loop, no Python per message)
+        return []
     return [i for i, h in enumerate(headers) if h and says_json(h)]
 
 
@@ -290,36 +292,7 @@ def _show(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return _ryu(value)
+        return repr(value)
     if isinstance(value, str):
         return _quote(value[:_QUOTED_CHARS]) + ("…" if len(value) > _QUOTED_CHARS else "")
     return "an array" if isinstance(value, list) else "an object"
-
-
-def _ryu(value: float) -> str:
-    """``value`` as Rust's ryu writes it (serde_json's number text): shortest digits, as Python's
-    repr, but laid out by ryu's rules (``1e20``, ``0.00001``, ``1.5e-7``)."""
-    text = repr(abs(value))
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    if value == 0:
-        return sign + "0.0"
-    mantissa, _, exponent = text.partition("e")
-    whole, _, fraction = mantissa.partition(".")
-    digits = whole + fraction
-    point = len(whole) + int(exponent or 0)
-    stripped = digits.lstrip("0")
-    point -= len(digits) - len(stripped)
-    digits = stripped.rstrip("0")
-    length, kk = len(digits), point
-    k = kk - length
-    if 0 <= k and kk <= 16:
-        body = digits + "0" * k + ".0"
-    elif 0 < kk <= 16:
-        body = digits[:kk] + "." + digits[kk:]
-    elif -5 < kk <= 0:
-        body = "0." + "0" * -kk + digits
-    elif length == 1:
-        body = f"{digits}e{kk - 1}"
-    else:
-        body = f"{digits[0]}.{digits[1:]}e{kk - 1}"
-    return sign + body

@@ -108,9 +108,10 @@ impl JsonSchema {
             }
         }
         if object.len() > fields.len() || fields.iter().any(|f| !object.contains_key(&f.name)) {
+            let top = matches!(path, Path::Root);
             for key in object.keys() {
-                let top = matches!(path, Path::Root);
-                if !fields.iter().any(|f| &f.name == key) && !(top && self.ignored.contains(key)) {
+                let known = fields.iter().any(|f| &f.name == key) || (top && self.ignored.contains(key));
+                if !known {
                     return Err(format!("{}: unknown field", Path::Field(path, key)));
                 }
             }
@@ -263,10 +264,42 @@ fn show(value: &Value) -> String {
                 None => serde_json::to_string(s).expect("a string serializes"),
             }
         }
+        Value::Number(n) if n.is_f64() => python_float(n.as_f64().expect("a float")),
         Value::Array(_) => "an array".into(),
         Value::Object(_) => "an object".into(),
         other => other.to_string(),
     }
+}
+
+/// A (finite) float as Python's `repr` writes it, so both decoders quote a value alike: the
+/// shortest digits that read back the same, in positional notation from 1e-4 up to 1e16 and
+/// with a signed two-digit exponent otherwise (`12.5`, `1000.0`, `1e+16`, `1.5e-07`).
+fn python_float(value: f64) -> String {
+    let sign = if value.is_sign_negative() { "-" } else { "" };
+    if value == 0.0 {
+        return format!("{sign}0.0");
+    }
+    // Rust's `{:e}` writes the shortest round-trip digits: `1.25e1`, `1e16`.
+    let scientific = format!("{:e}", value.abs());
+    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} has an exponent");
+    let digits = mantissa.replace('.', "");
+    let exponent: i32 = exponent.parse().expect("an integer exponent");
+    let point = exponent + 1; // digits before the decimal point
+    let n = digits.len() as i32;
+    let body = if -4 < point && point <= 16 {
+        if point <= 0 {
+            format!("0.{}{digits}", "0".repeat(-point as usize))
+        } else if point >= n {
+            format!("{digits}{}.0", "0".repeat((point - n) as usize))
+        } else {
+            format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+        }
+    } else {
+        let rest = if n > 1 { format!(".{}", &digits[1..]) } else { String::new() };
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        format!("{}{rest}e{exp_sign}{:02}", &digits[..1], exponent.abs())
+    };
+    format!("{sign}{body}")
 }
 
 #[inline]
