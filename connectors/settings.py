@@ -174,6 +174,16 @@ class Settings(BaseSettings):
         description="TOML file of daily budgets per tenant and agent (see README); the daily cost report "
         "shows spend against them.",
     )
+    recommend_quality_tolerance: float = Field(
+        default=0.02, ge=0, le=1,
+        description="Model recommendations: how far (absolute, on the 0-1 quality score) a cheaper model's mean "
+        "quality may lie below the current model's and still be recommended (docs/task-analytics.md).",
+    )
+    recommend_min_successful_tasks: int = Field(
+        default=20, ge=1,
+        description="Model recommendations: completed tasks a model needs in a day, per tenant, agent type and "
+        "queue, for its cost per success and quality to count (the current model's included).",
+    )
 
     # Prices (connectors/pricing)
     prices_file: Path | None = Field(

@@ -341,6 +341,34 @@ def lake_sql(statement: str, fmt: str) -> None:
     click.echo(format_result(columns, rows, fmt))
 
 
+@cli.command()
+@click.option("--day", type=click.DateTime(formats=["%Y-%m-%d"]), help="UTC day (YYYY-MM-DD); default: yesterday.")
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def recommend(day, fmt: str) -> None:
+    """Per tenant, agent type and queue, the cheapest model within EZ_RECOMMEND_QUALITY_TOLERANCE of
+    the current one's quality, with the projected monthly saving; written to the lake and ClickHouse
+    (the day replaced), as the model_recommendations DAG does."""
+    from datetime import datetime, timedelta, timezone
+
+    from connectors.batch.recommend import model_recommendations
+    from connectors.clickhouse.query import format_result
+
+    when = day.date() if day is not None else datetime.now(timezone.utc).date() - timedelta(days=1)
+    done = model_recommendations(_settings(), when)
+    columns = ["tenant_id", "agent_type", "queue", "current_provider", "current_model", "recommended_provider",
+               "recommended_model", "current_quality", "recommended_quality", "current_cost_per_success_usd",
+               "recommended_cost_per_success_usd", "successful_tasks", "monthly_saving_usd"]
+    rows = [[r[c] for c in columns] for r in done.rows.to_pylist()]
+    if fmt == "table":  # readable figures; csv and json keep them whole
+        digits = {"current_quality": 3, "recommended_quality": 3, "current_cost_per_success_usd": 6,
+                  "recommended_cost_per_success_usd": 6, "monthly_saving_usd": 2}
+        rows = [[round(v, digits[c]) if c in digits else v for c, v in zip(columns, row)] for row in rows]
+    click.echo(format_result(columns, rows, fmt))
+    if fmt == "table":
+        click.echo(f"{done.day}: {done.rows.num_rows} recommendation(s) over {done.groups} tenant/agent type/queue "
+                   f"group(s); projected monthly saving ${done.monthly_saving_usd:,.2f}")
+
+
 @cli.group()
 def dlq() -> None:
     """Inspect and replay dead letters."""

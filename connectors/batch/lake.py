@@ -24,6 +24,8 @@ REPORTS = "reports"
 #: The report tables (Delta) under :data:`REPORTS`.
 COST_TABLE = f"{REPORTS}/daily_cost"
 BUDGET_TABLE = f"{REPORTS}/daily_budget_use"
+RECOMMENDATIONS_TABLE = f"{REPORTS}/model_recommendations"
+REPORT_TABLES = (COST_TABLE, BUDGET_TABLE, RECOMMENDATIONS_TABLE)
 
 
 def utc(at: datetime) -> datetime:

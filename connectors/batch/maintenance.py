@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from connectors.batch.lake import (
-    BUDGET_TABLE,
-    COST_TABLE,
     EVENT_DATE,
+    REPORT_TABLES,
     event_dates,
     event_table_names,
     open_table,
@@ -90,7 +89,7 @@ def vacuum(settings: Settings, retention_hours: int = VACUUM_RETENTION_HOURS,
     """Delete the files of each table (the event tables and, unless ``tables`` names some, the
     report tables) replaced more than ``retention_hours`` ago; count per table."""
     deleted = {}
-    for table in event_table_names(tables) + ([] if tables else [COST_TABLE, BUDGET_TABLE]):
+    for table in event_table_names(tables) + ([] if tables else list(REPORT_TABLES)):
         delta = open_table(settings, table)
         if delta is None:
             continue

@@ -81,6 +81,7 @@ LOCAL_SUFFIX = "_local"
 SHARDING_KEYS = {
     "ingest_batches": "cityHash64(topic, partition)",
     "task_state_agg": "cityHash64(tenant_id, task_id)",
+    "model_recommendations": "cityHash64(tenant_id)",
 }
 DEFAULT_SHARDING_KEY = "cityHash64(agent_id)"
 

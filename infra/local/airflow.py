@@ -127,6 +127,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "EZ_CLICKHOUSE_DATABASE": settings.clickhouse_database,
         "EZ_CLICKHOUSE_TTL_DAYS": str(settings.clickhouse_ttl_days),
         "EZ_LAKE_RETENTION_DAYS": str(settings.lake_retention_days),
+        "EZ_RECOMMEND_QUALITY_TOLERANCE": str(settings.recommend_quality_tolerance),
+        "EZ_RECOMMEND_MIN_SUCCESSFUL_TASKS": str(settings.recommend_min_successful_tasks),
         "EZ_S3_REGION": settings.s3_region,
         "EZ_TOPIC_PREFIX": settings.topic_prefix,
     }

@@ -17,7 +17,8 @@ from infra.local import airflow
 from tests.integration.pipeline import REPO
 
 #: The project's DAGs; every one is shown in the UI and run by a test.
-DAG_IDS = ("lake_maintenance", "reconcile_lake_clickhouse", "daily_cost_report", "retention", "backfill")
+DAG_IDS = ("lake_maintenance", "reconcile_lake_clickhouse", "daily_cost_report", "model_recommendations",
+           "retention", "backfill")
 
 
 def require_venv(settings: Settings) -> Path:

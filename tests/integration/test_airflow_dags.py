@@ -169,7 +169,41 @@ def test_daily_cost_report_has_the_right_totals(cli, stack, s3_settings, tmp_pat
     bucket, _, prefix = settings.lake_uri.removeprefix("s3://").partition("/")
     key = f"{prefix}/reports/html/daily-cost-{DAY}.html"
     page = stack.minio.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    assert f"${total:.6f}" in page and "plotly" in page.lower()
+    assert f"${total:.6f}" in page and "<svg" in page and "<script" not in page
+
+
+def test_model_recommendations_replace_their_day(cli, dag_settings):
+    settings = dag_settings
+    seed(settings, START - timedelta(days=1), 800, seed_=21, splits=1)
+    seed(settings, START, 3000, seed_=22, splits=2, first_offset=100_000)
+    loose = {"EZ_RECOMMEND_MIN_SUCCESSFUL_TASKS": "2", "EZ_RECOMMEND_QUALITY_TOLERANCE": "0.05"}
+    db = settings.clickhouse_database
+    columns = ("tenant_id, agent_type, queue, current_model, recommended_model, successful_tasks, "
+               "current_cost_per_success_usd, recommended_cost_per_success_usd, monthly_saving_usd")
+
+    def stored() -> tuple[list, list]:
+        rows = lake_table(settings, "reports/model_recommendations").to_pylist()
+        lake = sorted([r[c.strip()] for c in columns.split(",")] for r in rows if r["day"] == DAY)
+        return lake, chdb(settings, "sql", f"SELECT {columns} FROM {db}.model_recommendations "
+                                           f"WHERE day = '{DAY}' ORDER BY ALL")
+
+    # The daily interval that ends on the 21st at 00:15 is the 20th's.
+    run_after = datetime(2026, 11, 21, 0, 15, tzinfo=timezone.utc)
+    cli.dags_test("model_recommendations", run_after, settings, extra_env=loose)
+    first = stored()
+    cli.dags_test("model_recommendations", run_after, settings, extra_env=loose)
+    lake, clickhouse = stored()
+    assert lake and len(lake) == len(clickhouse) == len(first[0]) == len(first[1])
+    for row, in_lake in zip(clickhouse, lake):
+        assert row[:6] == in_lake[:6]
+        *_, successes, current, recommended, saving = in_lake
+        assert recommended < current and saving == pytest.approx(successes * 30 * (current - recommended))
+        assert float(row[8]) == pytest.approx(saving)
+
+    # Stricter settings, rerun: nothing qualifies and the day is empty in both stores.
+    cli.dags_test("model_recommendations", run_after, settings,
+                  extra_env={**loose, "EZ_RECOMMEND_MIN_SUCCESSFUL_TASKS": "100000"})
+    assert stored() == ([], [])
 
 
 def test_retention_removes_old_data_only(cli, dag_settings):

@@ -110,7 +110,8 @@ def test_each_storage_table_is_a_replicated_local_table_under_a_distributed_one(
         assert "non_replicated_deduplication_window" not in local
         key = "cityHash64(agent_id)" if re.search(r"^\s*agent_id\s", local, re.M) else None
         key = {"ingest_batches": "cityHash64(topic, partition)",
-               "task_state_agg": "cityHash64(tenant_id, task_id)"}.get(table, key)
+               "task_state_agg": "cityHash64(tenant_id, task_id)",
+               "model_recommendations": "cityHash64(tenant_id)"}.get(table, key)
         assert created[f"{DB}.{table}"] == (
             f"CREATE TABLE IF NOT EXISTS {DB}.{table}{ON_CLUSTER} AS {DB}.{table}_local "
             f"ENGINE = Distributed('{CLUSTER}', '{DB}', '{table}_local', {key})"

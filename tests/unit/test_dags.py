@@ -22,6 +22,7 @@ DAGS = {
     "lake_maintenance": "expression='0 * * * *', timezone='UTC'",
     "reconcile_lake_clickhouse": "expression='0 * * * *', timezone='UTC'",
     "daily_cost_report": "expression='30 0 * * *', timezone='UTC'",
+    "model_recommendations": "expression='15 0 * * *', timezone='UTC'",
     "retention": "expression='0 2 * * *', timezone='UTC'",
     "backfill": "NullTimetable",
 }
