@@ -44,7 +44,8 @@ down:
 status: install
 	$(EZ) status
 
-## demo: set up, start the stack and a worker, send a minute of agent traffic, compare lake and ClickHouse
+## demo: set up, start the stack and a worker, send a minute of agent traffic, compare lake and ClickHouse;
+## prints the live dashboard's URL (http://127.0.0.1:8501, EZ_DASHBOARD_PORT), which runs until `make down`
 demo: install
 	$(EZ) demo
 

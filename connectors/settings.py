@@ -283,6 +283,15 @@ class Settings(BaseSettings):
         description="Worker log lines: `text`, or `json` (one object per line with time, level, logger, "
         "message and context such as trace_id, topic, partition, offset). Secrets are scrubbed in both.",
     )
+    # The dashboard (`ezstream dashboard`, streams/dashboard/): Streamlit on 127.0.0.1.
+    dashboard_port: int = Field(
+        default=8501, ge=1, le=65535,
+        description="Port of the dashboard (`ezstream dashboard`, `make demo`); it listens on 127.0.0.1 only.",
+    )
+    dashboard_refresh_seconds: float = Field(
+        default=5.0, ge=0.5, le=3600,
+        description="Seconds between the dashboard's refreshes of its panels.",
+    )
 
     # Sinks: one batching loop per sink; a batch is written when any limit is reached.
     lake_flush_rows: int = Field(default=500_000, ge=1, description="Lake sink: rows per batch (per table).")

@@ -58,6 +58,18 @@ def status(as_json: bool) -> None:
 
 
 @cli.command()
+def dashboard() -> None:
+    """Start the live dashboard (Streamlit) on 127.0.0.1:EZ_DASHBOARD_PORT in the background: spend,
+    budgets and forecasts, alerts, LLM latency and errors, tasks, consumer lag and DLQs, model
+    recommendations. Idempotent; `ezstream down` stops it."""
+    from infra.local.dashboard import Dashboard
+
+    board = Dashboard(_settings())
+    outcome = board.up()
+    click.echo(f"dashboard   {board.url}  {outcome}; log: {board.proc.log_file}; stop: ezstream down")
+
+
+@cli.command()
 def fetch() -> None:
     """Download/build the local services into the cache (Kafka jars, MinIO, the OpenTelemetry Collector)
     without starting them."""

@@ -77,6 +77,7 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
         echo(f"{name} (from an earlier run) stopped")
     for role in ROLES:
         echo(f"worker ({role}) {start_detached(settings, [role])}; log: {settings.logs_dir}/worker-{role}.log")
+    dashboard = _start_dashboard(settings, echo)
 
     echo(f"\n== Simulated agent traffic: {rate:,.0f} events/s for {duration_s:.0f} s (seed {seed})")
     report = run_simulation(settings, rate=rate, duration_s=duration_s, seed=seed)
@@ -102,8 +103,27 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
     echo(f"  .venv/bin/ezstream sql \"SELECT provider, sum(cost_usd) FROM {db}.llm_calls GROUP BY provider\"")
     echo("  .venv/bin/ezstream lake-sql \"SELECT agent_type, count(*) FROM llm_calls GROUP BY 1\"")
     echo("  .venv/bin/ezstream dlq list")
+    if dashboard is not None:
+        echo(f"Live dashboard (stays up until make down): {dashboard}")
     echo("Stop everything: make down")
     return agree
+
+
+def _start_dashboard(settings: Settings, echo: Callable[[str], None]) -> str | None:
+    """Start the dashboard afresh (one of an earlier run may predate this checkout); its URL, or
+    None when it could not start (the demo goes on without it)."""
+    from connectors.errors import ServiceError
+    from infra.local.dashboard import Dashboard
+
+    dashboard = Dashboard(settings)
+    dashboard.down()
+    try:
+        outcome = dashboard.up()
+    except ServiceError as exc:
+        echo(f"dashboard not started: {exc}")
+        return None
+    echo(f"\n== Live dashboard: {dashboard.url} ({outcome}; refreshed every {settings.dashboard_refresh_seconds:g} s)")
+    return dashboard.url
 
 
 def _marks(settings: Settings) -> dict[tuple[str, int], int]:

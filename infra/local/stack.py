@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from connectors.settings import Settings
 from infra.local.clickhouse import ClickHouseEngine
+from infra.local.dashboard import Dashboard
 from infra.local.kafka import KafkaBroker
 from infra.local.minio import MinioServer
 from infra.local.otelcol import OtelCollector
@@ -29,6 +30,8 @@ class Stack:
         self.minio = MinioServer(settings)
         self.clickhouse = ClickHouseEngine(settings)
         self.otelcol = OtelCollector(settings)
+        #: Started on demand (`ezstream dashboard`, the demo), not by `up`; `down` stops it first.
+        self.dashboard = Dashboard(settings)
 
     @property
     def services(self):
@@ -46,7 +49,7 @@ class Stack:
 
     def down(self, echo=print) -> None:
         """Stop only what this stack started."""
-        for service in reversed(self.services):
+        for service in (self.dashboard, *reversed(self.services)):
             if service.down():
                 echo(f"{service.name:<11} stopped")
 
