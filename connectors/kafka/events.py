@@ -39,7 +39,7 @@ class Event:
 class Alert(Event):
     """A condition raised or cleared by the stream processors (topic agent.alerts).
 
-    Schema alert v1.
+    Schema alert v2.
     """
 
     EVENT: ClassVar[str] = 'alert'
@@ -59,8 +59,8 @@ class Alert(Event):
     trace_id: str
     #: Stable id of the condition (e.g. budget:tenant-42:90): every firing and resolved event of one condition carries the same id, so consumers can deduplicate and pair them.
     alert_id: str
-    #: What the alert watches: budget, error_rate, rate_limit_storm, silent_agent or stuck_task. Open set: symbols are only ever added, and a reader whose schema predates a symbol reads it as the default 'other'.
-    kind: Literal['budget', 'error_rate', 'rate_limit_storm', 'silent_agent', 'stuck_task', 'other']
+    #: What the alert watches: budget, budget_forecast (the day's budget will run out at the recent burn rate), error_rate, rate_limit_storm, silent_agent or stuck_task. Open set: symbols are only ever added, and a reader whose schema predates a symbol reads it as the default 'other'.
+    kind: Literal['budget', 'error_rate', 'rate_limit_storm', 'silent_agent', 'stuck_task', 'other', 'budget_forecast']
     #: How urgent the alert is: info, warning or critical. Open set: symbols are only ever added, and a reader whose schema predates a symbol reads it as the default 'unknown'.
     severity: Literal['info', 'warning', 'critical', 'unknown']
     #: firing while the condition holds, resolved once it cleared. Open set: symbols are only ever added, and a reader whose schema predates a symbol reads it as the default 'unknown'.

@@ -18,8 +18,10 @@ events older than a rule keeps state for are counted in its ``late_events`` and 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +37,7 @@ from connectors.kafka.events import Alert, LlmCall, TaskEvent, Telemetry
 from streams.intelligence._time import DAY_MS, epoch_ms, utc
 from streams.intelligence.batch import Batch, combine, groups
 
-Kind = Literal["budget", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"]
+Kind = Literal["budget", "budget_forecast", "error_rate", "rate_limit_storm", "silent_agent", "stuck_task"]
 Severity = Literal["info", "warning", "critical"]
 State = Literal["firing", "resolved"]
 
@@ -264,15 +266,43 @@ class BudgetConfig:
     grace_ms: int = 300_000
     #: Identity of tenant budget alerts.
     origin: Origin = Origin()
+    #: Forecast: the burn rate is the spend of this recent window (event time) over its length.
+    forecast_window_ms: int = 30 * 60_000
+    #: Forecast: none in a day's first this long (too little of the day to judge a rate by).
+    forecast_min_elapsed_ms: int = 5 * 60_000
+    #: Forecast: a firing forecast resolves once the projection falls below this share of the budget.
+    forecast_resolve_ratio: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.forecast_window_ms < MINUTE_MS:
+            raise ConfigError(f"budget forecast window must be at least a minute, got {self.forecast_window_ms} ms")
+        if not 0 < self.forecast_resolve_ratio <= 1:
+            raise ConfigError(f"budget forecast_resolve_ratio must be in (0, 1], got {self.forecast_resolve_ratio}")
+
+
+#: The forecast's granularity: spend is kept per minute of event time, projected once a minute.
+MINUTE_MS = 60_000
 
 
 class BudgetRule:
-    """Daily spend per tenant and per agent crossing 80%, 90% and 100% of its budget.
+    """Daily spend per tenant and per agent crossing 80%, 90% and 100% of its budget, and the
+    forecast that it will cross 100% before the day ends.
 
     A UTC day's spend is the sum of ``cost_usd`` of its LLM calls (by event time). Each threshold
     fires at most once per tenant or agent and day; all thresholds fired on a day resolve together
     once the day is over (the rule's clock passed midnight + ``grace_ms``). Calls for a day that
     is over are counted in ``late_events``.
+
+    The forecast (:meth:`forecast`, once per minute of event time, at the alerts role's low
+    watermark ``t``): the burn rate ``r`` is the spend of the calls in the recent window
+    (the whole minutes of event time of the ``forecast_window_ms`` before the minute of ``t``,
+    from the day's start at the earliest) divided by the window's length; the day's projected
+    spend is
+    ``spend + r * (end of day - t)`` and the budget runs out at ``t + (budget - spend) / r``. A
+    ``budget_forecast`` alert fires when that time is before the day's end while the budget is
+    not spent yet (none in the day's first ``forecast_min_elapsed_ms``), and resolves when the
+    projection falls below ``forecast_resolve_ratio`` of the budget, or when the day is over. A
+    steady burn thus fires once, at the first minute its projection reaches the budget.
     """
 
     def __init__(self, config: BudgetConfig) -> None:
@@ -287,9 +317,18 @@ class BudgetRule:
         self._days: dict[int, set[str]] = {}
         # "scope|subject|day_ms|percent" -> the firing condition.
         self._firing: dict[str, _Condition] = {}
-        # Keys of _spend and _firing changed since the last delta().
+        # "scope|subject|day_ms" -> [tenant_id, agent_type, {minute start: spend}]: the recent
+        # minutes' spend, what the forecast's burn rate comes from, and whom its alert names.
+        self._minutes: dict[str, list[Any]] = {}
+        # "scope|subject|day_ms" -> the firing forecast.
+        self._forecasts: dict[str, _Condition] = {}
+        # The minute of event time the forecast last ran at.
+        self.forecast_minute = -1
+        # Keys of _spend, _firing, _minutes and _forecasts changed since the last delta().
         self._changed_spend: set[str] = set()
         self._changed_firing: set[str] = set()
+        self._changed_minutes: set[str] = set()
+        self._changed_forecasts: set[str] = set()
         #: The subjects (tenant and agent ids) whose days this rule keeps: all when None (see
         #: :class:`~streams.intelligence.shards.Shard`).
         self.owns: Callable[[str], bool] | None = None
@@ -348,10 +387,108 @@ class BudgetRule:
                     window=(_day_of(day_key), _day_of(day_key) + DAY_MS),
                 )
             )
+        for day_key in sorted(over & self._forecasts.keys()):
+            condition = self._forecasts.pop(day_key)
+            self._changed_forecasts.add(day_key)
+            spend = self._spend[day_key]
+            budget = float(condition.details["budget_usd"])
+            alerts.append(condition.alert(
+                "resolved", at_ms=self.clock_ms,
+                message=(f"{condition.details['scope']} {condition.subject}: day {condition.details['day']} is over, "
+                         f"spent ${spend:.2f} of its ${budget:.2f} daily budget"),
+                value=spend, threshold=budget, window=(_day_of(day_key), _day_of(day_key) + DAY_MS)))
         for key in over:
             del self._spend[key]
+            self._minutes.pop(key, None)
         self._changed_spend |= over
+        self._changed_minutes |= over
         return alerts
+
+    def forecast(self, now_ms: int) -> list[Alert]:
+        """Project each spend of the day of ``now_ms`` (event time) to the day's end at its recent
+        burn rate; the forecasts that fire or resolve (see the class docstring). Runs once per
+        minute of ``now_ms``, over the tenants and agents that spent that day."""
+        minute = now_ms // MINUTE_MS
+        if minute <= self.forecast_minute:
+            return []
+        self.forecast_minute = minute
+        config = self.config
+        day = now_ms - now_ms % DAY_MS
+        day_end = day + DAY_MS
+        # Whole minutes before the current one: the window's spend and its length cover the same
+        # time, whatever calls of partitions ahead of ``now_ms`` have added already.
+        current = now_ms - now_ms % MINUTE_MS
+        first_minute = max(day, current - config.forecast_window_ms)
+        elapsed = current - first_minute
+        alerts: list[Alert] = []
+        for day_key in sorted(self._days.get(day, ())):
+            entry = self._minutes.get(day_key)
+            if entry is None:
+                continue
+            tenant_id, agent_type, minutes = entry
+            old = [m for m in minutes if m < first_minute]
+            if old:
+                for m in old:
+                    del minutes[m]
+                self._changed_minutes.add(day_key)
+            if now_ms - day < config.forecast_min_elapsed_ms or elapsed <= 0:
+                continue
+            scope, subject = day_key.split("|", 1)[0], day_key.split("|", 1)[1].rsplit("|", 1)[0]
+            budget = config.budgets.daily_usd(scope, subject)  # type: ignore[arg-type]
+            if budget is None:
+                continue
+            spend = self._spend[day_key]
+            rate = functools.reduce(operator.add, (minutes[m] for m in sorted(minutes) if m < current), 0.0) / elapsed
+            projected = spend + rate * (day_end - now_ms)
+            firing = self._forecasts.get(day_key)
+            if firing is None and spend < budget and rate > 0 and projected >= budget:
+                runs_out_ms = now_ms + (budget - spend) / rate
+                alerts.append(self._forecast_fires(scope, subject, day, day_key, tenant_id, agent_type, now_ms,
+                                                   spend, budget, rate, projected, runs_out_ms))
+            elif firing is not None and spend < budget and projected < budget * config.forecast_resolve_ratio:
+                del self._forecasts[day_key]
+                self._changed_forecasts.add(day_key)
+                alerts.append(firing.alert(
+                    "resolved", at_ms=now_ms,
+                    message=(f"{scope} {subject}: at ${rate * 3_600_000:.2f}/h it now spends ${projected:.2f} of its "
+                             f"${budget:.2f} daily budget by the end of {firing.details['day']}"),
+                    value=projected, threshold=budget, window=(day, day_end)))
+        return alerts
+
+    def _forecast_fires(self, scope: str, subject: str, day: int, day_key: str, tenant_id: str, agent_type: str,
+                        now_ms: int, spend: float, budget: float, rate: float, projected: float,
+                        runs_out_ms: float) -> Alert:
+        day_text = utc(day).strftime("%Y-%m-%d")
+        runs_out = _utc_text(int(runs_out_ms))
+        by_agent = scope == "agent"
+        self._changed_forecasts.add(day_key)
+        condition = self._forecasts[day_key] = _Condition(
+            alert_id=alert_id("budget_forecast", subject, f"{scope}|{day_text}"),
+            kind="budget_forecast",
+            severity="warning",
+            subject=subject,
+            agent_id=subject if by_agent else self.config.origin.agent_id,
+            agent_type=agent_type if by_agent else self.config.origin.agent_type,
+            tenant_id=tenant_id,
+            trace_id="",
+            first_seen_ms=now_ms,
+            last_seen_ms=now_ms,
+            details={
+                "scope": scope,
+                "day": day_text,
+                "budget_usd": repr(budget),
+                "spent_usd": repr(spend),
+                "burn_rate_usd_per_hour": repr(rate * 3_600_000),
+                "projected_spend_usd": repr(projected),
+                "projected_at": runs_out,
+                "window_minutes": str(self.config.forecast_window_ms // MINUTE_MS),
+            },
+        )
+        return condition.alert(
+            "firing", at_ms=now_ms,
+            message=(f"{scope} {subject} will spend its ${budget:.2f} daily budget by {runs_out} at "
+                     f"${rate * 3_600_000:.2f}/h (spent ${spend:.2f} so far; ${projected:.2f} by the end of {day_text})"),
+            value=projected, threshold=budget, window=(day, day + DAY_MS))
 
     def observe_calls(self, calls: Batch) -> list[tuple[int, int, Alert]]:
         """:meth:`observe` of each call with its partition's watermark (``calls.watermarks``), a
@@ -388,6 +525,7 @@ class BudgetRule:
                 spends = list(itertools.accumulate(costs[taken[a:b]].tolist(), initial=self._spend.get(day_key, 0.0)))[1:]
                 self._spend[day_key] = spends[-1]
                 self._changed_spend.add(day_key)
+                self._add_minutes(day_key, calls, taken[a:b], at, costs)
                 most = max(spends)
                 if all(most * 100 < budget * percent or f"{day_key}|{percent}" in self._firing
                        for percent, _ in BUDGET_THRESHOLDS):
@@ -408,7 +546,26 @@ class BudgetRule:
             self._days.setdefault(day, set()).add(day_key)
         spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
         self._changed_spend.add(day_key)
+        entry = self._minutes.setdefault(day_key, [call.tenant_id, call.agent_type, {}])
+        minute = at - at % MINUTE_MS
+        entry[2][minute] = entry[2].get(minute, 0.0) + call.cost_usd
+        self._changed_minutes.add(day_key)
         return self._thresholds(scope, subject, day, day_key, spend, budget, call, at)
+
+    def _add_minutes(self, day_key: str, calls: Batch, taken: np.ndarray, at: np.ndarray, costs: np.ndarray) -> None:
+        """The calls ``taken`` (one day of one subject, in call order) into their minutes' spend,
+        each minute's added in call order: the same floats as call by call."""
+        entry = self._minutes.get(day_key)
+        if entry is None:
+            first = next(iter(calls.rows(taken[:1])))
+            entry = self._minutes[day_key] = [first.tenant_id, first.agent_type, {}]
+        minutes = at[taken] - at[taken] % MINUTE_MS
+        order = np.argsort(minutes, kind="stable")
+        minutes, spent = minutes[order].tolist(), costs[taken][order].tolist()
+        spend = entry[2]
+        for minute, run in itertools.groupby(zip(minutes, spent), key=operator.itemgetter(0)):
+            spend[minute] = functools.reduce(operator.add, (cost for _, cost in run), spend.get(minute, 0.0))
+        self._changed_minutes.add(day_key)
 
     def _thresholds(
         self, scope: BudgetScope, subject: str, day: int, day_key: str, spend: float, budget: float,
@@ -461,16 +618,21 @@ class BudgetRule:
         return alerts
 
     def size(self) -> int:
-        """Entries held: days of spend per tenant and agent, and firing conditions."""
-        return len(self._spend) + len(self._firing)
+        """Entries held: days of spend per tenant and agent (with their recent minutes), and
+        firing conditions and forecasts."""
+        return (len(self._spend) + len(self._firing) + len(self._forecasts)
+                + sum(len(entry[2]) for entry in self._minutes.values()))
 
     def to_dict(self) -> dict[str, Any]:
         """The rule's state (not its budgets) as a JSON-friendly dict."""
         return {
             "clock_ms": self.clock_ms,
             "late_events": self.late_events,
+            "forecast_minute": self.forecast_minute,
             "spend": dict(self._spend),
             "firing": _conditions_to_dict(self._firing),
+            "minutes": {key: _minutes_entry(entry) for key, entry in self._minutes.items()},
+            "forecasts": _conditions_to_dict(self._forecasts),
         }
 
     def delta(self) -> dict[str, Any]:
@@ -479,16 +641,22 @@ class BudgetRule:
         return {
             "clock_ms": self.clock_ms,
             "late_events": self.late_events,
+            "forecast_minute": self.forecast_minute,
             "spend": changes(self._spend, self._changed_spend, float),
             "firing": changes(self._firing, self._changed_firing, _condition_dict),
+            "minutes": changes(self._minutes, self._changed_minutes, _minutes_entry),
+            "forecasts": changes(self._forecasts, self._changed_forecasts, _condition_dict),
         }
 
     @staticmethod
     def apply_delta(data: dict[str, Any], delta: Mapping[str, Any]) -> None:
         """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
         data["clock_ms"], data["late_events"] = delta["clock_ms"], delta["late_events"]
+        data["forecast_minute"] = delta.get("forecast_minute", -1)
         merge_changes(data["spend"], delta["spend"])
         merge_changes(data["firing"], delta["firing"])
+        merge_changes(data.setdefault("minutes", {}), delta.get("minutes", {}))
+        merge_changes(data.setdefault("forecasts", {}), delta.get("forecasts", {}))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config: BudgetConfig) -> BudgetRule:
@@ -500,7 +668,17 @@ class BudgetRule:
         for key in rule._spend:
             rule._days.setdefault(_day_of(key), set()).add(key)
         rule._firing = _conditions_from_dict(data["firing"])
+        # A state written before the forecast has none of it: it starts from the next calls.
+        rule.forecast_minute = data.get("forecast_minute", -1)
+        rule._minutes = {key: [entry[0], entry[1], {int(m): spend for m, spend in entry[2]}]
+                         for key, entry in data.get("minutes", {}).items()}
+        rule._forecasts = _conditions_from_dict(data.get("forecasts", {}))
         return rule
+
+
+def _minutes_entry(entry: list[Any]) -> list[Any]:
+    # JSON keys are text: the minutes go as [minute, spend] pairs, in time order.
+    return [entry[0], entry[1], sorted(entry[2].items())]
 
 
 def _day_of(day_key: str) -> int:

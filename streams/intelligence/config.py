@@ -10,6 +10,9 @@ it (a typo must not silently keep a default)::
 
     [budget]
     grace_seconds = 300      # calls this long after midnight still count for the day before
+    forecast_window_seconds = 1800     # the burn rate of the forecast: spend of this recent window
+    forecast_min_elapsed_seconds = 300 # no forecast in a day's first five minutes
+    forecast_resolve_ratio = 0.9       # a forecast resolves when the projection falls below 90%
 
     [error_rate]
     window_seconds = 60
@@ -96,7 +99,12 @@ _SECTIONS: dict[str, dict[str, tuple[str, int, type]]] = {
         "grace_seconds": ("grace_ms", 1000, int),
         "idle_seconds": ("idle_ms", 1000, int),
     },
-    "budget": {"grace_seconds": ("grace_ms", 1000, int)},
+    "budget": {
+        "grace_seconds": ("grace_ms", 1000, int),
+        "forecast_window_seconds": ("forecast_window_ms", 1000, int),
+        "forecast_min_elapsed_seconds": ("forecast_min_elapsed_ms", 1000, int),
+        "forecast_resolve_ratio": ("forecast_resolve_ratio", 1, float),
+    },
     "error_rate": {
         "window_seconds": ("window_ms", 1000, int),
         "bucket_seconds": ("bucket_ms", 1000, int),

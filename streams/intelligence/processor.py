@@ -316,8 +316,9 @@ class Rules:
 
     def advance(self, low_ms: int) -> tuple[list[Alert], list[ClosedWindow]]:
         """Move event time to ``low_ms``, the minimum over the partitions' watermarks: the budget
-        days it ends resolve and the windows it passes close."""
-        return self.budget.tick(low_ms), self.windows.close_due(low_ms)
+        days it ends resolve, the budget forecasts of a new minute fire or resolve, and the windows
+        it passes close."""
+        return self.budget.tick(low_ms) + self.budget.forecast(low_ms), self.windows.close_due(low_ms)
 
     def observe_batch(self, batch: Batch) -> list[Alert]:
         """:meth:`observe` of each task event or telemetry report of ``batch``, a task or agent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -124,6 +125,94 @@ def test_budget_alerts_resolve_when_the_day_is_over_and_late_calls_are_counted()
     assert rule.late_events == 1
     # The new day starts from zero.
     assert summary(rule.observe(call(DAY + DAY_MS + DAY_MS // 2, cost_usd=8.0)))[0][3:] == ("dev-01", 8.0, 8.0)
+
+
+# The forecast: steady spend over the day, fed as the alerts role does (each call with its
+# partition's watermark, the rule advanced to the low watermark after each batch).
+
+FORECAST_BUDGETS = Budgets(tenant_daily_usd=100.0, tenant_overrides={"frugal": 100.0})
+#: The forecast's stated accuracy on steady traffic: the budget runs out within this of the projection.
+FORECAST_TOLERANCE_MS = 5 * 60 * S
+
+
+def burn(rule: BudgetRule, tenant: str, usd_per_hour: float, start_ms: int, end_ms: int,
+         every_ms: int = 10 * S) -> list[Alert]:
+    """Calls of ``tenant`` every ``every_ms`` costing ``usd_per_hour``; the alerts of the run."""
+    alerts = []
+    for at in range(start_ms, end_ms, every_ms):
+        alerts += rule.observe(call(at, tenant_id=tenant, agent_id=f"{tenant}-agent",
+                                    cost_usd=usd_per_hour * every_ms / 3_600_000), at)
+        alerts += rule.tick(at) + rule.forecast(at)
+    return alerts
+
+
+def test_a_steady_burn_forecasts_once_when_the_budget_runs_out_and_a_tenant_below_gets_none():
+    rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    # acme burns $100 in 18 h, a call a second; frugal $50 in a day.
+    alerts = []
+    for hour in range(24):
+        start, end = DAY + hour * 3_600_000, DAY + (hour + 1) * 3_600_000
+        alerts += burn(rule, "acme", 100 / 18, start, end, every_ms=S) + burn(rule, "frugal", 50 / 24, start, end)
+    forecasts = [a for a in alerts if a.kind == "budget_forecast"]
+    assert [(a.subject, a.state) for a in forecasts] == [("acme", "firing")]
+    (fired,) = forecasts
+    # It fires at the first minute the rule may judge (5 minutes in), and says 18:00.
+    assert epoch_ms(fired.event_time) == DAY + 5 * 60 * S
+    projected = epoch_ms(datetime.fromisoformat(fired.details["projected_at"]))
+    runs_out = next(epoch_ms(a.event_time) for a in alerts if a.kind == "budget" and a.details["percent"] == "100")
+    assert abs(runs_out - (DAY + 18 * 3_600_000)) <= 10 * S
+    assert abs(projected - runs_out) <= FORECAST_TOLERANCE_MS, (fired.details, utc(runs_out))
+    assert float(fired.details["burn_rate_usd_per_hour"]) == pytest.approx(100 / 18, rel=0.01)
+    assert float(fired.details["projected_spend_usd"]) == pytest.approx(100 / 18 * 24, rel=0.01)
+    assert (fired.severity, fired.tenant_id, fired.threshold, fired.details["scope"]) == ("warning", "acme", 100.0, "tenant")
+    # The day over, it resolves with the day's thresholds.
+    after = rule.tick(DAY + DAY_MS + rule.config.grace_ms)
+    assert [(a.kind, a.state) for a in after if a.kind == "budget_forecast"] == [("budget_forecast", "resolved")]
+
+
+def test_a_forecast_resolves_when_the_rate_falls_and_fires_again_when_it_rises():
+    rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    at = DAY + 8 * 3_600_000
+    alerts = burn(rule, "acme", 10.0, at, at + 3_600_000)  # $10/h from 08:00: $160 by midnight
+    assert [(a.kind, a.state) for a in alerts if a.kind == "budget_forecast"] == [("budget_forecast", "firing")]
+    # Quiet for 40 minutes (other partitions move the clock): the window empties, the projection is
+    # the $10 spent, below 90% of the budget.
+    quiet = []
+    for t in range(at + 3_600_000, at + 100 * 60 * S, 60 * S):
+        quiet += rule.tick(t) + rule.forecast(t)
+    assert [(a.kind, a.state) for a in quiet] == [("budget_forecast", "resolved")]
+    assert epoch_ms(quiet[0].event_time) <= at + 3_600_000 + 30 * 60 * S + 60 * S
+    again = burn(rule, "acme", 10.0, at + 100 * 60 * S, at + 160 * 60 * S)
+    assert [(a.kind, a.state) for a in again if a.kind == "budget_forecast"] == [("budget_forecast", "firing")]
+    assert len({a.alert_id for a in alerts + quiet + again if a.kind == "budget_forecast"}) == 1
+
+
+def test_no_forecast_in_the_first_minutes_of_a_day_nor_once_the_budget_is_spent():
+    rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    early = burn(rule, "acme", 400.0, DAY, DAY + 4 * 60 * S)  # $26 in 4 minutes
+    assert [a for a in early if a.kind == "budget_forecast"] == []
+    spent = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    rule.forecast_minute = -1
+    # Spent in one call before any forecast ran: the 100% alert says it, no forecast does.
+    first = spent.observe(call(DAY + 3_600_000, tenant_id="acme", cost_usd=150.0), DAY + 3_600_000)
+    assert [a.details["percent"] for a in first] == ["80", "90", "100"]
+    assert spent.forecast(DAY + 3_600_000) == []
+
+
+def test_the_forecast_state_survives_a_snapshot_and_its_deltas():
+    rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    snapshot = json.loads(json.dumps(rule.to_dict()))
+    rule.delta()
+    burn(rule, "acme", 10.0, DAY + 8 * 3_600_000, DAY + 9 * 3_600_000)
+    BudgetRule.apply_delta(snapshot, json.loads(json.dumps(rule.delta())))
+    assert snapshot == json.loads(json.dumps(rule.to_dict()))
+    restored = BudgetRule.from_dict(snapshot, rule.config)
+    later = DAY + 9 * 3_600_000
+    assert [a.to_record() for a in burn(restored, "acme", 0.5, later, later + 3_600_000)] == [
+        a.to_record() for a in burn(rule, "acme", 0.5, later, later + 3_600_000)]
+    # A state written before the forecast existed loads, without forecasts.
+    old = {k: v for k, v in snapshot.items() if k not in ("minutes", "forecasts", "forecast_minute")}
+    assert BudgetRule.from_dict(old, rule.config).size() == len(old["spend"]) + len(old["firing"])
 
 
 def test_budgets_load_from_toml(tmp_path):
