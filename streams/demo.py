@@ -83,6 +83,11 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
     report = run_simulation(settings, rate=rate, duration_s=duration_s, seed=seed)
     echo(format_report(report))
 
+    echo("\n== Waiting for the alerts role to close the last one-minute windows")
+    waited = _wait_windows_closed(settings, timeout_s=120)
+    echo(f"every window closed and committed ({waited:.1f} s after the traffic: the stream idle, they close "
+         "on the wall clock)")
+
     echo("\n== Waiting for the lake and ClickHouse to write everything")
     marks = _marks(settings)
     waited = _wait_caught_up(settings, marks, timeout_s=180)
@@ -124,6 +129,38 @@ def _start_dashboard(settings: Settings, echo: Callable[[str], None]) -> str | N
         return None
     echo(f"\n== Live dashboard: {dashboard.url} ({outcome}; refreshed every {settings.dashboard_refresh_seconds:g} s)")
     return dashboard.url
+
+
+def _wait_windows_closed(settings: Settings, timeout_s: float) -> float:
+    """Wait until the alerts role's latest commit holds no open window and no closed one still to
+    produce (its status files); the seconds waited. Windows close on event time, and once the
+    traffic stops on the wall clock after the windows' idle period."""
+    import json
+
+    started = time.monotonic()
+    pattern = f"alerts-{settings.topic_prefix or 'default'}*.status.json"
+
+    def open_windows() -> int | None:
+        files = list(settings.run_dir.glob(pattern))
+        if not files:
+            return None
+        total = 0
+        for path in files:
+            try:
+                state = json.loads(path.read_text()).get("state")
+            except (OSError, ValueError):
+                return None  # being replaced: read again
+            if state is None:
+                return None
+            total += state["entries"]["windows"] + state["pending_windows"]
+        return total
+
+    while open_windows() != 0:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"the alerts role did not close its windows within {timeout_s:.0f} s; "
+                               f"see {settings.logs_dir}/worker-alerts.log")
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def _marks(settings: Settings) -> dict[tuple[str, int], int]:
