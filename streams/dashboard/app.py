@@ -1,8 +1,8 @@
 """The dashboard page: ``streamlit run`` runs this script (see infra/local/dashboard.py).
 
 Every panel's figures come from :mod:`streams.dashboard.panels`; the page only lays them out and
-refreshes them every ``EZ_DASHBOARD_REFRESH_SECONDS``. A panel that cannot be read says why and the
-others go on. Each panel sits in a container keyed ``panel-<name>`` (the CSS class
+refreshes them every ``EZ_DASHBOARD_REFRESH_SECONDS``; every browser on the page shares one reading
+per refresh period. A panel that cannot be read says why and the others go on. Each panel sits in a container keyed ``panel-<name>`` (the CSS class
 ``st-key-panel-<name>``), and its headline figures are ``st.metric``s, so a browser finds them.
 """
 
@@ -26,6 +26,18 @@ db = settings.clickhouse_database
 run = panels.source(settings)
 
 st.set_page_config(page_title="EzAigent Streams", layout="wide")
+
+
+@st.cache_data(ttl=settings.dashboard_refresh_seconds, show_spinner=False)
+def read(panel: str, *args: object) -> object:
+    """A panel's rows, shared by every browser session for one refresh period (errors are not kept)."""
+    if panel in ("consumer_lag", "dlq_sizes"):
+        return getattr(panels, panel)(settings, *args)
+    if panel == "budget_use":
+        budgets = Budgets.load(settings.budgets_file) if settings.budgets_file else Budgets()
+        return panels.budget_use(run, db, budgets)
+    return getattr(panels, panel)(run, db, *args)
+
 st.title("EzAigent Streams")
 
 
@@ -54,18 +66,18 @@ def table(rows: list[dict], empty: str, **formats: str) -> None:
 def clickhouse_panels() -> None:
     with st.container(key="panel-spend"):
         st.subheader("LLM spend")
-        now = attempt("spend", lambda: panels.spend_now(run, db))
+        now = attempt("spend", lambda: read("spend_now"))
         if now is not None:
             left, middle, right = st.columns(3)
             left.metric("Spend today", usd(now["today_usd"]))
             middle.metric("Spend last hour", usd(now["last_hour_usd"]))
             right.metric("LLM calls today", f"{int(now['calls_today']):,}")
         by = st.radio("by", list(panels.SPEND_KEYS), horizontal=True, key="spend-by")
-        hourly = attempt("spend per hour", lambda: panels.spend_per_hour(run, db, by))
+        hourly = attempt("spend per hour", lambda: read("spend_per_hour", by))
         if hourly:
             st.bar_chart(pd.DataFrame(hourly), x="hour", y="cost_usd", color="key", x_label="hour (UTC)",
                          y_label="USD")
-        spend = attempt("spend", lambda: panels.spend_by(run, db, by))
+        spend = attempt("spend", lambda: read("spend_by", by))
         if spend is not None:
             table(spend, "no LLM calls today", today_usd="${:,.2f}", last_hour_usd="${:,.2f}",
                   calls_today="{:,}")
@@ -74,9 +86,7 @@ def clickhouse_panels() -> None:
         st.subheader("Budgets (daily, EZ_BUDGETS_FILE)")
         if settings.budgets_file is None:
             st.caption("no budgets: set EZ_BUDGETS_FILE")
-        budgets = attempt("EZ_BUDGETS_FILE",
-                          lambda: Budgets.load(settings.budgets_file) if settings.budgets_file else Budgets())
-        use = attempt("budgets", lambda: panels.budget_use(run, db, budgets)) if budgets is not None else None
+        use = attempt("budgets", lambda: read("budget_use"))
         if use is not None:
             over = [r for r in use if (r["used_pct"] or 0) >= 100]
             left, right = st.columns(2)
@@ -90,25 +100,25 @@ def clickhouse_panels() -> None:
                 st.caption(f"and {len(use) - len(shown):,} more agents, less used")
         st.markdown("**Forecasts**: spend projected past the budget (latest firing `budget_forecast` alert "
                     "per tenant or agent)")
-        forecasts = attempt("forecasts", lambda: panels.budget_forecasts(run, db))
+        forecasts = attempt("forecasts", lambda: read("budget_forecasts"))
         if forecasts is not None:
             table(forecasts, "no budget forecast firing", projected_spend_usd="${:,.2f}", budget_usd="${:,.2f}",
                   burn_rate_usd_per_hour="${:,.2f}/h")
 
     with st.container(key="panel-alerts"):
         st.subheader("Alerts")
-        counts = attempt("alerts", lambda: panels.alert_counts(run, db))
+        counts = attempt("alerts", lambda: read("alert_counts"))
         if counts is not None:
             left, right = st.columns(2)
             left.metric("Active alerts", f"{int(counts['active']):,}")
             right.metric("Resolved in the last hour", f"{int(counts['resolved_last_hour']):,}")
-        recent = attempt("alerts", lambda: panels.alerts(run, db, limit=ALERTS_SHOWN))
+        recent = attempt("alerts", lambda: read("alerts", ALERTS_SHOWN))
         if recent is not None:
             table(recent, "no alerts yet", value="{:,.2f}", threshold="{:,.2f}")
 
     with st.container(key="panel-llm"):
         st.subheader("LLM latency and errors, last hour")
-        health = attempt("LLM calls", lambda: panels.llm_health(run, db))
+        health = attempt("LLM calls", lambda: read("llm_health"))
         if health:
             st.bar_chart(pd.DataFrame(health).assign(model=lambda f: f["provider"] + "/" + f["model"]),
                          x="model", y=["p50_ms", "p95_ms", "p99_ms"], stack=False, y_label="ms")
@@ -118,7 +128,7 @@ def clickhouse_panels() -> None:
 
     with st.container(key="panel-tasks"):
         st.subheader("Tasks per queue, last hour")
-        queues = attempt("tasks", lambda: panels.tasks(run, db))
+        queues = attempt("tasks", lambda: read("tasks"))
         if queues is not None:
             table(queues, "no task events in the last hour", success_pct="{:.1f}%", wait_p50_ms="{:,.0f}",
                   wait_p95_ms="{:,.0f}", wait_p99_ms="{:,.0f}")
@@ -127,8 +137,8 @@ def clickhouse_panels() -> None:
 def lag_panel() -> None:
     with st.container(key="panel-lag"):
         st.subheader("Consumer lag and dead letters")
-        lag = attempt("consumer lag", lambda: panels.consumer_lag(settings))
-        dlq = attempt("DLQ sizes", lambda: panels.dlq_sizes(settings))
+        lag = attempt("consumer lag", lambda: read("consumer_lag"))
+        dlq = attempt("DLQ sizes", lambda: read("dlq_sizes"))
         left, right = st.columns(2)
         if lag is not None:
             left.metric("Consumer lag", f"{sum(r['lag'] for r in lag):,}")
@@ -147,7 +157,7 @@ def lag_panel() -> None:
 def recommendations_panel() -> None:
     with st.container(key="panel-recommendations"):
         st.subheader("Model recommendations")
-        advice = attempt("recommendations", lambda: panels.recommendations(run, db))
+        advice = attempt("recommendations", lambda: read("recommendations"))
         if advice is not None:
             table(advice, "no recommendations yet", monthly_saving_usd="${:,.2f}",
                   current_cost_per_success_usd="${:,.4f}", recommended_cost_per_success_usd="${:,.4f}",

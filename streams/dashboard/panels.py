@@ -14,6 +14,7 @@ states, read with the ``-Merge`` functions), alerts from ``alerts`` (the latest 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,8 @@ FORECAST_KIND = "budget_forecast"
 #: and queue), when a job made it.
 RECOMMENDATIONS_TABLE = "model_recommendations"
 
+_server_lock = threading.Lock()
+
 _TIME = "'%Y-%m-%d %H:%i:%S'"
 _TODAY = "minute >= toStartOfDay(now('UTC'))"
 _LAST_HOUR = "minute >= toStartOfMinute(now('UTC')) - INTERVAL 59 MINUTE"
@@ -59,7 +62,9 @@ def source(settings: Settings) -> Run:
 
     def run(sql: str) -> tuple[list[str], list[list[Any]]]:
         if not is_embedded(settings):
-            return run_query(settings, sql)
+            # One client per process, one session per client: the page's sessions take turns.
+            with _server_lock:
+                return run_query(settings, sql)
         endpoint = _live_endpoint(settings)
         if endpoint is None:
             raise TransientError(

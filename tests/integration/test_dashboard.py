@@ -180,6 +180,11 @@ def test_dashboard_shows_what_clickhouse_and_the_broker_hold(traffic_settings, w
         lag_topics = {row.get("topic") for row in table_rows(panels()["lag"])}
         assert f"{settings.topic_prefix}agent.llm_calls" in lag_topics
 
+        # The whole page in one picture: the window as tall as the page's scrolling content.
+        height = driver.execute_script(
+            "return Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+        driver.set_window_size(1600, min(height + 200, 16_000))
+        wait_for(lambda: "recommendations" in panels(), 30, "the page to render again at its full height", 0.5)
         driver.save_screenshot(str(screenshot))
         assert screenshot.stat().st_size > 10_000
     finally:
