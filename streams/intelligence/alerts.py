@@ -324,6 +324,9 @@ class BudgetRule:
         self._forecasts: dict[str, _Condition] = {}
         # The minute of event time the forecast last ran at.
         self.forecast_minute = -1
+        # Keys that got calls of a minute before it since (a partition behind, heard late): the
+        # next forecast projects them again, even within the same minute.
+        self._stale: set[str] = set()
         # Keys of _spend, _firing, _minutes and _forecasts changed since the last delta().
         self._changed_spend: set[str] = set()
         self._changed_firing: set[str] = set()
@@ -407,11 +410,17 @@ class BudgetRule:
     def forecast(self, now_ms: int) -> list[Alert]:
         """Project each spend of the day of ``now_ms`` (event time) to the day's end at its recent
         burn rate; the forecasts that fire or resolve (see the class docstring). Runs once per
-        minute of ``now_ms``, over the tenants and agents that spent that day."""
+        minute of ``now_ms``, over the tenants and agents that spent that day, and within a minute
+        again for those that got calls of the minutes it already judged (a partition heard late)."""
         minute = now_ms // MINUTE_MS
-        if minute <= self.forecast_minute:
+        if minute > self.forecast_minute:
+            self.forecast_minute = minute
+            keys = self._days.get(now_ms - now_ms % DAY_MS, set())
+        elif self._stale:
+            keys = self._stale & self._days.get(now_ms - now_ms % DAY_MS, set())
+        else:
             return []
-        self.forecast_minute = minute
+        self._stale = set()
         config = self.config
         day = now_ms - now_ms % DAY_MS
         day_end = day + DAY_MS
@@ -421,7 +430,7 @@ class BudgetRule:
         first_minute = max(day, current - config.forecast_window_ms)
         elapsed = current - first_minute
         alerts: list[Alert] = []
-        for day_key in sorted(self._days.get(day, ())):
+        for day_key in sorted(keys):
             entry = self._minutes.get(day_key)
             if entry is None:
                 continue
@@ -550,6 +559,8 @@ class BudgetRule:
         minute = at - at % MINUTE_MS
         entry[2][minute] = entry[2].get(minute, 0.0) + call.cost_usd
         self._changed_minutes.add(day_key)
+        if minute < self.forecast_minute * MINUTE_MS:
+            self._stale.add(day_key)
         return self._thresholds(scope, subject, day, day_key, spend, budget, call, at)
 
     def _add_minutes(self, day_key: str, calls: Batch, taken: np.ndarray, at: np.ndarray, costs: np.ndarray) -> None:
@@ -560,6 +571,8 @@ class BudgetRule:
             first = next(iter(calls.rows(taken[:1])))
             entry = self._minutes[day_key] = [first.tenant_id, first.agent_type, {}]
         minutes = at[taken] - at[taken] % MINUTE_MS
+        if minutes.min() < self.forecast_minute * MINUTE_MS:
+            self._stale.add(day_key)
         order = np.argsort(minutes, kind="stable")
         minutes, spent = minutes[order].tolist(), costs[taken][order].tolist()
         spend = entry[2]
@@ -629,6 +642,7 @@ class BudgetRule:
             "clock_ms": self.clock_ms,
             "late_events": self.late_events,
             "forecast_minute": self.forecast_minute,
+            "stale": sorted(self._stale),
             "spend": dict(self._spend),
             "firing": _conditions_to_dict(self._firing),
             "minutes": {key: _minutes_entry(entry) for key, entry in self._minutes.items()},
@@ -642,6 +656,7 @@ class BudgetRule:
             "clock_ms": self.clock_ms,
             "late_events": self.late_events,
             "forecast_minute": self.forecast_minute,
+            "stale": sorted(self._stale),
             "spend": changes(self._spend, self._changed_spend, float),
             "firing": changes(self._firing, self._changed_firing, _condition_dict),
             "minutes": changes(self._minutes, self._changed_minutes, _minutes_entry),
@@ -653,6 +668,7 @@ class BudgetRule:
         """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
         data["clock_ms"], data["late_events"] = delta["clock_ms"], delta["late_events"]
         data["forecast_minute"] = delta.get("forecast_minute", -1)
+        data["stale"] = delta.get("stale", [])
         merge_changes(data["spend"], delta["spend"])
         merge_changes(data["firing"], delta["firing"])
         merge_changes(data.setdefault("minutes", {}), delta.get("minutes", {}))
@@ -670,6 +686,7 @@ class BudgetRule:
         rule._firing = _conditions_from_dict(data["firing"])
         # A state written before the forecast has none of it: it starts from the next calls.
         rule.forecast_minute = data.get("forecast_minute", -1)
+        rule._stale = set(data.get("stale", ()))
         rule._minutes = {key: [entry[0], entry[1], {int(m): spend for m, spend in entry[2]}]
                          for key, entry in data.get("minutes", {}).items()}
         rule._forecasts = _conditions_from_dict(data.get("forecasts", {}))

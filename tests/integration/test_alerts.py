@@ -604,3 +604,56 @@ def test_a_shard_count_the_state_topic_does_not_have_stops_the_worker_naming_the
     log = worker.tail()
     assert "EZ_ALERTS_SHARDS is 3" in log and "has 1 partition(s)" in log, log
     assert worker.proc.returncode != 0
+
+
+FORECAST_RULES = """
+[budget]
+forecast_window_seconds = 600
+forecast_min_elapsed_seconds = 0
+"""
+FORECAST_BUDGETS = """
+[tenant]
+daily_usd = 100.0
+"""
+
+
+def test_a_steady_burn_raises_one_budget_forecast_at_its_time_and_a_tenant_below_none(make_pipe, start, tmp_path):
+    (tmp_path / "forecast-rules.toml").write_text(FORECAST_RULES)
+    (tmp_path / "forecast-budgets.toml").write_text(FORECAST_BUDGETS)
+    settings = make_pipe(budgets_file=tmp_path / "forecast-budgets.toml",
+                         alerts_config_file=tmp_path / "forecast-rules.toml", alerts_checkpoint_seconds=0.5)
+    # Steady calls over the last 20 minutes of today (event time; fewer just after midnight, when
+    # the test first waits for four minutes of the day to have passed).
+    day = now().replace(hour=0, minute=0, second=0, microsecond=0)
+    wait_for(lambda: now() - day >= timedelta(minutes=4, seconds=5), 300, "four minutes of the UTC day")
+    end = now() - timedelta(seconds=2)
+    begin = max(day + timedelta(seconds=1), end - timedelta(minutes=20))
+    remaining_h = (day + timedelta(days=1) - end).total_seconds() / 3600
+    spent_h = (end - begin).total_seconds() / 3600
+    # burner runs out halfway through the rest of the day; steady ends it at half of its budget.
+    burner_rate = 100.0 / (spent_h + remaining_h / 2)
+    steady_rate = 50.0 / (spent_h + remaining_h)
+    step = timedelta(seconds=2)
+    calls, at = [], begin
+    while at <= end:
+        calls += [call("burner-1", tenant="burner", cost=burner_rate * step.total_seconds() / 3600, at=at),
+                  call("steady-1", tenant="steady", cost=steady_rate * step.total_seconds() / 3600, at=at)]
+        at += step
+    worker = start(settings)
+    Sent(settings)(*calls)
+    processed(worker, len(calls))
+    # The forecast runs when the low watermark enters a new minute, in the step after the calls'
+    # at the latest; steady's is decided in the same run as burner's.
+    try:
+        forecasts = wait_alerts(settings, worker, "budget_forecast", 1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; processor status: {json.dumps(status(worker))[:3000]}") from None
+    assert [(a["subject"], a["state"]) for a in forecasts] == [("burner", "firing")], forecasts
+    (fired,) = forecasts
+    runs_out = begin + timedelta(hours=100.0 / burner_rate)
+    projected = datetime.fromisoformat(fired["details"]["projected_at"])
+    # Stated accuracy on steady traffic: within 2 % of the time left, and a minute.
+    left = runs_out - fired["event_time"]
+    assert abs(projected - runs_out) <= left * 0.02 + timedelta(minutes=1), (projected, runs_out, fired["details"])
+    assert float(fired["details"]["burn_rate_usd_per_hour"]) == pytest.approx(burner_rate, rel=0.05)
+    assert fired["tenant_id"] == "burner" and fired["details"]["scope"] == "tenant"

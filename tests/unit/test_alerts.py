@@ -199,6 +199,21 @@ def test_no_forecast_in_the_first_minutes_of_a_day_nor_once_the_budget_is_spent(
     assert spent.forecast(DAY + 3_600_000) == []
 
 
+def test_calls_of_minutes_already_judged_are_projected_again_within_the_minute():
+    # One partition's calls come first, the other's (same minutes) after the forecast ran.
+    rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    at, end = DAY + 8 * 3_600_000, DAY + 9 * 3_600_000
+    for t in range(at, end, 10 * S):
+        rule.observe(call(t, tenant_id="frugal", agent_id="f-1", cost_usd=0.001), t)
+    assert rule.forecast(end) == []
+    late = []
+    for t in range(at, end, 10 * S):
+        late += rule.observe(call(t, tenant_id="acme", agent_id="a-1", cost_usd=10.0 * 10 / 3600), t)
+    late += rule.forecast(end)
+    assert [(a.kind, a.subject, a.state) for a in late] == [("budget_forecast", "acme", "firing")]
+    assert rule.forecast(end) == []  # judged: not again within the minute
+
+
 def test_the_forecast_state_survives_a_snapshot_and_its_deltas():
     rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
     snapshot = json.loads(json.dumps(rule.to_dict()))

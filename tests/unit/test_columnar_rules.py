@@ -83,7 +83,8 @@ def hostile_tasks(rng: random.Random, count: int) -> list:
 def call_rules(rng: random.Random) -> IntelligenceConfig:
     """Rule settings for ``hostile_calls``: thresholds low enough that every call rule fires."""
     return IntelligenceConfig(
-        budget=BudgetConfig(Budgets(tenant_daily_usd=rng.choice([5.0, 20.0]), agent_daily_usd=rng.choice([0.2, 0.5]))),
+        budget=BudgetConfig(Budgets(tenant_daily_usd=rng.choice([5.0, 20.0]), agent_daily_usd=rng.choice([0.2, 0.5])),
+                            forecast_window_ms=120_000, forecast_min_elapsed_ms=0),
         error_rate=ErrorRateConfig(window_ms=60_000, bucket_ms=10_000, min_calls=rng.choice([5, 20])),
         rate_limit_storm=RateLimitStormConfig(fire_count=rng.choice([3, 5, 8]), resolve_count=1),
         windows=WindowConfig(size_ms=60_000, grace_ms=rng.choice([0, 5_000]), idle_ms=10_000))
