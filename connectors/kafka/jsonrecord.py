@@ -25,7 +25,7 @@ topic's event (:meth:`Codec.reader <connectors.kafka.codec.Codec.reader>`), fiel
 
 A message that breaks a rule is an :class:`~connectors.kafka.codec.InvalidJson` failure naming
 the field, e.g. ``JSON as llm_call v2: input_tokens: expected int, got "12"``. The native decoder
-(``native/src/json.rs``) applies the same rules, with the same messages, without a Python object
+(``native/src/json/``) applies the same rules, with the same messages, without a Python object
 per event; this module is what tests/unit/test_native_json.py compares it with.
 """
 
@@ -284,7 +284,7 @@ def _quote(text: str) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value as failure messages quote it (as native/src/json.rs's ``show``)."""
+    """A value as failure messages quote it (as ``show`` in native/src/json/text.rs)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -1,7 +1,7 @@
 """The native batch decoder: :meth:`Codec.decode_batch_arrow`'s contract, in Rust (``native/``).
 
 The extension ``ezstream_native`` (pyo3 on arrow-rs' arrow-avro) decodes a batch of Avro
-single-object messages, and JSON objects among them (``native/src/json.rs``, by the rules of
+single-object messages, and JSON objects among them (``native/src/json/``, by the rules of
 :mod:`connectors.kafka.jsonrecord`), into one Arrow record batch with the GIL released. This module builds its
 decoders from a :class:`~connectors.kafka.codec.Codec`'s registry, one per event, and returns the
 same :class:`~connectors.kafka.codec.ArrowBatch` as the fastavro path: the table typed by
@@ -17,7 +17,7 @@ fails for the whole batch, where here only its message fails).
 
 The extension is built by ``make native``. A missing one, or one built from other sources than
 ``native/`` holds now (the hash of :data:`SOURCE_FILES` and of every file under ``native/src``,
-``json.rs`` included, which ``build.rs`` embeds as ``SOURCE_HASH``), is a :class:`ConfigError`
+``json/`` included, which ``build.rs`` embeds as ``SOURCE_HASH``), is a :class:`ConfigError`
 naming that command: there is no silent fallback to the Python path.
 """
 

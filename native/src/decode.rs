@@ -7,7 +7,7 @@
 //! classes are ours: its framed mode cannot tell a truncated body from one whose end is still to
 //! come, nor trailing bytes from the start of the next message.
 //!
-//! A JSON object instead (`json.rs`) is checked against the reader version and written as its
+//! A JSON object instead (`json/`) is checked against the reader version and written as its
 //! Avro body, which a decoder of the reader's own version reads (InvalidJson otherwise); its rows
 //! take their place among the Avro rows in message order.
 //!
@@ -68,7 +68,7 @@ pub struct Config {
     /// Rows per output record batch. Column buffers that stay this small grow in cache; one
     /// buffer for a whole large batch is copied at each doubling and faulted in page by page.
     pub chunk_rows: usize,
-    /// The reader version as JSON messages are checked against it (see `json.rs`).
+    /// The reader version as JSON messages are checked against it (see `json/`).
     pub json: JsonSchema,
 }
 
@@ -328,7 +328,7 @@ impl BatchDecoder {
         let Some(data) = message else {
             return Err(format!("JSON as {label}: no value"));
         };
-        let value: serde_json::Value =
+        let value: crate::json::value::Json =
             serde_json::from_slice(data).map_err(|e| format!("JSON as {label}: not JSON: {e}"))?;
         self.json_body.clear();
         self.config.json.encode(&value, &mut self.json_body).map_err(|e| format!("JSON as {label}: {e}"))

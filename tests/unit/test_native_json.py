@@ -1,4 +1,4 @@
-"""JSON events: the native decoder (native/src/json.rs) reads JSON objects as the Python reference
+"""JSON events: the native decoder (native/src/json/) reads JSON objects as the Python reference
 (connectors/kafka/jsonrecord.py, through :meth:`Codec.decode_batch_arrow`) reads them: the same
 table, the same failure class and message, message by message, in batches that mix JSON, Avro
 and garbage; and a JSON event's row equals the row of the same event sent as Avro.
@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import shutil
 import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -26,7 +27,7 @@ from confluent_kafka import Message
 
 from connectors.kafka.codec import Codec
 from connectors.kafka.jsonrecord import parse_timestamp
-from connectors.kafka.native import NativeCodec
+from connectors.kafka.native import NATIVE_DIR, NativeCodec, source_hash
 from connectors.kafka.schemas import SCHEMAS_DIR, SchemaRegistry
 from connectors.validation import ValueRules, check, screen
 from tests.unit.native_cases import RecordMaker, assert_same, rows
@@ -542,3 +543,15 @@ def test_an_event_of_another_reader_reads_json_with_its_own_schema(tmp_path, cod
         assert not actual.failures
         if reader == 2:
             assert actual.table["weight"].to_pylist() == [1.5, 2.0]
+
+
+def test_the_staleness_check_covers_the_json_sources(tmp_path):
+    """A change to any file of native/src/json/ makes the built extension stale (`make native`)."""
+    copy = shutil.copytree(NATIVE_DIR, tmp_path / "native", ignore=shutil.ignore_patterns("target"))
+    sources = sorted((copy / "src" / "json").glob("*.rs"))
+    assert {p.name for p in sources} >= {"mod.rs", "value.rs"}
+    before = source_hash(copy)
+    for source in sources:
+        source.write_text(source.read_text() + "\n")
+        assert source_hash(copy) != before, source.name
+        before = source_hash(copy)
