@@ -24,12 +24,11 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from connectors.errors import TransientError
-from connectors.failpoints import failpoint
 from connectors.kafka.codec import CodecError, Codec, default_codec
 from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.dlq import DeadLetters
 from connectors.kafka.topics import OTLP_SPANS, catalogue, ensure_topics, topic_name
+from connectors.kafka.transactions import commit_step
 from connectors.pricing import PriceTable, load_prices
 from connectors.settings import Settings
 from streams import metrics
@@ -116,8 +115,6 @@ class SpanMapper:
 
     def _step(self, messages: list[Any]) -> None:
         """Map ``messages`` and produce their events with their offsets in one transaction."""
-        from confluent_kafka import KafkaException, TopicPartition
-
         out: list[tuple[str, bytes, bytes]] = []
         for msg in messages:
             out += self._map(msg)
@@ -127,27 +124,9 @@ class SpanMapper:
         offsets: dict[int, int] = {}
         for msg in messages:
             offsets[msg.partition()] = max(offsets.get(msg.partition(), 0), msg.offset() + 1)
-        producer = self._producer
-        try:
-            producer.begin_transaction()
-            for topic, key, value in out:
-                while True:
-                    try:
-                        producer.produce(topic, value=value, key=key)
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-            failpoint("spans.before_commit")
-            producer.send_offsets_to_transaction(
-                [TopicPartition(self._source, p, o) for p, o in offsets.items()],
-                self._consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                producer.abort_transaction(30)
-                raise TransientError(f"spans transaction aborted: {error.str()}") from None
-            raise
+        commit_step(self._producer, self._consumer, self._source, offsets,
+                    ((topic, key, value, None) for topic, key, value in out),
+                    what="spans", failpoint_name="spans.before_commit")
         self.stats["events"] += len(out)
 
     def _map(self, msg: Any) -> list[tuple[str, bytes, bytes]]:

@@ -28,14 +28,14 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from connectors.errors import EzStreamError, TransientError
-from connectors.failpoints import failpoint
+from connectors.errors import EzStreamError
 from connectors.inference import CORRELATION_HEADER
 from connectors.kafka.codec import CodecError, Codec, default_codec
 from connectors.kafka.config import client_config, producer_config
 from connectors.kafka.dlq import DeadLetters
 from connectors.kafka.events import InferenceRequest, InferenceResult
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.kafka.transactions import commit_step
 from connectors.settings import Settings
 from streams import metrics
 from streams.inference.batcher import DynamicBatcher, Work
@@ -232,8 +232,6 @@ class InferenceWorker:
 
     def _answer(self) -> None:
         """Produce the results of finished work and commit its offsets, in one transaction."""
-        from confluent_kafka import KafkaException, TopicPartition
-
         with self._done_lock:
             finished, self._done = self._done, []
         # Work of partitions lost meanwhile belongs to their new owner, who answers it again.
@@ -243,36 +241,19 @@ class InferenceWorker:
             return
         self._dlq.flush()
         offsets: dict[int, int] = {}
-        producer = self._producer
-        try:
-            producer.begin_transaction()
-            for w in done:
-                offsets[w.partition] = w.offset + 1
-                if w.request is None:
-                    continue
-                result = self._result(w)
-                value = self.codec.encode(InferenceResult.EVENT, result.to_record())
-                while True:
-                    try:
-                        producer.produce(w.request.reply_topic or self._results, value=value,
-                                         key=w.request.agent_id.encode(),
-                                         headers=[(CORRELATION_HEADER, w.request.correlation_id.encode())])
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-            failpoint("inference.before_commit")
-            producer.send_offsets_to_transaction(
-                [TopicPartition(self._source, p, o) for p, o in offsets.items()],
-                self._consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                # Stop rather than untangle queued work: a restarted worker reads again from
-                # the committed offsets, and the aborted results were never visible.
-                producer.abort_transaction(30)
-                raise TransientError(f"inference results transaction aborted: {error.str()}") from None
-            raise
+        outputs = []
+        for w in done:
+            offsets[w.partition] = w.offset + 1
+            if w.request is None:
+                continue
+            value = self.codec.encode(InferenceResult.EVENT, self._result(w).to_record())
+            outputs.append((w.request.reply_topic or self._results, w.request.agent_id.encode(), value,
+                            [(CORRELATION_HEADER, w.request.correlation_id.encode())]))
+        # A transaction that must be aborted stops the worker rather than untangle queued work: a
+        # restarted worker reads again from the committed offsets, and the aborted results were
+        # never visible.
+        commit_step(self._producer, self._consumer, self._source, offsets, outputs,
+                    what="inference results", failpoint_name="inference.before_commit")
         self._outstanding -= len(done)
         answered = sum(1 for w in done if w.request is not None)
         errors = sum(1 for w in done if w.error)
