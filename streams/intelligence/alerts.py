@@ -268,7 +268,7 @@ class BudgetConfig:
     origin: Origin = Origin()
     #: Forecast: the burn rate is the spend of this recent window (event time) over its length.
     forecast_window_ms: int = 30 * 60_000
-    #: Forecast: none in a day's first this long (too little of the day to judge a rate by).
+    #: Forecast: none before a tenant or agent has spent for this long of the day (a rate needs time).
     forecast_min_elapsed_ms: int = 5 * 60_000
     #: Forecast: a firing forecast resolves once the projection falls below this share of the budget.
     forecast_resolve_ratio: float = 0.9
@@ -293,14 +293,14 @@ class BudgetRule:
     once the day is over (the rule's clock passed midnight + ``grace_ms``). Calls for a day that
     is over are counted in ``late_events``.
 
-    The forecast (:meth:`forecast`, once per minute of event time, at the alerts role's low
-    watermark ``t``): the burn rate ``r`` is the spend of the calls in the recent window
-    (the whole minutes of event time of the ``forecast_window_ms`` before the minute of ``t``,
-    from the day's start at the earliest) divided by the window's length; the day's projected
-    spend is
+    The forecast (:meth:`forecast`, at each minute boundary ``t`` of event time the alerts role's
+    low watermark crosses, from the calls before ``t``): the burn rate ``r`` is the spend of the
+    calls of the ``forecast_window_ms`` before ``t`` divided by that window's length, the window
+    starting at the tenant's or agent's first call of the day at the earliest (none before
+    ``forecast_min_elapsed_ms`` of it); the day's projected spend is
     ``spend + r * (end of day - t)`` and the budget runs out at ``t + (budget - spend) / r``. A
     ``budget_forecast`` alert fires when that time is before the day's end while the budget is
-    not spent yet (none in the day's first ``forecast_min_elapsed_ms``), and resolves when the
+    not spent yet, and resolves when the
     projection falls below ``forecast_resolve_ratio`` of the budget, or when the day is over. A
     steady burn thus fires once, at the first minute its projection reaches the budget.
     """
@@ -317,8 +317,10 @@ class BudgetRule:
         self._days: dict[int, set[str]] = {}
         # "scope|subject|day_ms|percent" -> the firing condition.
         self._firing: dict[str, _Condition] = {}
-        # "scope|subject|day_ms" -> [tenant_id, agent_type, {minute start: spend}]: the recent
-        # minutes' spend, what the forecast's burn rate comes from, and whom its alert names.
+        # "scope|subject|day_ms" -> [tenant_id, agent_type, {minute start: spend}, settled, first
+        # call]: the recent minutes' spend (the forecast's burn rate), the spend of the day's
+        # minutes before them (added minute by minute), the event time of the day's first call,
+        # and whom a forecast's alert names.
         self._minutes: dict[str, list[Any]] = {}
         # "scope|subject|day_ms" -> the firing forecast.
         self._forecasts: dict[str, _Condition] = {}
@@ -408,57 +410,75 @@ class BudgetRule:
         return alerts
 
     def forecast(self, now_ms: int) -> list[Alert]:
-        """Project each spend of the day of ``now_ms`` (event time) to the day's end at its recent
-        burn rate; the forecasts that fire or resolve (see the class docstring). Runs once per
-        minute of ``now_ms``, over the tenants and agents that spent that day, and within a minute
-        again for those that got calls of the minutes it already judged (a partition heard late)."""
+        """Project the spends of the days of ``now_ms`` (event time, the alerts role's low
+        watermark) to the day's end at their recent burn rate; the forecasts that fire or resolve
+        (see the class docstring).
+
+        The projection runs at each minute boundary ``now_ms`` crossed since the last call (the
+        latest window's worth of them, should it jump further), as of that boundary:
+        from the calls of the minutes before it only, so a live stream and a replay of it judge
+        alike. A tenant or agent that got calls of minutes already judged (a partition heard late)
+        is judged again at the last boundary."""
         minute = now_ms // MINUTE_MS
-        if minute > self.forecast_minute:
-            self.forecast_minute = minute
-            keys = self._days.get(now_ms - now_ms % DAY_MS, set())
-        elif self._stale:
-            keys = self._stale & self._days.get(now_ms - now_ms % DAY_MS, set())
-        else:
-            return []
+        alerts: list[Alert] = []
+        if self._stale and self.forecast_minute >= 0:
+            boundary = self.forecast_minute * MINUTE_MS
+            alerts += self._project(boundary, self._stale & self._days.get(boundary - boundary % DAY_MS, set()))
         self._stale = set()
+        if minute <= self.forecast_minute:
+            return alerts
+        window_minutes = self.config.forecast_window_ms // MINUTE_MS
+        if self.forecast_minute >= 0:
+            first = self.forecast_minute + 1
+        else:  # the first boundary after the earliest call kept
+            first = min((m // MINUTE_MS + 1 for entry in self._minutes.values() for m in entry[2]), default=minute)
+        first = max(first, minute - window_minutes)
+        for m in range(first, minute + 1):
+            boundary = m * MINUTE_MS
+            alerts += self._project(boundary, self._days.get(boundary - boundary % DAY_MS, set()))
+        self.forecast_minute = minute
+        return alerts
+
+    def _project(self, at: int, keys: set[str]) -> list[Alert]:
+        """The forecasts of ``keys`` (of the day of ``at``, a minute boundary) as of ``at``."""
         config = self.config
-        day = now_ms - now_ms % DAY_MS
+        day = at - at % DAY_MS
         day_end = day + DAY_MS
-        # Whole minutes before the current one: the window's spend and its length cover the same
-        # time, whatever calls of partitions ahead of ``now_ms`` have added already.
-        current = now_ms - now_ms % MINUTE_MS
-        first_minute = max(day, current - config.forecast_window_ms)
-        elapsed = current - first_minute
+        first_minute = max(day, at - config.forecast_window_ms)
         alerts: list[Alert] = []
         for day_key in sorted(keys):
             entry = self._minutes.get(day_key)
             if entry is None:
                 continue
-            tenant_id, agent_type, minutes = entry
-            old = [m for m in minutes if m < first_minute]
+            tenant_id, agent_type, minutes = entry[0], entry[1], entry[2]
+            old = sorted(m for m in minutes if m < first_minute)
             if old:
-                for m in old:
-                    del minutes[m]
+                # Out of the window: into the spend settled before it, minute by minute.
+                entry[3] = functools.reduce(operator.add, (minutes.pop(m) for m in old), entry[3])
                 self._changed_minutes.add(day_key)
-            if now_ms - day < config.forecast_min_elapsed_ms or elapsed <= 0:
+            # Over the window, or since the first call of the day when that came later.
+            elapsed = at - max(first_minute, entry[4])
+            if elapsed < max(config.forecast_min_elapsed_ms, MINUTE_MS):
                 continue
-            scope, subject = day_key.split("|", 1)[0], day_key.split("|", 1)[1].rsplit("|", 1)[0]
+            scope, rest = day_key.split("|", 1)
+            subject = rest.rsplit("|", 1)[0]
             budget = config.budgets.daily_usd(scope, subject)  # type: ignore[arg-type]
             if budget is None:
                 continue
-            spend = self._spend[day_key]
-            rate = functools.reduce(operator.add, (minutes[m] for m in sorted(minutes) if m < current), 0.0) / elapsed
-            projected = spend + rate * (day_end - now_ms)
+            recent = functools.reduce(operator.add, (minutes[m] for m in sorted(minutes) if m < at), 0.0)
+            spend = entry[3] + recent  # by the calls before ``at``
+            rate = recent / elapsed
+            projected = spend + rate * (day_end - at)
             firing = self._forecasts.get(day_key)
             if firing is None and spend < budget and rate > 0 and projected >= budget:
-                runs_out_ms = now_ms + (budget - spend) / rate
-                alerts.append(self._forecast_fires(scope, subject, day, day_key, tenant_id, agent_type, now_ms,
+                runs_out_ms = at + (budget - spend) / rate
+                alerts.append(self._forecast_fires(scope, subject, day, day_key, tenant_id, agent_type, at,
                                                    spend, budget, rate, projected, runs_out_ms))
             elif firing is not None and spend < budget and projected < budget * config.forecast_resolve_ratio:
                 del self._forecasts[day_key]
                 self._changed_forecasts.add(day_key)
                 alerts.append(firing.alert(
-                    "resolved", at_ms=now_ms,
+                    "resolved", at_ms=at,
                     message=(f"{scope} {subject}: at ${rate * 3_600_000:.2f}/h it now spends ${projected:.2f} of its "
                              f"${budget:.2f} daily budget by the end of {firing.details['day']}"),
                     value=projected, threshold=budget, window=(day, day_end)))
@@ -555,9 +575,10 @@ class BudgetRule:
             self._days.setdefault(day, set()).add(day_key)
         spend = self._spend[day_key] = self._spend.get(day_key, 0.0) + call.cost_usd
         self._changed_spend.add(day_key)
-        entry = self._minutes.setdefault(day_key, [call.tenant_id, call.agent_type, {}])
         minute = at - at % MINUTE_MS
+        entry = self._minutes.setdefault(day_key, [call.tenant_id, call.agent_type, {}, 0.0, at])
         entry[2][minute] = entry[2].get(minute, 0.0) + call.cost_usd
+        entry[4] = min(entry[4], at)
         self._changed_minutes.add(day_key)
         if minute < self.forecast_minute * MINUTE_MS:
             self._stale.add(day_key)
@@ -566,11 +587,12 @@ class BudgetRule:
     def _add_minutes(self, day_key: str, calls: Batch, taken: np.ndarray, at: np.ndarray, costs: np.ndarray) -> None:
         """The calls ``taken`` (one day of one subject, in call order) into their minutes' spend,
         each minute's added in call order: the same floats as call by call."""
+        minutes = at[taken] - at[taken] % MINUTE_MS
         entry = self._minutes.get(day_key)
         if entry is None:
             first = next(iter(calls.rows(taken[:1])))
-            entry = self._minutes[day_key] = [first.tenant_id, first.agent_type, {}]
-        minutes = at[taken] - at[taken] % MINUTE_MS
+            entry = self._minutes[day_key] = [first.tenant_id, first.agent_type, {}, 0.0, int(at[taken[0]])]
+        entry[4] = min(entry[4], int(at[taken].min()))
         if minutes.min() < self.forecast_minute * MINUTE_MS:
             self._stale.add(day_key)
         order = np.argsort(minutes, kind="stable")
@@ -687,7 +709,7 @@ class BudgetRule:
         # A state written before the forecast has none of it: it starts from the next calls.
         rule.forecast_minute = data.get("forecast_minute", -1)
         rule._stale = set(data.get("stale", ()))
-        rule._minutes = {key: [entry[0], entry[1], {int(m): spend for m, spend in entry[2]}]
+        rule._minutes = {key: [entry[0], entry[1], {int(m): spend for m, spend in entry[2]}, entry[3], entry[4]]
                          for key, entry in data.get("minutes", {}).items()}
         rule._forecasts = _conditions_from_dict(data.get("forecasts", {}))
         return rule
@@ -695,7 +717,7 @@ class BudgetRule:
 
 def _minutes_entry(entry: list[Any]) -> list[Any]:
     # JSON keys are text: the minutes go as [minute, spend] pairs, in time order.
-    return [entry[0], entry[1], sorted(entry[2].items())]
+    return [entry[0], entry[1], sorted(entry[2].items()), entry[3], entry[4]]
 
 
 def _day_of(day_key: str) -> int:

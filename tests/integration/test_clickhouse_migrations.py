@@ -100,7 +100,7 @@ def test_llm_call_v2_reaches_clickhouse_and_its_rollup_through_its_migration_and
     message = str(refused.value)
     for field in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
         assert f"llm_call v2 adds field '{field}': llm_calls has no column {field}" in message
-    assert f"{ch.clickhouse_database}" in message and "010_llm_call_v2.sql" in message
+    assert f"{ch.clickhouse_database}" in message and "_llm_call_v2.sql" in message
 
     # A sink applies the package's migrations at start: 010 with them, so the columns arrive and
     # the rollup's view sums them.

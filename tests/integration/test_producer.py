@@ -13,7 +13,7 @@ import pytest
 from connectors.kafka.codec import decode
 from connectors.kafka.events import LlmCall, Telemetry
 from connectors.kafka.producer import DeliveryError, EventProducer
-from connectors.kafka.schemas import TOPIC_EVENTS
+from connectors.kafka.schemas import TOPIC_EVENTS, default_registry
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import load_settings
 from tests.integration.topics import end_offsets, read_topics
@@ -98,7 +98,8 @@ def test_produce_cli_sends_good_lines_and_reports_bad_ones(prefixed, tmp_path):
                              str(source)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "line 2: not JSON" in result.stderr
-    assert "line 3: llm_call v1: field 'input_tokens' is 'many'" in result.stderr
+    current = default_registry().current("llm_call").version
+    assert f"line 3: llm_call v{current}: field 'input_tokens' is 'many'" in result.stderr
     assert "line 6:" in result.stderr and "surprise" in result.stderr
     assert "sent 3, delivered 3, rejected 3" in result.stdout
 
