@@ -11,7 +11,7 @@ it (a typo must not silently keep a default)::
     [budget]
     grace_seconds = 300      # calls this long after midnight still count for the day before
     forecast_window_seconds = 1800     # the burn rate of the forecast: spend of this recent window
-    forecast_min_elapsed_seconds = 300 # no forecast in a day's first five minutes
+    forecast_min_elapsed_seconds = 300 # none before a tenant or agent spent for five minutes
     forecast_resolve_ratio = 0.9       # a forecast resolves when the projection falls below 90%
 
     [error_rate]
