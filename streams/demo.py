@@ -71,7 +71,7 @@ def run_demo(rate: float, duration_s: float, seed: int, echo: Callable[[str], No
     for name, outcome in ensure_topics(settings, catalogue(settings)).items():
         if outcome == "created":
             echo(f"topic {name} created")
-    echo("\n== Workers: one process per role (lake, ClickHouse, alerts), so each has a core of its own")
+    echo("\n== Workers: one process per role (lake, ClickHouse, alerts, spans), so each has a core of its own")
     # Workers left by an earlier run may predate this checkout's code and migrations: start afresh.
     for name in stop_detached(settings):
         echo(f"{name} (from an earlier run) stopped")
@@ -232,7 +232,7 @@ def _print_totals(settings: Settings, marks: dict[tuple[str, int], int], echo: C
     db = settings.clickhouse_database
     in_lake = set(list_tables(settings))
     echo(f"{'table':<18} {'ClickHouse rows':>16} {'lake rows':>12} {'ClickHouse cost':>16} {'lake cost':>12}")
-    echo("(up to the Kafka offsets of the moment the traffic ended)")
+    echo("(up to the Kafka offsets once the traffic ended and the last windows closed)")
     agree = True
     for table in TABLES.values():
         cost = "sum(cost_usd)" if table in COST_TABLES else "0"
