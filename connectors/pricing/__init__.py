@@ -70,6 +70,8 @@ _OTHER = "other"
 PROVIDER_ALIASES = {
     "gcp.gemini": "google", "gcp.vertex_ai": "google", "gcp.gen_ai": "google", "gemini": "google",
     "vertex_ai": "google", "mistral_ai": "mistral", "mistralai": "mistral", "x_ai": "x-ai", "xai": "x-ai",
+    # Azure's OpenAI service is priced as OpenAI's models.
+    "azure.ai.openai": "openai", "azure_openai": "openai", "azure": "openai",
 }
 
 # ISO dates sort as text in time order, which is what makes "latest" the last stem.

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -69,10 +69,6 @@ _REASONING_ATTRS = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reason
                     "gen_ai.usage.output_tokens.reasoning", "llm.token_count.completion_details.reasoning")
 _AGENT_ATTRS = ("gen_ai.agent.id", "gen_ai.agent.name")
 _HTTP_STATUS_ATTRS = ("http.response.status_code", "http.status_code")
-
-#: Provider names the price table's aliases (:data:`connectors.pricing.PROVIDER_ALIASES`) leave
-#: out: Azure's OpenAI service is priced as OpenAI's models.
-_MAPPER_ALIASES: Mapping[str, str] = {"azure.ai.openai": "openai", "azure_openai": "openai", "azure": "openai"}
 
 # OTLP status codes (opentelemetry.proto.trace.v1.Status.StatusCode).
 _STATUS_ERROR = 2
@@ -235,7 +231,7 @@ def _agent_ancestor(span: Any, by_id: dict[bytes, Any], operations: dict[bytes, 
 
 def _provider(attrs: dict[str, Any]) -> str:
     raw = str(_first(attrs, _PROVIDER_ATTRS) or "").strip().lower()
-    return _MAPPER_ALIASES.get(raw) or PROVIDER_ALIASES.get(raw, raw or "unknown")
+    return PROVIDER_ALIASES.get(raw, raw or "unknown")
 
 
 def _call_status(span: Any, attrs: dict[str, Any]) -> str:

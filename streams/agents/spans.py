@@ -115,7 +115,7 @@ class SpanMapper:
 
     def _step(self, messages: list[Any]) -> None:
         """Map ``messages`` and produce their events with their offsets in one transaction."""
-        out: list[tuple[str, bytes, bytes]] = []
+        out: list[tuple[str, bytes, bytes, None]] = []
         for msg in messages:
             out += self._map(msg)
         metrics.EVENTS_IN.labels(self.name, OTLP_SPANS).inc(len(messages))
@@ -124,13 +124,12 @@ class SpanMapper:
         offsets: dict[int, int] = {}
         for msg in messages:
             offsets[msg.partition()] = max(offsets.get(msg.partition(), 0), msg.offset() + 1)
-        commit_step(self._producer, self._consumer, self._source, offsets,
-                    ((topic, key, value, None) for topic, key, value in out),
+        commit_step(self._producer, self._consumer, self._source, offsets, out,
                     what="spans", failpoint_name="spans.before_commit")
         self.stats["events"] += len(out)
 
-    def _map(self, msg: Any) -> list[tuple[str, bytes, bytes]]:
-        """(topic, key, value) of each event of one message; its bad parts dead-lettered."""
+    def _map(self, msg: Any) -> list[tuple[str, bytes, bytes, None]]:
+        """(topic, key, value, headers) of each event of one message; its bad parts dead-lettered."""
         from google.protobuf.message import DecodeError
 
         try:
@@ -150,7 +149,7 @@ class SpanMapper:
                 span = getattr(event, "call_id", None) or getattr(event, "task_id", "")
                 refused.append(f"span {span} of trace {event.trace_id}: {exc}")
                 continue
-            out.append((topic_name(self.settings, event.TOPIC), event.agent_id.encode(), value))
+            out.append((topic_name(self.settings, event.TOPIC), event.agent_id.encode(), value, None))
         if refused:
             # One letter per message, naming each refused span (a message is dead-lettered once).
             self._dead_letter(msg, InvalidSpan("; ".join(refused)))
