@@ -190,12 +190,30 @@ def _rendered(client: Any, statement: str) -> tuple[list[str], list[list[Any]]]:
 
 
 def query(settings: Settings, sql: str, timeout_s: float = 300.0) -> tuple[list[str], list[list[Any]]]:
-    """Run ``sql`` read-only where the engine is: through the owning worker, or here."""
-    if is_embedded(settings):
-        endpoint = _live_endpoint(settings)
-        if endpoint is not None:
-            return _remote(endpoint, sql, timeout_s)
+    """Run ``sql`` read-only where the engine is: through the owning worker (:func:`query_worker`),
+    or here."""
+    if is_embedded(settings) and _live_endpoint(settings) is not None:
+        return query_worker(settings, sql, timeout_s)
     return run_query(settings, sql)
+
+
+def query_worker(settings: Settings, sql: str, timeout_s: float = 300.0) -> tuple[list[str], list[list[Any]]]:
+    """Run ``sql`` read-only on the worker that holds this ``EZ_HOME``'s embedded engine (its query
+    endpoint, announced in :func:`announcement`): column names and rows, as :func:`run_query` gives
+    them. This process never opens the engine: chDB allows one engine per folder, so a long-lived
+    caller that held it would keep a worker from starting.
+
+    :raises TransientError: no live worker announces an endpoint for this DSN (none runs with the
+        clickhouse role), or it did not answer, or it could not run the query now.
+    :raises TerminalError: the worker refused the statement (see the module's docstring) or
+        ClickHouse rejected it.
+    """
+    endpoint = _live_endpoint(settings)
+    if endpoint is None:
+        raise TransientError(
+            "no worker holds the embedded ClickHouse engine of this EZ_HOME: start one with the "
+            "clickhouse role (`ezstream worker`, or `make demo`)")
+    return _remote(endpoint, sql, timeout_s)
 
 
 def _live_endpoint(settings: Settings) -> dict | None:

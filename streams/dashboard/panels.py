@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from connectors.clickhouse import is_embedded
-from connectors.errors import TransientError
 from connectors.settings import Settings
 
 #: Runs one read-only SELECT: column names and rows.
@@ -54,23 +53,18 @@ def source(settings: Settings) -> Run:
 
     Unlike ``ezstream sql`` it never opens the embedded engine itself: chDB allows one engine per
     folder, and a long-lived dashboard holding it would keep a worker from starting. Without such a
-    worker each panel says so (:class:`TransientError`) until one runs.
+    worker each panel says so (:class:`~connectors.errors.TransientError`, from
+    :func:`~streams.query_server.query_worker`) until one runs.
     """
-    # query() would fall back to opening the engine here when the worker is gone: ask the endpoint
-    # found, or nobody.
-    from streams.query_server import _live_endpoint, _remote, run_query
+    # Not query(): it would fall back to opening the engine here when the worker is gone.
+    from streams.query_server import query_worker, run_query
 
     def run(sql: str) -> tuple[list[str], list[list[Any]]]:
         if not is_embedded(settings):
             # One client per process, one session per client: the page's sessions take turns.
             with _server_lock:
                 return run_query(settings, sql)
-        endpoint = _live_endpoint(settings)
-        if endpoint is None:
-            raise TransientError(
-                "no worker holds the embedded ClickHouse engine of this EZ_HOME: start one with the "
-                "clickhouse role (`ezstream worker`, or `make demo`)")
-        return _remote(endpoint, sql, QUERY_TIMEOUT_S)
+        return query_worker(settings, sql, QUERY_TIMEOUT_S)
 
     return run
 

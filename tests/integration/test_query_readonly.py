@@ -26,7 +26,7 @@ from connectors.settings import Settings, load_settings
 from connectors.sink import TABLES
 from streams.demo import SUMMARY
 from streams.operator_status import last_clickhouse_writes
-from streams.query_server import _live_endpoint, announcement, query
+from streams.query_server import announcement, query, query_worker
 from tests.conftest import wait_for
 from tests.integration.pipeline import REPO, Truth, Worker, clickhouse_totals, expected, produce_simulated, settings_env
 
@@ -49,7 +49,7 @@ def served(stack, stack_overrides, tmp_path_factory):
     try:
         at = settings.model_copy(update={"home": worker.home})
         # Never the engine in this process: every query below must be the worker's.
-        assert _live_endpoint(at) is not None
+        assert query_worker(at, "SELECT currentDatabase()")[1] == [[at.clickhouse_database]]
         truth = Truth()
         produce_simulated(settings, 40, seed=11, truth=truth)
         want = expected(truth)

@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import pytest
 
-from connectors.errors import TerminalError
+from connectors.errors import TerminalError, TransientError
+from connectors.settings import load_settings
 from streams import query_server
 from streams.query_server import check_read_only
 
@@ -146,3 +147,18 @@ def test_the_announcement_is_created_0600_never_wider(tmp_path, monkeypatch):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text()) == {"token": "t"}
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_query_worker_never_opens_the_engine_itself(tmp_path):
+    settings = load_settings(home=tmp_path, clickhouse_dsn=f"chdb://{tmp_path}/clickhouse")
+    with pytest.raises(TransientError, match="no worker holds the embedded ClickHouse engine"):
+        query_server.query_worker(settings, "SELECT 1")
+    # An announcement of a process that is gone, or of another engine, is no worker either.
+    dead = {"pid": 2 ** 22 + 1, "port": 1, "token": "t", "dsn": settings.clickhouse_dsn.get_secret_value()}
+    query_server._announce(query_server.announcement(settings), dead)
+    with pytest.raises(TransientError, match="no worker holds"):
+        query_server.query_worker(settings, "SELECT 1")
+    query_server._announce(query_server.announcement(settings), {**dead, "pid": os.getpid(), "dsn": "chdb:///other"})
+    with pytest.raises(TransientError, match="no worker holds"):
+        query_server.query_worker(settings, "SELECT 1")
+    assert not (tmp_path / "clickhouse").exists()
