@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from connectors.kafka.events import InferenceRequest
 from connectors.kafka.topics import OTLP_SPANS, catalogue, dlq_topic, topic_name
 from connectors.settings import Settings
+from infra.grafana import CLICKHOUSE_TYPE
 from infra.local.otelcol import collector_config
 from connectors.sink import TABLES
 from streams.inference.service import ready_file
@@ -522,9 +523,36 @@ def _grafana_provider_path() -> str:
     return provider["options"]["path"]
 
 
-def _pinned_grafana(image: str, plugins: str) -> None:
+#: An entry of Grafana's plugins.preinstall_sync list: ``id@version`` (``@url`` may follow).
+PREINSTALL_ENTRY = re.compile(r"(?P<id>[a-z0-9]+(?:-[a-z0-9]+)*)@(?P<version>\d+\.\d+\.\d+)")
+
+
+def _preinstalled(setting: str) -> dict[str, str]:
+    """Plugin id -> version of a GF_PLUGINS_PREINSTALL_SYNC value, each entry pinned to a version;
+    AssertionError names an entry that is not (an id alone is kept up to date by Grafana, and the
+    ``id version`` form of the deprecated GF_INSTALL_PLUGINS would be read as an id with a space)."""
+    pinned = {}
+    for entry in setting.split(","):
+        match = PREINSTALL_ENTRY.fullmatch(entry.strip())
+        assert match, f"{entry!r} is not id@version"
+        pinned[match["id"]] = match["version"]
+    return pinned
+
+
+def _pinned_grafana(image: str, environment: dict[str, str]) -> None:
+    """Grafana 12 and its ClickHouse plugin pinned, installed before the server starts."""
     assert re.fullmatch(r"grafana/grafana:12\.\d+\.\d+", image), image
-    assert re.fullmatch(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugins), plugins
+    assert not {"GF_INSTALL_PLUGINS", "GF_PLUGINS_PREINSTALL"} & set(environment), "use GF_PLUGINS_PREINSTALL_SYNC"
+    assert set(_preinstalled(environment["GF_PLUGINS_PREINSTALL_SYNC"])) == {CLICKHOUSE_TYPE}
+
+
+def test_the_plugin_check_refuses_unpinned_and_deprecated_forms():
+    assert _preinstalled("grafana-clickhouse-datasource@4.11.2, grafana-clock-panel@1.0.1") == {
+        "grafana-clickhouse-datasource": "4.11.2", "grafana-clock-panel": "1.0.1"}
+    for wrong in ("grafana-clickhouse-datasource", "grafana-clickhouse-datasource 4.11.2",
+                  "grafana-clickhouse-datasource@latest", "grafana-clickhouse-datasource@4.11"):
+        with pytest.raises(AssertionError, match="is not id@version"):
+            _preinstalled(wrong)
 
 
 def test_compose_runs_grafana_and_prometheus_in_their_profile():
@@ -534,7 +562,7 @@ def test_compose_runs_grafana_and_prometheus_in_their_profile():
     # Opt-in: `up -d` starts what it did; `--profile grafana up -d` adds both.
     assert grafana["profiles"] == prometheus["profiles"] == ["grafana"]
     env = grafana["environment"]
-    _pinned_grafana(grafana["image"], env["GF_INSTALL_PLUGINS"])
+    _pinned_grafana(grafana["image"], env)
     assert _grafana_datasource_variables() <= set(env)
     assert env["CLICKHOUSE_DATABASE"] == Settings.model_fields["clickhouse_database"].default
     dsn = services["worker-clickhouse"]["environment"]["EZ_CLICKHOUSE_DSN"]
@@ -567,7 +595,8 @@ def test_k8s_grafana_mounts_the_generated_configmaps():
     compose_grafana = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]
     # The same Grafana and plugin as docker-compose.
     assert container["image"] == compose_grafana["image"]
-    assert env["GF_INSTALL_PLUGINS"]["value"] == compose_grafana["environment"]["GF_INSTALL_PLUGINS"]
+    _pinned_grafana(container["image"], {name: e.get("value", "") for name, e in env.items()})
+    assert env["GF_PLUGINS_PREINSTALL_SYNC"]["value"] == compose_grafana["environment"]["GF_PLUGINS_PREINSTALL_SYNC"]
     assert _grafana_datasource_variables() <= set(env)
     assert env["CLICKHOUSE_DATABASE"]["value"] == config["data"]["EZ_CLICKHOUSE_DATABASE"]
     assert env["CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ezstream-clickhouse", "key": "password"}
