@@ -47,8 +47,8 @@ def down() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def status(as_json: bool) -> None:
-    """Services, workers, consumer lag per group and topic, last writes, DLQ sizes, the alerts
-    role; exit 1 if a service is down."""
+    """Services, the dashboard, workers, consumer lag per group and topic, last writes, DLQ sizes,
+    the alerts role; exit 1 if a service is down (not for the dashboard, which runs on demand)."""
     from streams.operator_status import format_view, operator_view
 
     view = operator_view(_settings())

@@ -1,6 +1,6 @@
 """``ezstream status``: the operator's view of one ``EZ_HOME`` and its topics.
 
-Services and their health, the workers of this home, consumer lag per group and topic (from the
+Services and their health, the live dashboard (whether it runs, its URL), the workers of this home, consumer lag per group and topic (from the
 broker: committed offsets against partition ends), the last write of each sink, DLQ sizes and the
 alerts role's state. Every part that cannot be read says why instead of failing the whole view.
 """
@@ -169,11 +169,15 @@ def operator_view(settings: Settings) -> dict[str, Any]:
     from infra.local import Stack
 
     errors: dict[str, str] = {}
-    services = [row.__dict__ for row in Stack(settings).status()]
+    stack = Stack(settings)
+    services = [row.__dict__ for row in stack.status()]
     kafka_up = any(s["name"] == "kafka" and s["healthy"] for s in services)
     view: dict[str, Any] = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "services": services,
+        # Started on demand (`ezstream dashboard`, the demo): shown, but not one of the services
+        # whose health `ezstream status` exits 1 on.
+        "dashboard": stack.dashboard_status().__dict__,
         "workers": workers(settings),
         "lag": (_attempt("lag", lambda: lag(settings), errors) or []) if kafka_up else [],
         "dlq": (_attempt("dlq", lambda: dlq_sizes(settings), errors) or {}) if kafka_up else {},
@@ -194,6 +198,9 @@ def format_view(view: dict[str, Any]) -> str:
     lines = [f"{'SERVICE':<11} {'ADDRESS':<44} {'STATE':<9} HEALTH"]
     for s in view["services"]:
         lines.append(f"{s['name']:<11} {s['address']:<44} {s['state']:<9} {'ok' if s['healthy'] else 'DOWN'}")
+    board = view["dashboard"]
+    health = "ok" if board["healthy"] else "DOWN (ezstream dashboard starts it)" if board["state"] == "stopped" else "DOWN"
+    lines.append(f"{board['name']:<11} {board['address']:<44} {board['state']:<9} {health}")
     if view["workers"]:
         lines += ["", f"{'WORKER':<34} {'PID':>8}  STATE"]
         for w in view["workers"]:

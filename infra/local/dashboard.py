@@ -44,6 +44,11 @@ class Dashboard:
         """Where the running dashboard serves (the port it was started with), else where it would."""
         return self.proc.state().get("url") or f"http://{HOST}:{self.port}"
 
+    @property
+    def address(self) -> str:
+        """Its URL, as the other services' addresses are shown by ``ezstream status``."""
+        return self.url
+
     def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=timeout_s) as resp:

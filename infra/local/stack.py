@@ -54,14 +54,19 @@ class Stack:
                 echo(f"{service.name:<11} stopped")
 
     def status(self) -> list[ServiceStatus]:
-        rows = []
-        for service in self.services:
-            healthy = service.healthy()
-            if service is self.clickhouse:
-                state = "embedded" if service.address.startswith("chdb:") else "external"
-            elif service.proc.pid() is not None:
-                state = "running"
-            else:
-                state = "external" if healthy else "stopped"
-            rows.append(ServiceStatus(service.name, service.address, state, healthy))
-        return rows
+        """The services `up` starts: each must be healthy for the stack to be."""
+        return [self._status(service) for service in self.services]
+
+    def dashboard_status(self) -> ServiceStatus:
+        """The dashboard's, apart: it runs on demand, so its being stopped is no fault of the stack."""
+        return self._status(self.dashboard)
+
+    def _status(self, service) -> ServiceStatus:
+        healthy = service.healthy()
+        if service is self.clickhouse:
+            state = "embedded" if service.address.startswith("chdb:") else "external"
+        elif service.proc.pid() is not None:
+            state = "running"
+        else:
+            state = "external" if healthy else "stopped"
+        return ServiceStatus(service.name, service.address, state, healthy)

@@ -1,4 +1,4 @@
-"""`ezstream up | down | status | topics` against real services."""
+"""`ezstream up | down | status | topics` against real services, and the dashboard in `status`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from connectors.kafka.topics import EVENT_TOPICS, FOREIGN_TOPICS, catalogue, describe_topics, dlq_topic, ensure_topics
+from infra.local.dashboard import Dashboard
 from infra.local.net import free_port
 from tests.integration.conftest import otel_ports
 
@@ -44,6 +45,28 @@ def test_status_reports_every_service_healthy(settings):
         "name": "otelcol", "address": f"http://127.0.0.1:{settings.otel_http_port}", "state": "running",
         "healthy": True,
     }
+
+
+def test_status_shows_whether_the_dashboard_runs_and_where(settings, tmp_path):
+    # A home of its own: the dashboard is started and stopped here, nowhere another test looks.
+    own = settings.model_copy(update={"home": tmp_path / "home", "dashboard_port": free_port()})
+    env = {**stack_env(own), "EZ_DASHBOARD_PORT": str(own.dashboard_port)}
+    url = f"http://127.0.0.1:{own.dashboard_port}"
+    dashboard = Dashboard(own)
+    try:
+        assert dashboard.up() == "started"
+        running = ezstream("status", env=env)
+        assert running.returncode == 0, running.stdout + running.stderr
+        assert f"dashboard   {url:<44} running   ok" in running.stdout.splitlines(), running.stdout
+        as_json = json.loads(ezstream("status", "--json", env=env).stdout)
+        assert as_json["dashboard"] == {"name": "dashboard", "address": url, "state": "running", "healthy": True}
+    finally:
+        dashboard.down()
+    stopped = ezstream("status", env=env)
+    # The stack is as healthy as before: a dashboard not running fails nothing.
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"dashboard   {url:<44} stopped   DOWN (ezstream dashboard starts it)" in stopped.stdout.splitlines(), \
+        stopped.stdout
 
 
 def test_up_is_idempotent(settings):

@@ -1,12 +1,27 @@
-"""`ezstream status`'s text: what an operator reads of the alerts role."""
+"""`ezstream status`'s text: what an operator reads of the alerts role and the dashboard."""
 
 from __future__ import annotations
 
 from streams.operator_status import format_view
 
 
-def view(alerts):
-    return {"services": [], "workers": [], "lag": [], "last_write": {}, "dlq": {}, "errors": {}, "alerts": alerts}
+STOPPED = {"name": "dashboard", "address": "http://127.0.0.1:8501", "state": "stopped", "healthy": False}
+
+
+def view(alerts, dashboard=STOPPED):
+    return {"services": [], "dashboard": dashboard, "workers": [], "lag": [], "last_write": {}, "dlq": {},
+            "errors": {}, "alerts": alerts}
+
+
+def test_the_dashboard_line_says_where_it_runs_or_how_to_start_it():
+    running = {**STOPPED, "address": "http://127.0.0.1:8600", "state": "running", "healthy": True}
+    assert f"dashboard   {'http://127.0.0.1:8600':<44} running   ok" in format_view(view(None, running)).splitlines()
+    assert f"dashboard   {'http://127.0.0.1:8501':<44} stopped   DOWN (ezstream dashboard starts it)" in \
+        format_view(view(None)).splitlines()
+    # Ours but not answering: down, with no hint to start what already runs.
+    hung = {**running, "healthy": False}
+    (line,) = [line for line in format_view(view(None, hung)).splitlines() if line.startswith("dashboard")]
+    assert line.endswith("running   DOWN")
 
 
 def test_the_alerts_role_line_says_how_big_its_state_is():
