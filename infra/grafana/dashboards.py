@@ -373,5 +373,10 @@ def render() -> dict[str, str]:
         # Stable panel ids (links to a panel name it by id), in the order of the grid.
         for number_, panel in enumerate(built.panels or [], start=1):
             panel.id_val = number_
+        for variable in built.templating.list_val or []:
+            if variable.type_val != model.VariableType.INTERVAL:
+                # The SDK writes an interval variable's settings on every variable; Grafana's
+                # dashboard schema has no such fields (infra/grafana/schema.py checks it).
+                variable.auto = variable.auto_min = variable.auto_count = None
         texts[f"{uid}.json"] = json.dumps(built, cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
     return texts
