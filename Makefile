@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EZ     := $(BIN)/ezstream
 
-.PHONY: install native demo test test-unit test-integration up down status fetch clean airflow airflow-install airflow-stop kcat
+.PHONY: install native demo test test-unit test-integration up down status fetch grafana-schema clean airflow airflow-install airflow-stop kcat
 
 install: $(VENV)/.installed $(VENV)/.native
 
@@ -31,9 +31,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## fetch: download/build the local services into $EZ_CACHE_DIR: Kafka's jars, MinIO and the OpenTelemetry
-## Collector (collector builder, a few minutes the first time); `make test` runs it, `make demo` builds them in `ezstream up`
+## Collector (collector builder, a few minutes the first time), and grafana-schema; `make test` runs it, `make demo`
+## builds the services in `ezstream up`
 fetch: install
 	$(EZ) fetch
+
+## grafana-schema: Grafana's published schema (@grafana/schema) and TypeScript, pinned in
+## infra/grafana/schema-check/, installed with npm ci into $EZ_CACHE_DIR/grafana-schema for tests/unit/test_grafana.py
+grafana-schema: install
+	$(EZ) fetch grafana-schema
 
 up: install
 	$(EZ) up
@@ -53,7 +59,7 @@ demo: install
 test: fetch airflow-install kcat
 	$(BIN)/python -m pytest tests
 
-test-unit: install airflow-install
+test-unit: install airflow-install grafana-schema
 	$(BIN)/python -m pytest tests/unit
 
 test-integration: fetch airflow-install kcat

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         default=Path("~/.cache/ezstream"),
         validation_alias=_env("EZ_CACHE_DIR"),
-        description="Download cache (Kafka jars, MinIO binary), kept outside the clone.",
+        description="Download cache (Kafka jars, MinIO, the OpenTelemetry Collector, the Grafana schema check's npm "
+                    "packages), kept outside the clone.",
     )
 
     # Kafka

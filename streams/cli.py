@@ -69,16 +69,29 @@ def dashboard() -> None:
     click.echo(f"dashboard   {board.url}  {outcome}; log: {board.proc.log_file}; stop: ezstream down")
 
 
+_FETCHED = ("kafka", "minio", "otelcol", "grafana-schema")
+
+
 @cli.command()
-def fetch() -> None:
-    """Download/build the local services into the cache (Kafka jars, MinIO, the OpenTelemetry Collector)
-    without starting them."""
+@click.argument("what", nargs=-1, type=click.Choice(_FETCHED))
+def fetch(what: tuple[str, ...]) -> None:
+    """Download/build into the cache, without starting anything, WHAT (default: all): the local
+    services (Kafka jars, MinIO, the OpenTelemetry Collector) and grafana-schema, Grafana's
+    published schema and the TypeScript compiler the dashboards are checked with (npm ci)."""
+    from infra.grafana.schema import install as install_grafana_schema
     from infra.local import Stack
 
-    stack = Stack(_settings())
-    click.echo(f"kafka jars  {stack.kafka.libs()}")
-    click.echo(f"minio       {stack.minio.binary()}")
-    click.echo(f"otelcol     {stack.otelcol.binary()}")
+    settings = _settings()
+    stack = Stack(settings)
+    fetched = {
+        "kafka": ("kafka jars", stack.kafka.libs),
+        "minio": ("minio", stack.minio.binary),
+        "otelcol": ("otelcol", stack.otelcol.binary),
+        "grafana-schema": ("grafana schema", lambda: install_grafana_schema(settings.cache_dir)),
+    }
+    for name in what or _FETCHED:
+        label, get = fetched[name]
+        click.echo(f"{label:<14} {get()}")
 
 
 @cli.group()

@@ -8,7 +8,8 @@ The panels query two data sources, named by the uids below in both the dashboard
 provisioning: ClickHouse (the grafana-clickhouse-datasource plugin) over the tables of
 ``connectors/clickhouse/migrations/``, and Prometheus over the workers' ``ezstream_*`` metrics
 (``streams/metrics.py``). Generating needs the ``test`` extra (grafana-foundation-sdk); the
-workers never import this package.
+workers never import this package. :mod:`.checks` checks what the panels query and the SDK's
+model, :mod:`.schema` Grafana's own published schema (``@grafana/schema``, with TypeScript).
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@
 * Every dashboard reads into grafana-foundation-sdk's dashboard model and back unchanged, its panel
   types are Grafana's, its data sources are the provisioned ones, and the files are what the
   generator (``python -m infra.grafana``) writes.
+* Every dashboard satisfies Grafana's own published schema, the npm package @grafana/schema of the
+  Grafana release that runs it, under ``tsc --strict`` (infra/grafana/schema.py): the dashboard
+  model, and each panel's options and custom field config against its plugin's types. The packages
+  are installed by ``ezstream fetch`` (``make test`` runs it); without them or node the test fails,
+  saying so.
 
 Each check is run once on a deliberately wrong input too, so that it is seen to fail.
 """
@@ -17,18 +22,24 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
 
 from connectors.kafka.events import Alert
+from connectors.settings import load_settings
 from infra.grafana import (CLICKHOUSE_TYPE, CLICKHOUSE_UID, DASHBOARDS_DIR, HERE, PROMETHEUS_TYPE, PROMETHEUS_UID,
                            PROVISIONING_DIR)
 from infra.grafana.checks import (concrete_sql, exported_names, metric_names, model_differences, promql_of,
                                   refused_queries, sql_of, targets)
 from infra.grafana.dashboards import DASHBOARDS, render
+from infra.grafana.schema import PACKAGE_DIR, SCHEMA_PACKAGE, installed, package_folder, pinned_versions, schema_errors
 from streams import metrics
+
+INFRA = HERE.parent
 
 #: Grafana's own panel plugins the dashboards may use.
 PANEL_TYPES = {"timeseries", "stat", "table", "bargauge", "row"}
@@ -127,6 +138,78 @@ def test_the_model_check_sees_keys_grafana_does_not_have():
     panel["targets"][0]["sql"] = panel["targets"][0].pop("rawSql")
     with pytest.raises(ValueError, match="not a ClickHouse SQL query"):
         model_differences(board)
+
+
+def _schema_packages() -> Path:
+    """The installed @grafana/schema and TypeScript; the test fails, saying how to get them, if not."""
+    cache_dir = load_settings().cache_dir
+    if shutil.which("node") is None:
+        pytest.fail("the Grafana schema check needs Node.js (node and npm, 20 or newer) on PATH; "
+                    "then run `make fetch` (ezstream fetch)")
+    folder = installed(cache_dir)
+    if folder is None:
+        pytest.fail(f"{SCHEMA_PACKAGE} and typescript are not installed in {package_folder(cache_dir)}: "
+                    "run `make fetch` (ezstream fetch; make test runs it)")
+    return folder
+
+
+def test_dashboards_satisfy_grafanas_published_schema():
+    assert schema_errors(_boards(), _schema_packages()) == []
+
+
+def test_the_schema_check_names_unknown_fields_and_wrong_values():
+    # One problem per object: the compiler reports either an object's unknown fields or its wrong values.
+    board = copy.deepcopy(_boards()["ezstream-tasks"])
+    board["schemaVersion"] = "41"
+    board["time"]["until"] = "now"
+    stats = [p for p in board["panels"] if p["type"] == "stat"]
+    series = next(p for p in board["panels"] if p["type"] == "timeseries")
+    stats[0]["options"]["colorMode"] = "rainbow"
+    stats[0]["fieldConfig"]["defaults"]["custom"] = {"fillOpacity": 80}  # a stat panel has no custom config
+    stats[1]["options"]["graphMod"] = "none"
+    series["gridPosition"] = series.pop("gridPos")
+    series["options"]["legend"]["showLegend"] = "yes"
+    series["fieldConfig"]["defaults"]["custom"]["fillOpacty"] = 80
+    errors = schema_errors({"ezstream-tasks": board}, _schema_packages())
+
+    def at(panel: dict, path: str) -> str:
+        return f"ezstream-tasks.panels[{board['panels'].index(panel)}].{path} (panel {panel['title']!r}): error "
+
+    expected = [
+        "ezstream-tasks.schemaVersion: error TS2322: Type 'string' is not assignable to type 'number'",
+        "ezstream-tasks.time.until: error TS2353: Object literal may only specify known properties, and "
+        "'\"until\"' does not exist",
+        at(series, "gridPosition") + "TS2353: Object literal may only specify known properties, and "
+        "'\"gridPosition\"' does not exist",
+        at(stats[0], "options.colorMode") + "TS2322: Type '\"rainbow\"' is not assignable",
+        at(stats[0], "fieldConfig.defaults.custom.fillOpacity") + "TS2322: Type 'number' is not assignable to "
+        "type 'never'",
+        at(stats[1], "options.graphMod") + "TS2353: Object literal may only specify known properties, and "
+        "'\"graphMod\"' does not exist",
+        at(series, "options.legend.showLegend") + "TS2322: Type 'string' is not assignable to type 'boolean",
+        at(series, "fieldConfig.defaults.custom.fillOpacty") + "TS2353: Object literal may only specify known "
+        "properties, and '\"fillOpacty\"' does not exist",
+    ]
+    text = "\n".join(errors)
+    for start in expected:
+        assert any(error.startswith(start) for error in errors), f"{start}\nnot in:\n{text}"
+    assert len(errors) == len(expected), text
+
+
+def test_the_schema_checked_is_the_grafana_that_runs():
+    """@grafana/schema's version is Grafana's: the one pinned is that of the image compose and k8s run."""
+    compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())["services"]["grafana"]["image"]
+    (deployment,) = [doc for doc in yaml.safe_load_all((INFRA / "k8s" / "grafana.yaml").read_text())
+                     if doc and doc["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    versions = pinned_versions()
+    assert compose == container["image"] == f"grafana/grafana:{versions[SCHEMA_PACKAGE]}"
+    # Exact versions, and the lock file npm ci installs from holds the same ones.
+    lock = json.loads((PACKAGE_DIR / "package-lock.json").read_text())["packages"]
+    for package, version in versions.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), (package, version)
+        assert lock[f"node_modules/{package}"]["version"] == version, package
+    assert lock[""]["dependencies"] == versions
 
 
 def test_panels_query_the_provisioned_data_sources():
