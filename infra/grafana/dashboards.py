@@ -104,7 +104,7 @@ def fleet_cost() -> dashboard.Dashboard:
                 WHERE minute >= toStartOfDay(now('UTC')) AND {TENANT} AND {PROVIDER}
                 GROUP BY tenant_id ORDER BY spend_today_usd DESC LIMIT 20"""), unit="currencyUSD",
                 description="Budgets are daily, per UTC day (EZ_BUDGETS_FILE)."))
-            .with_panel(rows("Budget use per tenant and day (budget alerts)", SQL(f"""
+            .with_panel(rows("Budget use per tenant and day (budget alerts)", SQL("""
                 SELECT details['day'] AS day, subject AS tenant,
                        max(value) AS spent_usd,
                        max(toFloat64OrNull(details['budget_usd'])) AS budget_usd,
@@ -113,7 +113,7 @@ def fleet_cost() -> dashboard.Dashboard:
                 FROM alerts
                 WHERE kind = 'budget' AND state = 'firing' AND details['scope'] = 'tenant'
                       AND $__timeFilter(event_time)
-                      AND $__conditionalAll(subject IN (${{tenant:singlequote}}), $tenant)
+                      AND $__conditionalAll(subject IN (${tenant:singlequote}), $tenant)
                 GROUP BY day, tenant ORDER BY day DESC, used_pct DESC LIMIT 200"""), width=12,
                 description="The spend each tenant's last budget alert of a day reported, against its daily "
                             "budget: a tenant appears once it crossed 80% of it."))
