@@ -414,11 +414,16 @@ class BudgetRule:
         watermark) to the day's end at their recent burn rate; the forecasts that fire or resolve
         (see the class docstring).
 
-        The projection runs at each minute boundary ``now_ms`` crossed since the last call (the
-        latest window's worth of them, should it jump further), as of that boundary:
-        from the calls of the minutes before it only, so a live stream and a replay of it judge
-        alike. A tenant or agent that got calls of minutes already judged (a partition heard late)
-        is judged again at the last boundary."""
+        The projection runs at each minute boundary ``now_ms`` crossed since the last call, however
+        many (a replay or a catch-up crosses many at once, live traffic one at a time), as of that
+        boundary: from the calls of the minutes before it only, so a live stream and a replay of it
+        judge alike. A tenant or agent that got calls of minutes already judged (a partition heard
+        late) is judged again at the last boundary.
+
+        At a boundary only the days whose window holds a call, or whose forecast fires, are
+        judged: for the others the rate is 0, so nothing can fire or change but when their minutes
+        out of the window are added to the settled spend (minute by minute, in order, whenever it
+        is done: the same floats)."""
         minute = now_ms // MINUTE_MS
         alerts: list[Alert] = []
         if self._stale and self.forecast_minute >= 0:
@@ -427,15 +432,27 @@ class BudgetRule:
         self._stale = set()
         if minute <= self.forecast_minute:
             return alerts
-        window_minutes = self.config.forecast_window_ms // MINUTE_MS
         if self.forecast_minute >= 0:
             first = self.forecast_minute + 1
         else:  # the first boundary after the earliest call kept
             first = min((m // MINUTE_MS + 1 for entry in self._minutes.values() for m in entry[2]), default=minute)
-        first = max(first, minute - window_minutes)
+        # Who has calls in each minute (of the days the boundaries cross and any kept before).
+        by_minute: dict[int, list[str]] = {}
+        for day_key, entry in self._minutes.items():
+            for m in entry[2]:
+                by_minute.setdefault(m, []).append(day_key)
+        window = self.config.forecast_window_ms
         for m in range(first, minute + 1):
             boundary = m * MINUTE_MS
-            alerts += self._project(boundary, self._days.get(boundary - boundary % DAY_MS, set()))
+            day = boundary - boundary % DAY_MS
+            keys = self._days.get(day)
+            if not keys:
+                continue
+            judged = {key for t in range(max(day, boundary - window), boundary, MINUTE_MS)
+                      for key in by_minute.get(t, ())}
+            judged.update(key for key in self._forecasts if key in keys)
+            if judged:
+                alerts += self._project(boundary, judged & keys)
         self.forecast_minute = minute
         return alerts
 

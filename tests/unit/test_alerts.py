@@ -199,6 +199,29 @@ def test_no_forecast_in_the_first_minutes_of_a_day_nor_once_the_budget_is_spent(
     assert spent.forecast(DAY + 3_600_000) == []
 
 
+def test_a_clock_that_jumps_hours_judges_every_minute_it_crosses_as_live_traffic_does():
+    # acme burns $10/h from 08:00 to 10:00, then stops: live, the forecast fires at 08:05 and
+    # resolves once the window empties. A replay that hears every call before its clock moves
+    # (a catch-up: the low watermark jumps from 08:00 to 12:00 at once) raises the same alerts.
+    at, stop, end = DAY + 8 * 3_600_000, DAY + 10 * 3_600_000, DAY + 12 * 3_600_000
+    live = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    alerts = burn(live, "acme", 10.0, at, stop)
+    for t in range(stop, end + 1, 60 * S):
+        alerts += live.tick(t) + live.forecast(t)
+    replay = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
+    replayed = []
+    for t in range(at, stop, 10 * S):
+        replayed += replay.observe(call(t, tenant_id="acme", agent_id="acme-agent", cost_usd=10.0 * 10 / 3600), t)
+    replayed += replay.tick(end) + replay.forecast(end)
+
+    def forecasts(found: list[Alert]) -> list[tuple]:
+        return [(a.alert_id, a.state, a.event_time, sorted(a.details.items())) for a in found if a.kind == "budget_forecast"]
+
+    assert [state for _, state, _, _ in forecasts(alerts)] == ["firing", "resolved"]
+    assert epoch_ms(forecasts(alerts)[0][2]) == at + 5 * 60 * S
+    assert forecasts(replayed) == forecasts(alerts)
+
+
 def test_calls_of_minutes_already_judged_are_projected_again_within_the_minute():
     # One partition's calls come first, the other's (same minutes) after the forecast ran.
     rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
