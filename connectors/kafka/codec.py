@@ -151,6 +151,31 @@ class Codec:
             raise UndecodableBody(f"{writer.label}: {len(data) - buffer.tell()} bytes after the end of the body")
         return writer.event, record
 
+    def decode_message(self, data: bytes | None, event: str,
+                       headers: Sequence[tuple[str, bytes | None]] | None = None) -> tuple[str, dict[str, Any]]:
+        """:meth:`decode` for a message any client may have sent: a JSON object (its first byte
+        that is not whitespace is ``{``, or its ``headers`` say ``content-type: application/json``)
+        is read by :class:`~connectors.kafka.jsonrecord.JsonReader` as ``event``'s reader version,
+        written as that version's Avro and read back by :meth:`decode`, so its record has exactly
+        the form, defaults and checks of an Avro message's; any other message is read by
+        :meth:`decode`.
+
+        :raises InvalidJson: a JSON message that is no object of the reader version (the message
+            names the field).
+        :raises CodecError: another message :meth:`decode` refuses.
+        """
+        from connectors.kafka.jsonrecord import JsonReader, looks_like_json, says_json
+
+        if not (looks_like_json(data) or says_json(headers)):
+            return self.decode(data, event)
+        reader = self.reader(event)
+        record = JsonReader(reader, self.other_fields(event)).record(data)
+        try:
+            body = self.encode(event, record, version=reader.version)
+        except InvalidEvent as exc:
+            raise InvalidJson(f"JSON as {reader.label}: {exc}") from None
+        return self.decode(body, event)
+
     def decode_batch(self, messages: Sequence[bytes | None], event: str) -> DecodedBatch:
         """Decode the messages of a topic carrying ``event``; bad ones become failures, not errors."""
         self.reader(event)

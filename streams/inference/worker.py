@@ -180,7 +180,8 @@ class InferenceWorker:
         """Decode and check one message and queue its work."""
         work = Work(partition=msg.partition(), offset=msg.offset(), request=None)
         try:
-            _, record = self.codec.decode(msg.value(), InferenceRequest.EVENT)
+            # Avro from the SDK, or a JSON object from any client, as the sinks read them.
+            _, record = self.codec.decode_message(msg.value(), InferenceRequest.EVENT, msg.headers())
             request = InferenceRequest(**record)
         except CodecError as exc:
             self._dead_letter(msg, exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
@@ -201,9 +202,19 @@ def test_meaning_and_poison_requests(inf, workers):
             "too long": client.submit(["x" * 501]),
             "model": InferenceClient.submit(client, ["hello"], task="generate"),
         }
-        # Bytes that are no request at all: a dead letter only, and the worker goes on.
+        # Bytes that are no request at all: a dead letter only, and the worker goes on. Any client
+        # may send a request as a JSON object: it is answered as the SDK's Avro one is; a JSON
+        # object that is no request is a dead letter (InvalidJson) naming the field.
+        as_json = InferenceRequest(agent_id="agent-json", agent_type="research", tenant_id="tenant-json",
+                                   trace_id=uuid.uuid4().hex, correlation_id=str(uuid.uuid4()),
+                                   model=client.model, task="embed", inputs=["a request sent as JSON"])
+        record = {**as_json.to_record(), "event_id": str(as_json.event_id),
+                  "event_time": as_json.event_time.isoformat()}
         with EventProducer(inf) as producer:
-            producer.send_encoded(topic_name(inf, InferenceRequest.TOPIC), "agent-x", b"not avro")
+            requests = topic_name(inf, InferenceRequest.TOPIC)
+            producer.send_encoded(requests, "agent-x", b"not avro")
+            producer.send_encoded(requests, "agent-json", json.dumps(record).encode())
+            producer.send_encoded(requests, "agent-json", json.dumps({**record, "inputs": "one text"}).encode())
         more = [client.submit([f"after the poison {i}"]) for i in range(20)]
         client.flush()
         for f in good + more:
@@ -215,6 +226,9 @@ def test_meaning_and_poison_requests(inf, workers):
             reasons[name] = str(err.value)
         assert "empty" in reasons["empty"] and "no inputs" in reasons["none"]
         assert "501 characters" in reasons["too long"] and "task 'generate'" in reasons["model"]
+        answered = wait_for(lambda: [r for r, _ in read_results(inf) if r.correlation_id == as_json.correlation_id],
+                            60, "the result of the JSON request")
+        assert answered[0].error is None and len(answered[0].embeddings) == 1, answered[0]
 
     own = topic_name(inf, "replies.agent-7")
     ensure_topics(inf, [TopicSpec(own, 1, 1, {})])
@@ -228,9 +242,9 @@ def test_meaning_and_poison_requests(inf, workers):
     assert "carries other events" in refused[0].error
 
     letters = wait_for(lambda: (d := read_dead_letters(inf, dlq_topic(topic_name(inf, InferenceRequest.TOPIC))))
-                       and len(d) >= 6 and d, 30, "6 dead letters")
+                       and len(d) >= 7 and d, 30, "7 dead letters")
     classes = Counter(d.headers[ERROR_CLASS] for d in letters)
-    assert classes == Counter({"RequestError": 5, "BadMarker": 1}), classes
+    assert classes == Counter({"RequestError": 5, "BadMarker": 1, "InvalidJson": 1}), classes
 
 
 def test_timeout_names_the_request(inf):

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Message
 
-from connectors.kafka.codec import Codec
+from connectors.kafka.codec import BadMarker, Codec, CodecError, InvalidJson
 from connectors.kafka.jsonrecord import parse_timestamp
 from connectors.kafka.native import NATIVE_DIR, NativeCodec, source_hash
 from connectors.kafka.schemas import SCHEMAS_DIR, SchemaRegistry
@@ -140,6 +140,31 @@ def test_random_json_events_decode_to_the_table_of_the_same_events_as_avro(codec
     assert not avro.failures, context
     assert rows(actual.table) == rows(avro.table), context
     assert actual.table.schema == codec.arrow_schema(event)
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_one_json_message_decodes_to_the_record_of_the_same_event_as_avro(codec, event):
+    # Codec.decode_message: what a consumer of single messages (the inference worker) reads.
+    # Boundary values past what datetime holds fail decode() as Avro: as JSON, the same way.
+    decoded = 0
+    for k, (message, avro) in enumerate(valid_events(codec, event, 150, "single")):
+        try:
+            expected = codec.decode(avro, event)
+        except CodecError as exc:
+            with pytest.raises(type(exc)):
+                codec.decode_message(message, event)
+            continue
+        assert codec.decode_message(message, event) == expected, f"seed {SEED}, {event} #{k}"
+        assert codec.decode_message(avro, event) == expected
+        decoded += 1
+    assert decoded >= 30, f"seed {SEED}, {event}: {decoded} of 150 decoded"
+    # Headers that say JSON make it JSON whatever its first byte; bad JSON names its field.
+    with pytest.raises(InvalidJson, match="not JSON"):
+        codec.decode_message(b"[1, 2", event, [("content-type", b"application/json; charset=utf-8")])
+    with pytest.raises(InvalidJson, match="event_id"):
+        codec.decode_message(b'{"event_id": 7}', event)
+    with pytest.raises(BadMarker):
+        codec.decode_message(b"not avro", event)
 
 
 @pytest.mark.parametrize("event", EVENTS)
