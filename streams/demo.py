@@ -16,6 +16,7 @@ from connectors.kafka.config import client_config
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import Settings, load_settings
 from connectors.sink import TABLES
+from streams.intelligence.processor import OUTPUTS as ALERTS_OUTPUTS
 
 #: The demo's sinks write often, so the lake catches up within seconds of the traffic.
 DEMO_BUDGETS = Path(__file__).resolve().parents[1] / "infra" / "local" / "demo-budgets.toml"
@@ -131,10 +132,6 @@ def _start_dashboard(settings: Settings, echo: Callable[[str], None]) -> str | N
     return dashboard.url
 
 
-#: Topics the alerts role produces to in Kafka transactions (outputs and state committed together).
-_TRANSACTIONAL = frozenset({"agent.alerts", "agent.llm_windows"})
-
-
 def _wait_windows_closed(settings: Settings, timeout_s: float) -> float:
     """Wait until the alerts role's latest commit holds no open window and no closed one still to
     produce (its status files); the seconds waited. Windows close on event time, and once the
@@ -185,7 +182,7 @@ def _marks(settings: Settings) -> dict[tuple[str, int], int]:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
                 # The alerts role writes in transactions: such a partition ends with the commit's
                 # marker, which no consumer reads and no sink commits past.
-                marks[(topic, p)] = high - 1 if base in _TRANSACTIONAL and high > low else high
+                marks[(topic, p)] = high - 1 if base in ALERTS_OUTPUTS and high > low else high
         return marks
     finally:
         consumer.close()

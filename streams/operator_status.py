@@ -1,8 +1,9 @@
 """``ezstream status``: the operator's view of one ``EZ_HOME`` and its topics.
 
-Services and their health, the live dashboard (whether it runs, its URL), the workers of this home, consumer lag per group and topic (from the
-broker: committed offsets against partition ends), the last write of each sink, DLQ sizes and the
-alerts role's state. Every part that cannot be read says why instead of failing the whole view.
+Services and their health, the live dashboard (whether it runs, its URL), the workers of this
+home, consumer lag per group and topic (from the broker: committed offsets against partition
+ends), the last write of each sink, DLQ sizes and the alerts role's state. Every part that cannot
+be read says why instead of failing the whole view.
 """
 
 from __future__ import annotations

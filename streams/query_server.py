@@ -192,8 +192,9 @@ def _rendered(client: Any, statement: str) -> tuple[list[str], list[list[Any]]]:
 def query(settings: Settings, sql: str, timeout_s: float = 300.0) -> tuple[list[str], list[list[Any]]]:
     """Run ``sql`` read-only where the engine is: through the owning worker (:func:`query_worker`),
     or here."""
-    if is_embedded(settings) and _live_endpoint(settings) is not None:
-        return query_worker(settings, sql, timeout_s)
+    endpoint = _live_endpoint(settings) if is_embedded(settings) else None
+    if endpoint is not None:
+        return _remote(endpoint, sql, timeout_s)
     return run_query(settings, sql)
 
 

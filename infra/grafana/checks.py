@@ -70,15 +70,20 @@ def exported_names(registry: Any) -> set[str]:
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
 
+def panels(board: dict) -> Iterator[tuple[str, dict]]:
+    """(JSON path, panel) of every panel of a dashboard, those inside rows after their row."""
+    for index, panel in enumerate(board.get("panels", [])):
+        yield f".panels[{index}]", panel
+        for inner, child in enumerate(panel.get("panels", [])):
+            yield f".panels[{index}].panels[{inner}]", child
+
+
 def targets(board: dict) -> Iterator[tuple[str, str, dict]]:
     """(where, data source type, query) of every panel target and query variable of a dashboard."""
-    def walk(panels: list[dict]) -> Iterator[tuple[str, str, dict]]:
-        for panel in panels:
-            yield from walk(panel.get("panels", []))
-            for target in panel.get("targets", []):
-                source = (target.get("datasource") or panel.get("datasource") or {}).get("type", "")
-                yield f"{board['uid']}: panel {panel.get('title')!r} {target.get('refId')}", source, target
-    yield from walk(board.get("panels", []))
+    for _, panel in panels(board):
+        for target in panel.get("targets", []):
+            source = (target.get("datasource") or panel.get("datasource") or {}).get("type", "")
+            yield f"{board['uid']}: panel {panel.get('title')!r} {target.get('refId')}", source, target
     for variable in board.get("templating", {}).get("list", []):
         if variable.get("type") == "query":
             source = variable.get("datasource", {}).get("type", "")

@@ -41,6 +41,7 @@ from typing import Any
 
 from connectors.errors import ServiceError
 from infra.grafana import HERE
+from infra.grafana.checks import panels as board_panels
 
 #: The package.json, package-lock.json and type helpers (json.ts) of the check.
 PACKAGE_DIR = HERE / "schema-check"
@@ -155,7 +156,7 @@ def _panel_plugins(package: Path) -> dict[str, tuple[str, set[str]]]:
 def _module(board: dict, plugins: dict[str, tuple[str, set[str]]]) -> tuple[list[str], list[str | None], dict[str, str]]:
     """The TypeScript module of one dashboard: its lines, the JSON path each line shows (``""`` for
     the dashboard itself, None for the imports), and the title of each panel by its path."""
-    panels = list(_panels(board))
+    panels = list(board_panels(board))
     used = sorted({panel["type"] for _, panel in panels if panel.get("type") in plugins})
     out: list[tuple[str, str | None]] = [
         (f"import type {{ Dashboard }} from '{DASHBOARD_MODULE}';", None),
@@ -175,14 +176,6 @@ def _module(board: dict, plugins: dict[str, tuple[str, set[str]]]) -> tuple[list
             _statement(out, f"panel{index}_{part.split('.')[-1]}", value, f"{path}.{part}", kind)
     titles = {path: panel.get("title", "") for path, panel in panels}
     return [text for text, _ in out], [where for _, where in out], titles
-
-
-def _panels(board: dict) -> Iterator[tuple[str, dict]]:
-    """(JSON path, panel) of every panel, those inside rows included."""
-    for index, panel in enumerate(board.get("panels", [])):
-        yield f".panels[{index}]", panel
-        for inner, child in enumerate(panel.get("panels", [])):
-            yield f".panels[{index}].panels[{inner}]", child
 
 
 def _statement(out: list[tuple[str, str | None]], name: str, value: Any, path: str, kind: str) -> None:

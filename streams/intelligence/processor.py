@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 #: Catalogue topics the role reads.
 SOURCES = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
+#: Catalogue topics the role writes, in Kafka transactions: its alerts, and its closed windows.
+OUTPUTS = ALERTS, WINDOWS = ("agent.alerts", "agent.llm_windows")
 #: Snapshots are split into messages of at most this many bytes (compressed).
 CHUNK_BYTES = 512 * 1024
 #: While catching up, steps commit this many times less often than ``EZ_ALERTS_COMMIT_MS`` says.
@@ -558,8 +560,8 @@ class ShardProcessor:
         self.ready = threading.Event()
         self._catalogue = {topic_name(settings, t): t for t in SOURCES}
         self._calls_topic = topic_name(settings, "agent.llm_calls")
-        self._alerts_topic = topic_name(settings, "agent.alerts")
-        self._windows_topic = topic_name(settings, "agent.llm_windows")
+        self._alerts_topic = topic_name(settings, ALERTS)
+        self._windows_topic = topic_name(settings, WINDOWS)
         self._state_topic = state_topic(settings)
         # Shard 0 keeps the names of the role's single processor.
         suffix = f".{shard.index}" if shard.index else ""

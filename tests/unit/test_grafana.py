@@ -33,8 +33,8 @@ from connectors.kafka.events import Alert
 from connectors.settings import load_settings
 from infra.grafana import (CLICKHOUSE_TYPE, CLICKHOUSE_UID, DASHBOARDS_DIR, HERE, PROMETHEUS_TYPE, PROMETHEUS_UID,
                            PROVISIONING_DIR)
-from infra.grafana.checks import (concrete_sql, exported_names, metric_names, model_differences, promql_of,
-                                  refused_queries, sql_of, targets)
+from infra.grafana.checks import (concrete_sql, exported_names, metric_names, model_differences, panels,
+                                  promql_of, refused_queries, sql_of, targets)
 from infra.grafana.dashboards import DASHBOARDS, render
 from infra.grafana.schema import PACKAGE_DIR, SCHEMA_PACKAGE, installed, package_folder, pinned_versions, schema_errors
 from streams import metrics
@@ -50,7 +50,7 @@ def _boards() -> dict[str, dict]:
 
 
 def _panels(board: dict) -> list[dict]:
-    return [panel for top in board["panels"] for panel in (top, *top.get("panels", []))]
+    return [panel for _, panel in panels(board)]
 
 
 def test_the_files_are_what_the_generator_writes():
