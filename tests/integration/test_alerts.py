@@ -609,7 +609,7 @@ def test_a_shard_count_the_state_topic_does_not_have_stops_the_worker_naming_the
 FORECAST_RULES = """
 [budget]
 forecast_window_seconds = 600
-forecast_min_elapsed_seconds = 0
+forecast_min_elapsed_seconds = 180
 """
 FORECAST_BUDGETS = """
 [tenant]
@@ -652,7 +652,10 @@ def test_a_steady_burn_raises_one_budget_forecast_at_its_time_and_a_tenant_below
     (fired,) = forecasts
     runs_out = begin + timedelta(hours=100.0 / burner_rate)
     projected = datetime.fromisoformat(fired["details"]["projected_at"])
-    # Stated accuracy on steady traffic: within 2 % of the time left, and a minute.
+    # Stated accuracy on steady traffic: within 2 % of the time left, and a minute. From the first
+    # call of the day the rate counts that call's whole cost, so a call every 2 s is overestimated by
+    # up to 2 s over the time observed: 1.1 % after the 3 minutes asked (at 1 minute, 3.3 % could
+    # fire 9 minutes early of 4 h 30 left; a CI run saw that).
     left = runs_out - fired["event_time"]
     assert abs(projected - runs_out) <= left * 0.02 + timedelta(minutes=1), (projected, runs_out, fired["details"])
     assert float(fired["details"]["burn_rate_usd_per_hour"]) == pytest.approx(burner_rate, rel=0.05)

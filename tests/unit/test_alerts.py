@@ -170,6 +170,34 @@ def test_a_steady_burn_forecasts_once_when_the_budget_runs_out_and_a_tenant_belo
     assert [(a.kind, a.state) for a in after if a.kind == "budget_forecast"] == [("budget_forecast", "resolved")]
 
 
+def test_the_forecast_error_from_the_first_call_is_at_most_its_spacing_over_the_time_observed():
+    # A CI run's case: calls every 2 s from 15:18:xx at $21.3/h, the rule allowed to judge after a
+    # minute; from the first call the rate counts that call's whole cost, so it is overestimated by
+    # up to 2 s over the time observed. Every phase of the first call in its minute (half-seconds), a minute and
+    # three minutes asked: the run-out time is off by at most (2 s / time observed) of the time
+    # left, and within the stated 2 % and a minute once 3 minutes (50 spacings and more) are asked.
+    every_ms = 2 * S
+    for min_elapsed_ms in (60 * S, 180 * S):
+        worst = 0.0
+        for phase in range(0, 60 * S, S // 2):
+            rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS, forecast_min_elapsed_ms=min_elapsed_ms))
+            start = DAY + 15 * 3_600_000 + 18 * 60 * S + phase
+            rate = 100.0 / ((DAY + DAY_MS - start) / 3_600_000 / 2)  # runs out halfway to midnight
+            alerts = burn(rule, "acme", rate, start, start + 10 * 60 * S, every_ms=every_ms)
+            (fired,) = [a for a in alerts if a.kind == "budget_forecast"]
+            at = epoch_ms(fired.event_time)
+            runs_out = start + 100.0 / rate * 3_600_000
+            projected = epoch_ms(datetime.fromisoformat(fired.details["projected_at"]))
+            left, observed = runs_out - at, at - start
+            assert observed >= min_elapsed_ms
+            assert abs(projected - runs_out) <= left * every_ms / observed + S, (phase, fired.details)
+            if min_elapsed_ms >= 50 * every_ms:
+                assert abs(projected - runs_out) <= left * 0.02 + 60 * S, (phase, fired.details)
+            worst = max(worst, abs(projected - runs_out) / left)
+        # A minute is too little for calls 2 s apart: some phase is off by more than 2 %.
+        assert (worst > 0.02) == (min_elapsed_ms < 50 * every_ms), (min_elapsed_ms, worst)
+
+
 def test_a_forecast_resolves_when_the_rate_falls_and_fires_again_when_it_rises():
     rule = BudgetRule(BudgetConfig(FORECAST_BUDGETS))
     at = DAY + 8 * 3_600_000
