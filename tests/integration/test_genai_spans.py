@@ -123,9 +123,9 @@ def test_genai_spans_land_once_in_both_stores_through_a_kill_of_the_mapper(
 
     for _ in range(2):
         truth.count["llm_calls"] += len(CALLS)
-        truth.cost["llm_calls"] += TASK_COST
+        truth.costs["llm_calls"].append(TASK_COST)
         truth.count["task_events"] += 2
-        truth.cost["task_events"] += TASK_COST
+        truth.costs["task_events"].append(TASK_COST)
     wait_exact(pipe, truth, workers=[sinks], timeout_s=120)
 
     rows = query(pipe.model_copy(update={"home": sinks.home}), f"""
