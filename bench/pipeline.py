@@ -6,7 +6,9 @@ a lake and ClickHouse folder of its own under ``$EZ_HOME/bench``. Prints, assert
 1. durable throughput: from the first produce of N pre-encoded events to the last one written
    (and committed) by both the lake and the ClickHouse sink (one worker process, or one per sink
    with ``--split``), and when each sink got there. The workers flush at least every second
-   (``--lake-flush-seconds``), so the figure is not the flush interval's;
+   (``--lake-flush-seconds``), so the figure is not the flush interval's, and a caught-up sink
+   writes its batch once it is ``--flush-quiet-seconds`` old (the ClickHouse default, 0.2 s;
+   ``0``: at the flush interval, as before);
 2. the raw confluent-kafka consume rate of the same topics in the same run, and the ratio;
 3. freshness at a fixed rate: event time (= send time) -> ``ingested_at`` in ClickHouse, p50/p99;
 4. the workers' peak RSS, and their RSS every 5 s while they catch up;
@@ -144,6 +146,10 @@ def main() -> None:
     parser.add_argument("--clickhouse-flush-seconds", type=float, default=1.0,
                         help="EZ_CLICKHOUSE_FLUSH_SECONDS of the workers: the ClickHouse batch's longest wait, which "
                              "bounds the freshness figure from below")
+    parser.add_argument("--flush-quiet-seconds", type=float, default=0.2,
+                        help="EZ_LAKE_FLUSH_QUIET_SECONDS and EZ_CLICKHOUSE_FLUSH_QUIET_SECONDS of the workers: a "
+                             "caught-up sink writes its batch once it is this old (0: only at the flush interval; "
+                             "the lake's default is 0, ClickHouse's 0.2)")
     parser.add_argument("--split", action="store_true",
                         help="one worker process per sink role (--only lake, --only clickhouse) instead of one for both")
     parser.add_argument("--json", action="store_true",
@@ -168,7 +174,9 @@ def main() -> None:
     env = {**os.environ, "EZ_HOME": str(home), "EZ_TOPIC_PREFIX": settings.topic_prefix,
            "EZ_LAKE_URI": settings.lake_uri, "EZ_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
            "EZ_CLICKHOUSE_DATABASE": "bench", "EZ_LAKE_FLUSH_SECONDS": str(args.lake_flush_seconds),
-           "EZ_CLICKHOUSE_FLUSH_SECONDS": str(args.clickhouse_flush_seconds)}
+           "EZ_CLICKHOUSE_FLUSH_SECONDS": str(args.clickhouse_flush_seconds),
+           "EZ_LAKE_FLUSH_QUIET_SECONDS": str(args.flush_quiet_seconds),
+           "EZ_CLICKHOUSE_FLUSH_QUIET_SECONDS": str(args.flush_quiet_seconds)}
     home.mkdir(parents=True, exist_ok=True)
     role_sets = [["lake"], ["clickhouse"]] if args.split else [["lake", "clickhouse"]]
 
@@ -272,7 +280,8 @@ def main() -> None:
     print(f"\nevents: {n:,} on {settings.topic_partitions} partitions x {len(TABLES)} topics; {layout}")
     print(f"produce (raw, pre-encoded):             {n / produced:>10,.0f} events/s")
     print(f"end-to-end durable (lake + ClickHouse): {n / durable:>10,.0f} events/s  ({durable:.1f} s; lake "
-          f"{done['lake']:.1f} s, ClickHouse {done['clickhouse']:.1f} s; lake flush {args.lake_flush_seconds:g} s)")
+          f"{done['lake']:.1f} s, ClickHouse {done['clickhouse']:.1f} s; lake flush {args.lake_flush_seconds:g} s, quiet "
+          f"{args.flush_quiet_seconds:g} s)")
     print(f"raw confluent-kafka consume, same run:  {raw:>10,.0f} events/s")
     print(f"pipeline / raw consume:                 {n / durable / raw:>10.2f}")
     print(f"freshness at {args.fresh_rate:,.0f}/s ({fresh_count:,} rows): p50 {p50:.0f} ms, p99 {p99:.0f} ms")

@@ -300,10 +300,22 @@ class Settings(BaseSettings):
     lake_flush_seconds: float = Field(
         default=30.0, gt=0, description="Lake sink: longest wait before a batch is written (bigger files, staler lake)."
     )
+    lake_flush_quiet_seconds: float = Field(
+        default=0.0, ge=0,
+        description="Lake sink: a batch at least this old is written as soon as a fetch brings nothing new (the "
+        "sink has caught up and the topics are quiet), not at lake_flush_seconds; 0 turns it off (the default: "
+        "fewer, bigger files).",
+    )
     clickhouse_flush_rows: int = Field(default=100_000, ge=1, description="ClickHouse sink: rows per batch.")
     clickhouse_flush_mb: float = Field(default=64.0, gt=0, description="ClickHouse sink: encoded MiB buffered per batch.")
     clickhouse_flush_seconds: float = Field(
         default=1.0, gt=0, description="ClickHouse sink: longest wait before a batch is inserted (freshness)."
+    )
+    clickhouse_flush_quiet_seconds: float = Field(
+        default=0.2, ge=0,
+        description="ClickHouse sink: a batch at least this old is inserted as soon as a fetch brings nothing new "
+        "(the sink has caught up and the topics are quiet), not at clickhouse_flush_seconds: the end of a burst is "
+        "queryable at once; 0 turns it off. At most 1 / this inserts a second, only while traffic has gaps.",
     )
     event_time_future_tolerance_s: float = Field(
         default=3600.0, ge=0,

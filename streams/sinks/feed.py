@@ -252,6 +252,9 @@ class SharedFeed:
             for lane in self.lanes:
                 lane.take(runs, now)
             self.consumed += len(messages)
+        elif timeout_s > 0 and not self._paused:
+            for lane in self.lanes:
+                lane.quiet()
         self.poll_s += time.monotonic() - started
 
     def _apply(self, committers: dict[str, Any]) -> None:

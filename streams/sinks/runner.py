@@ -89,11 +89,15 @@ class _Abandoned(Exception):
 
 @dataclass(frozen=True)
 class FlushPolicy:
-    """When buffered messages are written: whichever limit is reached first."""
+    """When buffered messages are written: whichever limit is reached first, or, once the loop
+    has caught up (a fetch of its whole assignment waited and brought nothing), as soon as the
+    batch is ``quiet_age_s`` old (0: never early), so the end of a burst is not left waiting for
+    ``max_age_s``."""
 
     max_rows: int
     max_bytes: int
     max_age_s: float
+    quiet_age_s: float = 0.0
 
     @classmethod
     def for_sink(cls, settings: Settings, sink: str) -> "FlushPolicy":
@@ -102,6 +106,7 @@ class FlushPolicy:
             max_rows=getattr(settings, f"{prefix}_flush_rows"),
             max_bytes=int(getattr(settings, f"{prefix}_flush_mb") * 1024 * 1024),
             max_age_s=getattr(settings, f"{prefix}_flush_seconds"),
+            quiet_age_s=getattr(settings, f"{prefix}_flush_quiet_seconds"),
         )
 
 
@@ -199,6 +204,8 @@ class SinkRunner:
         self._in_step = False
         #: Set by a feed when it handed this lane messages.
         self._wake = threading.Event()
+        #: Whether the last fetch waited and brought nothing (caught up): see FlushPolicy.quiet_age_s.
+        self._quiet = False
         #: Set once the sink is set up (a feed subscribes only when every lane's is).
         self.set_up = threading.Event()
 
@@ -283,12 +290,15 @@ class SinkRunner:
         messages = self._consumer.consume(self.fetch_messages, timeout=timeout_s)
         if messages:
             self.take(fetched_runs(messages, self.sink.name), time.monotonic())
+        elif timeout_s > 0 and not self.stats.paused:
+            self.quiet()
         self.stats.poll_s += time.monotonic() - started
 
     def take(self, runs: list[tuple[tuple[str, int], list[Any], list[int]]], now: float) -> None:
         """Buffer the ``runs`` of a fetch (see :func:`fetched_runs`): what this loop holds of them."""
         per_topic: dict[str, int] = {}
         with self._lock:
+            self._quiet = False
             for key, run, offsets in runs:
                 per_topic[key[0]] = per_topic.get(key[0], 0) + len(run)
                 buffer = self._buffers.get(key)
@@ -297,6 +307,12 @@ class SinkRunner:
         self.stats.consumed += sum(per_topic.values())
         for topic, count in per_topic.items():
             metrics.EVENTS_IN.labels(self.sink.name, self._catalogue.get(topic, topic)).inc(count)
+        self._wake.set()
+
+    def quiet(self) -> None:
+        """A fetch of this loop's whole assignment waited and brought nothing: it has caught up."""
+        with self._lock:
+            self._quiet = True
         self._wake.set()
 
     def buffered(self) -> tuple[int, int]:
@@ -341,10 +357,13 @@ class SinkRunner:
                 rows += len(buffer.messages)
                 nbytes += buffer.nbytes
                 oldest = buffer.since if oldest is None else min(oldest, buffer.since)
+            quiet = self._quiet
         if oldest is None:
             return False
-        return (rows >= self.policy.max_rows or nbytes >= self.policy.max_bytes
-                or time.monotonic() - oldest >= self.policy.max_age_s)
+        age = time.monotonic() - oldest
+        policy = self.policy
+        return (rows >= policy.max_rows or nbytes >= policy.max_bytes or age >= policy.max_age_s
+                or (quiet and 0 < policy.quiet_age_s <= age))
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -174,3 +174,50 @@ def test_a_worker_of_the_other_layout_is_refused_at_start(stack, stack_overrides
         check_layout(settings, shared=False, wait_s=0)  # the same layout: fine
     finally:
         member.close()
+
+
+def test_a_caught_up_loop_writes_at_its_quiet_age_and_one_without_waits_for_its_limits(stack, stack_overrides, unique):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connectors.kafka import client_config
+    from streams.sinks.feed import SharedFeed
+
+    # Two lanes of a feed on one set of topics, a loop of its own on another.
+    shared, apart = (load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.{name}.", "topic_partitions": 2})
+                     for name in ("feed", "own"))
+    for settings in (shared, apart):
+        ensure_topics(settings, catalogue(settings))
+        produce_simulated(settings, 300, seed=23, truth=Truth())
+
+    def policy(quiet_age_s: float) -> FlushPolicy:
+        # No batch can fill or age (10 minutes) during the test: only the quiet age writes one.
+        return FlushPolicy(max_rows=100_000, max_bytes=1 << 30, max_age_s=600.0, quiet_age_s=quiet_age_s)
+
+    quick, slow, alone = RecordingSink(), OtherSink(), RecordingSink()
+    lanes = [SinkRunner(shared, quick, policy=policy(0.2), dead_letters=True),
+             SinkRunner(shared, slow, policy=policy(0.0))]
+    feed = SharedFeed(shared, lanes)
+    own = SinkRunner(apart, alone, policy=policy(0.2), dead_letters=True)
+    threads = [threading.Thread(target=target, daemon=True) for target in (feed.run, own.run)]
+    for thread in threads:
+        thread.start()
+    probe = Consumer(client_config(shared, **{"group.id": f"probe.{unique}"}))
+
+    def ends(settings) -> dict[tuple[str, int], int]:
+        topics = [topic_name(settings, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
+        return {(t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] - 1
+                for t in topics for p in range(2)}
+
+    try:
+        wanted = [(quick, ends(shared)), (alone, ends(apart))]
+        wait_for(lambda: all(s.recorded.get(k, -1) == v for s, e in wanted for k, v in e.items() if v >= 0),
+                 60, "the quiet lane and the loop of its own recording every partition to its end")
+        assert quick.count() == alone.count() == 300
+        assert slow.count() == 0 and slow.recorded == {}  # caught up as well, it waits for its limits
+    finally:
+        feed.stop()
+        own.stop()
+        for thread in threads:
+            thread.join(60)
+        probe.close()
+    assert slow.count() == 300  # written at stop
