@@ -408,6 +408,7 @@ def main() -> None:
         prefix = f"bench.alerts.{int(time.time())}.{int(rate)}."
         settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
         ensure_topics(settings, catalogue(settings))
+        (base.home / "bench").mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench"))
         tagged = int(args.seconds * rate / 100)
         print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
