@@ -24,9 +24,11 @@ from infra.local.net import free_port, is_loopback, port_in_use
 from infra.local.process import ManagedProcess
 
 MAIN_CLASS = "kafka.Kafka"
-#: KAFKA_JVM_PERFORMANCE_OPTS of Kafka's bin/kafka-run-class.sh (4.x), what kafka-server-start.sh runs with.
-KAFKA_JVM_PERFORMANCE_OPTS = ("-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-                              "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15")
+#: KAFKA_JVM_PERFORMANCE_OPTS of Kafka's bin/kafka-run-class.sh (4.x), what kafka-server-start.sh
+#: runs with.
+KAFKA_JVM_PERFORMANCE_OPTS = ("-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                              "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+                              "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true")
 STORAGE_TOOL = "kafka.tools.StorageTool"
 #: The broker's own SCRAM user (inter-broker traffic and creating the configured client user).
 BROKER_USER = "ezstream-broker"
@@ -154,10 +156,9 @@ class KafkaBroker:
         heap = self.settings.kafka_heap
         argv = [
             # As Kafka's own start scripts run it (kafka-server-start.sh: the heap's minimum at its
-            # maximum; kafka-run-class.sh: the collector settings), not on G1's defaults: over an alerts bench of 20 s at
-            # 1,000 events/s the broker collects 5-6 times instead of 35-44 (10 ms each).
-            java, f"-Xmx{heap}", f"-Xms{heap}", *KAFKA_JVM_PERFORMANCE_OPTS,
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
+            # maximum; kafka-run-class.sh: the collector settings), not on G1's defaults: over an
+            # alerts bench of 20 s at 1,000 events/s the broker collects 5-6 times instead of 35-44.
+            java, f"-Xmx{heap}", f"-Xms{heap}", *KAFKA_JVM_PERFORMANCE_OPTS, f"-Dlog4j2.configurationFile={log4j}",
             "-cp", classpath, MAIN_CLASS, str(props),
         ]
         self.proc.start(argv, env=dict(os.environ), marker=str(props), state={"address": self.address})

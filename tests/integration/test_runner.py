@@ -6,8 +6,10 @@ import threading
 
 import pyarrow as pa
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from connectors.errors import TerminalError, TransientError
+from connectors.kafka import client_config
 from connectors.kafka.dlq import ERROR_CLASS, read_dead_letters
 from connectors.kafka.topics import catalogue, dlq_topic, ensure_topics, topic_name
 from connectors.settings import load_settings
@@ -15,6 +17,21 @@ from connectors.sink import ResumePoint, Sink, SinkBatch
 from streams.sinks.runner import FlushPolicy, SinkRunner
 from tests.conftest import wait_for
 from tests.integration.pipeline import Truth, produce_simulated
+
+
+#: The catalogue topics produce_simulated writes.
+SOURCES = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
+
+
+def partition_ends(settings, group: str) -> dict[tuple[str, int], int]:
+    """The last offset of every partition of the :data:`SOURCES` topics (-1: empty), read by a
+    client of ``group`` that never joins it."""
+    probe = Consumer(client_config(settings, **{"group.id": group}))
+    try:
+        return {(topic, p): probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] - 1
+                for topic in (topic_name(settings, t) for t in SOURCES) for p in range(settings.topic_partitions)}
+    finally:
+        probe.close()
 
 
 class RecordingSink(Sink):
@@ -66,20 +83,10 @@ def test_refused_rows_go_to_the_dlq_and_the_partitions_move_on(stack, stack_over
     sink = RecordingSink(refuse_agent="research-07", transient=2)
     runner, thread = _run(settings, sink)
     try:
-        topics = [topic_name(settings, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
-        ends = {}
+        topics = [topic_name(settings, t) for t in SOURCES]
 
         def all_recorded():
-            from confluent_kafka import Consumer, TopicPartition
-
-            from connectors.kafka import client_config
-            consumer = Consumer(client_config(settings, **{"group.id": f"probe.{unique}"}))
-            try:
-                for t in topics:
-                    for p in range(2):
-                        ends[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] - 1
-            finally:
-                consumer.close()
+            ends = partition_ends(settings, f"probe.{unique}")
             return all(sink.recorded.get(k, -1) == v for k, v in ends.items() if v >= 0)
 
         wait_for(all_recorded, 60, "every partition recorded to its end")
@@ -104,9 +111,6 @@ class OtherSink(RecordingSink):
 
 
 def test_a_shared_feed_reads_once_and_each_lane_writes_from_its_own_record(stack, stack_overrides, unique):
-    from confluent_kafka import Consumer, TopicPartition
-
-    from connectors.kafka import client_config
     from streams.sinks.feed import SharedFeed, sink_group
 
     settings = load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.", "topic_partitions": 2,
@@ -125,11 +129,8 @@ def test_a_shared_feed_reads_once_and_each_lane_writes_from_its_own_record(stack
     feed = SharedFeed(settings, lanes)
     thread = threading.Thread(target=feed.run, daemon=True)
     thread.start()
-    topics = [topic_name(settings, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
-    probe = Consumer(client_config(settings, **{"group.id": f"probe.{unique}"}))
     try:
-        ends = {(t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] - 1
-                for t in topics for p in range(2)}
+        ends = partition_ends(settings, f"probe.{unique}")
         wait_for(lambda: all(s.recorded.get(k, -1) == v for s in (ahead, behind) for k, v in ends.items() if v >= 0),
                  90, "both lanes recording every partition to its end")
     finally:
@@ -151,14 +152,10 @@ def test_a_shared_feed_reads_once_and_each_lane_writes_from_its_own_record(stack
         finally:
             reader.close()
         assert {(tp.topic, tp.partition): tp.offset - 1 for tp in committed} == ends
-    probe.close()
 
 
 def test_a_worker_of_the_other_layout_is_refused_at_start(stack, stack_overrides, unique):
-    from confluent_kafka import Consumer
-
     from connectors.errors import ConfigError
-    from connectors.kafka import client_config
     from streams.sinks.feed import check_layout, sink_group
 
     settings = load_settings(**{**stack_overrides, "topic_prefix": f"t.{unique}.", "topic_partitions": 2})
@@ -177,9 +174,6 @@ def test_a_worker_of_the_other_layout_is_refused_at_start(stack, stack_overrides
 
 
 def test_a_caught_up_loop_writes_at_its_quiet_age_and_one_without_waits_for_its_limits(stack, stack_overrides, unique):
-    from confluent_kafka import Consumer, TopicPartition
-
-    from connectors.kafka import client_config
     from streams.sinks.feed import SharedFeed
 
     # Two lanes of a feed on one set of topics, a loop of its own on another.
@@ -201,15 +195,9 @@ def test_a_caught_up_loop_writes_at_its_quiet_age_and_one_without_waits_for_its_
     threads = [threading.Thread(target=target, daemon=True) for target in (feed.run, own.run)]
     for thread in threads:
         thread.start()
-    probe = Consumer(client_config(shared, **{"group.id": f"probe.{unique}"}))
-
-    def ends(settings) -> dict[tuple[str, int], int]:
-        topics = [topic_name(settings, t) for t in ("agent.tasks", "agent.llm_calls", "agent.telemetry")]
-        return {(t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1] - 1
-                for t in topics for p in range(2)}
-
     try:
-        wanted = [(quick, ends(shared)), (alone, ends(apart))]
+        wanted = [(sink, partition_ends(settings, f"probe.{unique}"))
+                  for sink, settings in ((quick, shared), (alone, apart))]
         wait_for(lambda: all(s.recorded.get(k, -1) == v for s, e in wanted for k, v in e.items() if v >= 0),
                  60, "the quiet lane and the loop of its own recording every partition to its end")
         assert quick.count() == alone.count() == 300
@@ -219,5 +207,4 @@ def test_a_caught_up_loop_writes_at_its_quiet_age_and_one_without_waits_for_its_
         own.stop()
         for thread in threads:
             thread.join(60)
-        probe.close()
     assert slow.count() == 300  # written at stop
