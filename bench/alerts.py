@@ -19,7 +19,10 @@ alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
 1. the raw-Kafka baseline measured in the same run: the same traffic through a plain
    confluent-kafka forwarder process (consume, produce the tagged messages to an output topic,
    no decoding, no rules), timed the same way: the two Kafka hops any processor pays;
-2. the alert path through the alerts role, p50/p99/max;
+2. the alert path through the alerts role, p50/p99/max; then split by the alert's own Kafka
+   timestamp (when the role produced it) into the hop to the alert's produce (fetch, rules,
+   any wait for the commit before) and the hop from there to readable (the commit, the
+   reader's fetch): medians, and each of the slowest 2 % as total=first+second ms;
 3. the worker's RSS at the end.
 
     .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--events 300000]
@@ -87,19 +90,28 @@ def call(agent: str, cost: float) -> LlmCall:
 
 
 class Timer:
-    """Send times of tagged messages and their arrival at a consumer."""
+    """Send times of tagged messages and their arrival at a consumer; with the arriving message's
+    own timestamp (when its producer produced it: the processor's output), each latency split in
+    two hops: send to output produced, output produced to readable (milliseconds, wall clock)."""
 
     def __init__(self) -> None:
-        self.sent: dict[str, float] = {}
+        self.sent: dict[str, tuple[float, float]] = {}
         self.latencies: list[float] = []
+        self.hops: list[tuple[float, float, float]] = []  # (latency, to produced, produced to readable)
         self.lock = threading.Lock()
 
-    def arrived(self, tag: str) -> None:
-        now = time.perf_counter()
+    def send(self, tag: str) -> None:
+        self.sent[tag] = time.perf_counter(), time.time()
+
+    def arrived(self, tag: str, produced_ms: int | None = None) -> None:
+        now, wall = time.perf_counter(), time.time()
         with self.lock:
             started = self.sent.pop(tag, None)
         if started is not None:
-            self.latencies.append((now - started) * 1000)
+            latency = (now - started[0]) * 1000
+            self.latencies.append(latency)
+            if produced_ms is not None:
+                self.hops.append((latency, produced_ms - started[1] * 1000, wall * 1000 - produced_ms))
 
 
 def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, ready: threading.Event) -> None:
@@ -125,7 +137,7 @@ def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, rea
                 if msg.error() is None:
                     tag = tag_of(msg)
                     if tag:
-                        timer.arrived(tag)
+                        timer.arrived(tag, msg.timestamp()[1])
     finally:
         consumer.close()
 
@@ -142,7 +154,7 @@ def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged)
         while sent < due:
             if sent % 100 == 50:
                 tag, key, value, headers = tagged(codec, sent)
-                timer.sent[tag] = time.perf_counter()
+                timer.send(tag)
                 producer.produce(topic_of, key=key, value=value, headers=headers)
             else:
                 producer.produce(topic_of, key=f"agent-{sent % 200:03d}", value=background[sent % 200])
@@ -161,6 +173,14 @@ def report(name: str, timer: Timer, sent_tagged: int) -> None:
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {p99:7.2f} ms   max {lat[-1]:7.2f} ms"
           f"   ({len(lat)} of {sent_tagged} timed)")
+    if timer.hops:
+        # The slowest 2 % by hop (message timestamps have millisecond resolution): which hop the
+        # tail is in.
+        slow = sorted(timer.hops)[-max(1, len(timer.hops) // 50):]
+        to_out = statistics.median(h[1] for h in timer.hops)
+        to_read = statistics.median(h[2] for h in timer.hops)
+        print(f"{'  hops, all (median)':<34} to output produced {to_out:6.1f} ms   produced to readable {to_read:6.1f} ms")
+        print(f"{'  hops, slowest 2 %':<34} " + "  ".join(f"{h[0]:.1f}={h[1]:.0f}+{h[2]:.0f}" for h in slow))
 
 
 def wait_drained(timer: Timer, timeout_s: float = 10.0) -> None:
