@@ -96,6 +96,9 @@ STATUS_SECONDS = 0.25
 TICK_SECONDS = 1.0
 #: Seconds between sends of the source positions as the positions group's offsets.
 OFFSETS_SECONDS = 1.0
+#: The state topic's key of the tombstone that opens each transaction (see ``ShardProcessor._begin``);
+#: ignored by :func:`restore_state`, removed by compaction.
+BEGIN_KEY = b"begin"
 #: Most messages a step takes: a step behind takes many, so its commit is paid by many events.
 FETCH_MAX = 5000
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
@@ -964,8 +967,14 @@ class ShardProcessor:
     # -- one transaction per step ------------------------------------------------------------------
 
     def _begin(self) -> None:
+        """Begin a transaction, with the shard's state partition in it from the start: every step
+        writes its delta there, and a partition's first record in a transaction costs a round
+        trip to the coordinator (AddPartitionsToTxn) before it is sent. Taken here, by a tombstone
+        of a key nothing else uses, that round trip overlaps the step's work instead of following
+        the delta at the commit, where a live alert waits for it."""
         if not self._in_txn:
             self._txn.begin_transaction()
+            self._send(self._state_topic, BEGIN_KEY, None, self.shard.index)
             self._in_txn = True
             self._txn_began = time.monotonic()
 
