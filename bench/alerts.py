@@ -4,7 +4,10 @@ Needs the local stack (``ezstream up``). Runs an ``ezstream worker --only alerts
 fresh topics (a new ``EZ_TOPIC_PREFIX``) under ``$EZ_HOME/bench``, sends LLM calls at a fixed rate
 (default 1,000 events/s) in which every 100th call is the first call of a new agent costing 90 %
 of the per-agent daily budget, and times each of those calls from ``produce()`` to its budget
-alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
+alert arriving at a consumer of ``agent.alerts``, after ``--warmup`` seconds (5) of the same
+traffic untimed: each run's worker and forwarder are new processes on new topics, whose first
+seconds are slower than the steady state (first writes to each partition, first calls of each
+code path). Prints, asserts nothing:
 
 0. throughput: ``--events`` events of the simulator's mix (tasks, LLM calls, telemetry; event
    times in the last minutes) produced first, then an alerts worker started: events/s from its
@@ -25,7 +28,7 @@ alert arriving at a consumer of ``agent.alerts``. Prints, asserts nothing:
    reader's fetch): medians, and each of the slowest 2 % as total=first+second ms;
 3. the worker's RSS at the end.
 
-    .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--events 300000]
+    .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--warmup 5] [--events 300000]
 """
 
 from __future__ import annotations
@@ -142,19 +145,21 @@ def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, rea
         consumer.close()
 
 
-def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged) -> int:
-    """Send ``rate`` events/s for ``seconds``; every 100th is tagged and timed. Returns the count."""
+def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged, warmup: float = 0.0) -> int:
+    """Send ``rate`` events/s for ``warmup`` + ``seconds``; every 100th is tagged, and timed once
+    the warm-up is over. Returns the count."""
     codec = default_codec()
     producer = Producer(client_config(settings, **LOW_LATENCY))
     background = [codec.encode("llm_call", call(f"agent-{i:03d}", 0.0).to_record()) for i in range(200)]
     started = time.perf_counter()
     sent = 0
-    while (elapsed := time.perf_counter() - started) < seconds:
+    while (elapsed := time.perf_counter() - started) < warmup + seconds:
         due = int(elapsed * rate)
         while sent < due:
             if sent % 100 == 50:
                 tag, key, value, headers = tagged(codec, sent)
-                timer.send(tag)
+                if elapsed >= warmup:
+                    timer.send(tag)
                 producer.produce(topic_of, key=key, value=value, headers=headers)
             else:
                 producer.produce(topic_of, key=f"agent-{sent % 200:03d}", value=background[sent % 200])
@@ -189,7 +194,7 @@ def wait_drained(timer: Timer, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def run_baseline(settings, rate: float, seconds: float) -> Timer:
+def run_baseline(settings, rate: float, seconds: float, warmup: float) -> Timer:
     source, target = topic_name(settings, "bench.raw.in"), topic_name(settings, "bench.raw.out")
     ensure_topics(settings, [TopicSpec(t, settings.topic_partitions, 1, {}) for t in (source, target)])
     proc = subprocess.Popen([sys.executable, "-c", FORWARDER, settings.kafka_bootstrap, source, target,
@@ -206,7 +211,7 @@ def run_baseline(settings, rate: float, seconds: float) -> Timer:
             tag = f"raw-{n}"
             return tag, tag, tag.encode(), [("tag", b"1")]
 
-        drive(settings, source, rate, seconds, timer, tagged)
+        drive(settings, source, rate, seconds, timer, tagged, warmup)
         wait_drained(timer)
     finally:
         stop.set()
@@ -216,7 +221,7 @@ def run_baseline(settings, rate: float, seconds: float) -> Timer:
     return timer
 
 
-def run_alerts(settings, home: Path, rate: float, seconds: float) -> tuple[Timer, float]:
+def run_alerts(settings, home: Path, rate: float, seconds: float, warmup: float) -> tuple[Timer, float]:
     budgets = home / "budgets.toml"
     budgets.write_text("[agent]\ndaily_usd = 1.0\n")
     env = {**os.environ, "EZ_TOPIC_PREFIX": settings.topic_prefix, "EZ_BUDGETS_FILE": str(budgets),
@@ -248,7 +253,7 @@ def run_alerts(settings, home: Path, rate: float, seconds: float) -> tuple[Timer
             agent = f"trigger-{n:07d}"  # a new agent: its first call crosses 80 % of its budget
             return agent, agent, codec.encode("llm_call", call(agent, 0.9).to_record()), None
 
-        drive(settings, topic_name(settings, "agent.llm_calls"), rate, seconds, timer, tagged)
+        drive(settings, topic_name(settings, "agent.llm_calls"), rate, seconds, timer, tagged, warmup)
         wait_drained(timer)
         with open(f"/proc/{proc.pid}/status") as f:
             rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -410,7 +415,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, action="append",
                         help="events per second of an alert-path run; repeat for several (default 1,000 and 20,000)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run's timed part")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of the same traffic before each run's timed part (a process started for "
+                        "the run, its new topics' first writes): sent, not timed")
     parser.add_argument("--events", type=int, default=300_000,
                         help="events of the throughput phase (0: skip it)")
     parser.add_argument("--workers", type=int, action="append",
@@ -431,11 +439,12 @@ def main() -> None:
         (base.home / "bench").mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench"))
         tagged = int(args.seconds * rate / 100)
-        print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each, 1 in 100 triggering "
+        print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each after {args.warmup:.0f} s of warm-up, "
+              f"1 in 100 triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
-        baseline = run_baseline(settings, rate, args.seconds)
+        baseline = run_baseline(settings, rate, args.seconds, args.warmup)
         report("raw Kafka, 2 hops (baseline)", baseline, tagged)
-        alerts, rss = run_alerts(settings, home, rate, args.seconds)
+        alerts, rss = run_alerts(settings, home, rate, args.seconds, args.warmup)
         report("alert path (alerts role)", alerts, tagged)
         print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
 
