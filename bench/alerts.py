@@ -28,6 +28,8 @@ code path). Prints, asserts nothing:
    reader's fetch): medians, and each of the slowest 2 % (10 at most) as total=first+second ms;
 3. the worker's RSS at the end.
 
+Each run's topics (its prefix's) are deleted when it ends.
+
     .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--warmup 5] [--events 300000]
 """
 
@@ -54,7 +56,7 @@ from confluent_kafka import Consumer, Producer
 from connectors.kafka import client_config
 from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall
-from connectors.kafka.topics import TopicSpec, catalogue, ensure_topics, topic_name
+from connectors.kafka.topics import TopicSpec, catalogue, delete_topics_with_prefix, ensure_topics, topic_name
 from connectors.kafka.producer import PRODUCER_DEFAULTS
 from connectors.settings import load_settings
 from streams.intelligence.processor import SOURCES
@@ -368,10 +370,13 @@ class Workers:
         return time.perf_counter(), self.cpu()
 
     def stop(self) -> None:
+        """Stop the workers, then delete the run's topics (a broker kept for days would otherwise
+        hold every run's partitions)."""
         for proc in self.procs:
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             proc.wait(60)
+        delete_topics_with_prefix(self.settings, self.prefix)
 
 
 def line(what: str, sources: int, begin: tuple[float, float], end: tuple[float, float]) -> None:
@@ -442,11 +447,14 @@ def main() -> None:
         print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each after {args.warmup:.0f} s of warm-up, "
               f"1 in 100 triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
-        baseline = run_baseline(settings, rate, args.seconds, args.warmup)
-        report("raw Kafka, 2 hops (baseline)", baseline, tagged)
-        alerts, rss = run_alerts(settings, home, rate, args.seconds, args.warmup)
-        report("alert path (alerts role)", alerts, tagged)
-        print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
+        try:
+            baseline = run_baseline(settings, rate, args.seconds, args.warmup)
+            report("raw Kafka, 2 hops (baseline)", baseline, tagged)
+            alerts, rss = run_alerts(settings, home, rate, args.seconds, args.warmup)
+            report("alert path (alerts role)", alerts, tagged)
+            print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
+        finally:
+            delete_topics_with_prefix(settings, prefix)
 
 
 if __name__ == "__main__":

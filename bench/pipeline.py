@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from connectors.kafka import client_config
 from connectors.kafka.codec import default_codec
 from connectors.kafka.producer import PRODUCER_DEFAULTS
-from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.kafka.topics import catalogue, delete_topics_with_prefix, ensure_topics, topic_name
 from connectors.settings import load_settings
 from connectors.sink import TABLES
 from streams.query_server import query
@@ -303,6 +303,8 @@ def main() -> None:
                                env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
         shown = [line for line in peers.stdout.splitlines() if line and not line.startswith("preparing")]
         print("\n".join(shown) or f"bench/peers.py failed ({peers.returncode}):\n{peers.stderr[-2000:]}")
+    gone = delete_topics_with_prefix(settings, settings.topic_prefix)
+    print(f"\nthis run's {len(gone)} topics ({settings.topic_prefix}*) deleted; its files stay in {home}")
 
 
 if __name__ == "__main__":

@@ -189,6 +189,30 @@ def _raise_message_limits(admin: Any, specs: list[TopicSpec], timeout_s: float) 
     return low
 
 
+def delete_topics_with_prefix(settings: Settings, prefix: str, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a run's own, such as a benchmark's
+    ``bench.alerts.<time>.``); returns their names, sorted. A prefix must be given: an empty one
+    would name every topic of the cluster."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    if not prefix:
+        raise ValueError("delete_topics_with_prefix needs a non-empty prefix")
+    admin = AdminClient(client_config(settings))
+    try:
+        names = sorted(name for name in admin.list_topics(timeout=timeout_s).topics if name.startswith(prefix))
+        if names:
+            for future in admin.delete_topics(names, request_timeout=timeout_s).values():
+                try:
+                    future.result()
+                except KafkaException as exc:  # deleted meanwhile by someone else: gone all the same
+                    if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        raise
+    except KafkaException as exc:
+        raise TransientError(f"Kafka at {settings.kafka_bootstrap}: deleting the topics {prefix}* failed: {exc}") from None
+    return names
+
+
 def describe_topics(settings: Settings, names: list[str] | None = None, timeout_s: float = 10.0) -> list[dict]:
     """Partitions, leaders and configuration of ``names`` (all non-internal topics by default)."""
     from confluent_kafka import KafkaException

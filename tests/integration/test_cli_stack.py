@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
-from connectors.kafka.topics import EVENT_TOPICS, FOREIGN_TOPICS, catalogue, describe_topics, dlq_topic, ensure_topics
+import pytest
+
+from connectors.kafka.topics import (EVENT_TOPICS, FOREIGN_TOPICS, catalogue, delete_topics_with_prefix, describe_topics,
+                                     dlq_topic, ensure_topics)
 from infra.local.dashboard import Dashboard
 from infra.local.net import free_port
 from tests.integration.conftest import otel_ports
@@ -125,6 +128,21 @@ def test_topics_create_is_idempotent_with_settings(settings):
     assert described["agent.llm_calls"]["retention.ms"] == str(settings.topic_retention_ms)
     assert described["agent.llm_calls.dlq"]["retention.ms"] == str(settings.dlq_retention_ms)
     assert described["agent.tasks"]["cleanup.policy"] == "delete"
+
+
+def test_a_runs_topics_are_deleted_by_their_prefix_and_no_other(settings, make_topic, unique):
+    from confluent_kafka.admin import AdminClient
+
+    from connectors.kafka import client_config
+
+    own = [make_topic("run.a"), make_topic("run.b", partitions=1)]
+    other = make_topic("runner")  # shares the prefix's letters, not its dot
+    assert delete_topics_with_prefix(settings, f"t.{unique}.run.") == sorted(own)
+    left = set(AdminClient(client_config(settings)).list_topics(timeout=10).topics)
+    assert other in left and not set(own) & left
+    assert delete_topics_with_prefix(settings, f"t.{unique}.run.") == []
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        delete_topics_with_prefix(settings, "")
 
 
 def _processes_mentioning(text: str) -> list[str]:
