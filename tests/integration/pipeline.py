@@ -162,6 +162,10 @@ class Truth:
         self.costs[table].append(cost)
 
 
+#: The catalogue topics the simulator (and so :func:`produce_simulated`) writes.
+SIMULATED = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
+
+
 def produce_simulated(settings: Settings, count: int, seed: int, truth: Truth) -> None:
     """Produce ``count`` simulated events and record them in ``truth``."""
     tables = {TOPIC_EVENTS[topic]: table for topic, table in TABLES.items()}

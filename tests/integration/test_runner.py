@@ -16,22 +16,13 @@ from connectors.settings import load_settings
 from connectors.sink import ResumePoint, Sink, SinkBatch
 from streams.sinks.runner import FlushPolicy, SinkRunner
 from tests.conftest import wait_for
-from tests.integration.pipeline import Truth, produce_simulated
+from tests.integration.pipeline import SIMULATED, Truth, produce_simulated
+from tests.integration.topics import end_offsets
 
 
-#: The catalogue topics produce_simulated writes.
-SOURCES = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
-
-
-def partition_ends(settings, group: str) -> dict[tuple[str, int], int]:
-    """The last offset of every partition of the :data:`SOURCES` topics (-1: empty), read by a
-    client of ``group`` that never joins it."""
-    probe = Consumer(client_config(settings, **{"group.id": group}))
-    try:
-        return {(topic, p): probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] - 1
-                for topic in (topic_name(settings, t) for t in SOURCES) for p in range(settings.topic_partitions)}
-    finally:
-        probe.close()
+def partition_ends(settings) -> dict[tuple[str, int], int]:
+    """The last offset of every partition of the :data:`SIMULATED` topics (-1: empty)."""
+    return {tp: end - 1 for tp, end in end_offsets(settings, [topic_name(settings, t) for t in SIMULATED]).items()}
 
 
 class RecordingSink(Sink):
@@ -83,10 +74,10 @@ def test_refused_rows_go_to_the_dlq_and_the_partitions_move_on(stack, stack_over
     sink = RecordingSink(refuse_agent="research-07", transient=2)
     runner, thread = _run(settings, sink)
     try:
-        topics = [topic_name(settings, t) for t in SOURCES]
+        topics = [topic_name(settings, t) for t in SIMULATED]
 
         def all_recorded():
-            ends = partition_ends(settings, f"probe.{unique}")
+            ends = partition_ends(settings)
             return all(sink.recorded.get(k, -1) == v for k, v in ends.items() if v >= 0)
 
         wait_for(all_recorded, 60, "every partition recorded to its end")
@@ -130,7 +121,7 @@ def test_a_shared_feed_reads_once_and_each_lane_writes_from_its_own_record(stack
     thread = threading.Thread(target=feed.run, daemon=True)
     thread.start()
     try:
-        ends = partition_ends(settings, f"probe.{unique}")
+        ends = partition_ends(settings)
         wait_for(lambda: all(s.recorded.get(k, -1) == v for s in (ahead, behind) for k, v in ends.items() if v >= 0),
                  90, "both lanes recording every partition to its end")
     finally:
@@ -196,7 +187,7 @@ def test_a_caught_up_loop_writes_at_its_quiet_age_and_one_without_waits_for_its_
     for thread in threads:
         thread.start()
     try:
-        wanted = [(sink, partition_ends(settings, f"probe.{unique}"))
+        wanted = [(sink, partition_ends(settings))
                   for sink, settings in ((quick, shared), (alone, apart))]
         wait_for(lambda: all(s.recorded.get(k, -1) == v for s, e in wanted for k, v in e.items() if v >= 0),
                  60, "the quiet lane and the loop of its own recording every partition to its end")

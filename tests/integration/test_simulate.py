@@ -12,10 +12,10 @@ from connectors.kafka.schemas import TOPIC_EVENTS
 from connectors.kafka.topics import catalogue, ensure_topics, topic_name
 from connectors.settings import load_settings
 from streams.simulate import DEFAULT_RATE, Progress, generate, run_simulation
+from tests.integration.pipeline import SIMULATED
 from tests.integration.topics import end_offsets, read_topics
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
-SIMULATED = ("agent.tasks", "agent.llm_calls", "agent.telemetry")
 
 
 @pytest.mark.parametrize(("rate", "duration_s"), [(2_000, 3.0), (0, 1.0)], ids=["paced", "unpaced"])
