@@ -13,10 +13,10 @@ so a new active processor fences the old one and aborts its open transaction).
 
 - A step's transaction holds its alerts, the windows it produced, the changes it made to the state
   (a delta: each rule's changed entries, the source positions, the windows closed since the last
-  step; key ``delta-<seq>-<i>/<n>`` on the compacted state topic) and, once a second (not with a
-  live step's alerts unless 5 s overdue), the same positions as the offsets of the ``.positions``
-  group (lag for operators). Read_committed
-  consumers see all of it or none of it.
+  step; key ``delta-<seq>-<i>/<n>`` on the compacted state topic). Read_committed consumers see
+  all of it or none of it. Once a second, after a commit, the positions it covered are also
+  committed as the offsets of the ``.positions`` group, for operators' lag only: outside the
+  transaction, by the source consumer, so no step waits for the group's coordinator.
 - A live step that raised an alert commits at once; other steps gather for up to
   ``EZ_ALERTS_COMMIT_MS`` (five times that while catching up).
 - Every ``EZ_ALERTS_CHECKPOINT_SECONDS`` the whole state is copied, encoded by a thread beside the
@@ -94,7 +94,7 @@ CATCH_UP_COMMIT_FACTOR = 5
 STATUS_SECONDS = 0.25
 #: Seconds between wall-clock ticks of the rules.
 TICK_SECONDS = 1.0
-#: Seconds between sends of the source positions as the positions group's offsets.
+#: Seconds between commits of the committed positions as the positions group's offsets.
 OFFSETS_SECONDS = 1.0
 #: The state topic's key of the tombstone that opens each transaction (see ``ShardProcessor._begin``);
 #: ignored by :func:`restore_state`, removed by compaction.
@@ -621,6 +621,7 @@ class ShardProcessor:
         self._status_due = False
         self._status_written = 0.0
         self._offsets_sent = 0.0
+        self._offsets_committed: dict[str, int] = {}
 
     # -- activation: load the state, seek, replay -------------------------------------------------
 
@@ -657,6 +658,7 @@ class ShardProcessor:
             "isolation.level": "read_committed",
             "statistics.interval.ms": 5_000,
             "stats_cb": metrics.lag_from_statistics(self._positions_group),
+            "on_commit": self._offsets_commit_done,
         })
         metadata = self._source.list_topics(timeout=30)
         assignment = []
@@ -763,6 +765,7 @@ class ShardProcessor:
             self._commit()
         elif self._in_txn:
             self._txn.poll(0)
+        self._commit_offsets()
         if self._status_due and now - self._status_written >= STATUS_SECONDS:
             self._status_due = False
             self._status_written = now
@@ -1000,15 +1003,13 @@ class ShardProcessor:
     def _commit(self, final: bool = False) -> None:
         """End the step: one Kafka transaction holds its alerts and windows (produced into it
         already), the changes it made to the state (a delta on the state topic), a snapshot of the
-        whole state when one is ready, and the source positions it reached (in the delta, and once
-        a second as the positions group's offsets too). All of it is read, or none of it.
+        whole state when one is ready, and the source positions it reached (in the delta). All of
+        it is read, or none of it.
 
         The loop writes the delta and hands the commit to a thread, then goes on with the next
         step: its outputs wait until the commit is done (:meth:`_settle`), its changes go in the
         next delta. ``final``: wait for the commit.
         """
-        from confluent_kafka import TopicPartition
-
         self._settle(wait=True)
         self._begin()
         self._seq += 1
@@ -1023,31 +1024,21 @@ class ShardProcessor:
             snapshot = self._encoded.result()
             self._encoded = None
             self._write_snapshot(*snapshot)
-        # The group's offsets are for operators' lag only (the delta holds the positions): sent
-        # once a second, they cost most commits no round trips; and not with a live step's alerts
-        # (a round trip to the group's coordinator on the alert path) unless 5 s overdue.
-        offsets = None
-        since = time.monotonic() - self._offsets_sent
-        if final or since >= OFFSETS_SECONDS * (5 if self._step_alerts and self._caught_up else 1):
-            self._offsets_sent = time.monotonic()
-            offsets = ([TopicPartition(t, p, o) for (t, p), o in _by_partition(positions).items()],
-                       self._source.consumer_group_metadata())
         cut = _Cut(self._seq, len(chunks), snapshot[1] if snapshot else None, positions, self._step_alerts)
         self._in_txn = False
         self._step_alerts, self._windows_closed, self._windows_produced, self._dirty = [], [], 0, False
-        self._committing = self._committer.submit(self._finish, cut, offsets)
+        self._committing = self._committer.submit(self._finish, cut)
         if time.monotonic() - self._last_snapshot >= self.settings.alerts_checkpoint_seconds and self._encoded is None:
             self._take_snapshot(positions)  # the state as of this cut: nothing changed it since
         if final:
             self._settle(wait=True)
+            self._commit_offsets(final=True)
 
-    def _finish(self, cut: _Cut, offsets: tuple[list[Any], Any] | None) -> _Cut:
-        """In the commit thread: the offsets, then the commit of the transaction ``cut`` ended."""
+    def _finish(self, cut: _Cut) -> _Cut:
+        """In the commit thread: the commit of the transaction ``cut`` ended."""
         from confluent_kafka import KafkaException
 
         try:
-            if offsets is not None:
-                self._txn.send_offsets_to_transaction(*offsets, 30)
             failpoint("alerts.before_commit")  # a step's outputs and state written, not committed
             self._commit_transaction()
         except KafkaException as exc:
@@ -1086,6 +1077,31 @@ class ShardProcessor:
             self._begin()
             for topic, key, value in held:
                 self._send(topic, key.encode(), value)
+
+    def _commit_offsets(self, final: bool = False) -> None:
+        """The positions of the latest committed step as the positions group's offsets, for
+        operators' lag (``ezstream status``, the lag metric) only: a restart reads its positions
+        from the state topic. Outside the transaction (a round trip to the group's coordinator
+        there would hold up the commit, and with it the alerts): asynchronous once a second,
+        synchronous at the last commit; from the loop, so a quiet shard's last positions go too.
+        Never ahead of the state: those steps are committed."""
+        if not final and (self._committed is self._offsets_committed
+                          or time.monotonic() - self._offsets_sent < OFFSETS_SECONDS):
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        self._offsets_sent = time.monotonic()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in _by_partition(self._committed).items()]
+        try:
+            self._source.commit(offsets=offsets, asynchronous=not final)
+            self._offsets_committed = self._committed
+        except KafkaException as exc:  # lag only: the next commit sends them again
+            log.warning("%s: the positions group's offsets were not committed: %s", self._label, exc.args[0].str())
+
+    def _offsets_commit_done(self, error: Any, partitions: list) -> None:
+        if error is not None:  # lag only: the next commit sends them again
+            log.warning("%s: the positions group's offsets were not committed: %s", self._label, error.str())
+            self._offsets_committed = {}
 
     def _commit_transaction(self) -> None:
         from confluent_kafka import KafkaException

@@ -21,12 +21,13 @@ from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall, TaskEvent, Telemetry
 from connectors.kafka.producer import EventProducer
 from connectors.kafka.topics import topic_name
+from streams.intelligence.processor import group_id
 from streams.query_server import query
 from tests.conftest import wait_for
 from infra.local.net import free_port
 from tests.integration.pipeline import Worker
 from tests.integration.test_metrics import scrape, total
-from tests.integration.topics import read_topics
+from tests.integration.topics import committed_offsets, read_topics
 
 RULES = """
 [windows]
@@ -214,6 +215,13 @@ def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
     assert total(samples, "ezstream_alerts_state_entries", rule="budget") >= 5
     wait_for(lambda: status(worker)["state"]["snapshot_bytes"], 30, "a snapshot of the state")
     assert total(scrape(intel.metrics_port), "ezstream_alerts_checkpoint_bytes") > 0
+    # The positions group holds the committed positions as its offsets (operators' lag),
+    # committed after the transactions, within about a second of the last.
+    positions = {(topic, int(partition)): n for topic, partition, n in
+                 ((*key.rsplit(":", 1), n) for key, n in status(worker)["positions"].items())}
+    assert sum(positions.values()) == send.count
+    wait_for(lambda: committed_offsets(intel, group_id(intel) + ".positions", list(positions)) == positions, 30,
+             "the positions group's offsets at the committed positions")
 
 
 def test_error_rate_spike_fires_with_enough_volume_then_resolves(intel, start):

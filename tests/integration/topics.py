@@ -29,6 +29,16 @@ def end_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int], 
         consumer.close()
 
 
+def committed_offsets(settings: Settings, group: str, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed for ``partitions`` (-1001: none)."""
+    consumer = Consumer(client_config(settings, **{"group.id": group, "enable.auto.commit": False}))
+    try:
+        return {(tp.topic, tp.partition): tp.offset
+                for tp in consumer.committed([TopicPartition(*tp) for tp in partitions], timeout=30)}
+    finally:
+        consumer.close()
+
+
 def read_topics(settings: Settings, topics: list[str], timeout_s: float = 60, **config: Any) -> list[Any]:
     """Every message of ``topics``, from offset 0 to the end offsets at the start of the read, in
     partition order; fails naming the partitions it could not finish within ``timeout_s``.
