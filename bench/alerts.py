@@ -21,7 +21,10 @@ code path). Prints, asserts nothing:
    once; timed from that commit to every shard's commit covering them (CPU: all workers);
 1. the raw-Kafka baseline measured in the same run: the same traffic through a plain
    confluent-kafka forwarder process (consume, produce the tagged messages to an output topic,
-   no decoding, no rules), timed the same way: the two Kafka hops any processor pays;
+   no decoding, no rules), timed the same way: the two Kafka hops any processor pays; then
+   the same through a transactional forwarder (read_committed; for each fetch with a tagged
+   message a transaction of its own: a 2 KiB state record, the tagged messages, the commit):
+   the floor of any processor whose outputs commit with its state, as the role's do;
 2. the alert path through the alerts role, p50/p99/max; then split by the alert's own Kafka
    timestamp (when the role produced it) into the hop to the alert's produce (fetch, rules,
    any wait for the commit before) and the hop from there to readable (the commit, the
@@ -84,6 +87,29 @@ while True:
         if msg.error() is None and msg.headers():
             producer.produce(target, key=msg.key(), value=msg.value())
     producer.poll(0)
+"""
+
+TXN_FORWARDER = """
+import sys
+from confluent_kafka import Consumer, Producer
+bootstrap, source, target, state, group = sys.argv[1:6]
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                     "enable.auto.commit": True, "fetch.wait.max.ms": 100, "isolation.level": "read_committed"})
+producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "transactional.id": group})
+producer.init_transactions(30)
+consumer.subscribe([source])
+print("ready", flush=True)
+while True:
+    first = consumer.poll(0.05)
+    if first is None:
+        continue
+    tagged = [msg for msg in [first, *consumer.consume(1000, 0)] if msg.error() is None and msg.headers()]
+    if tagged:
+        producer.begin_transaction()
+        producer.produce(state, key=b"state", value=bytes(2048))
+        for msg in tagged:
+            producer.produce(target, key=msg.key(), value=msg.value())
+        producer.commit_transaction(30)
 """
 
 
@@ -196,11 +222,16 @@ def wait_drained(timer: Timer, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def run_baseline(settings, rate: float, seconds: float, warmup: float) -> Timer:
-    source, target = topic_name(settings, "bench.raw.in"), topic_name(settings, "bench.raw.out")
-    ensure_topics(settings, [TopicSpec(t, settings.topic_partitions, 1, {}) for t in (source, target)])
-    proc = subprocess.Popen([sys.executable, "-c", FORWARDER, settings.kafka_bootstrap, source, target,
-                             "bench-forwarder-" + uuid.uuid4().hex], stdout=subprocess.PIPE, text=True)
+def run_baseline(settings, rate: float, seconds: float, warmup: float, transactional: bool = False) -> Timer:
+    """The tagged messages through a forwarder process: raw, or each fetch with one in a
+    transaction of its own with a state record (:data:`TXN_FORWARDER`)."""
+    name = "txn" if transactional else "raw"
+    topics = [topic_name(settings, f"bench.{name}.{t}") for t in ("in", "out", "state")[:3 if transactional else 2]]
+    ensure_topics(settings, [TopicSpec(t, settings.topic_partitions, 1, {}) for t in topics])
+    source, target = topics[:2]
+    proc = subprocess.Popen([sys.executable, "-c", TXN_FORWARDER if transactional else FORWARDER,
+                             settings.kafka_bootstrap, *topics, "bench-forwarder-" + uuid.uuid4().hex],
+                            stdout=subprocess.PIPE, text=True)
     timer, stop, ready = Timer(), threading.Event(), threading.Event()
     watcher = threading.Thread(target=watch, args=(settings, target, lambda m: m.value().decode(), timer, stop, ready))
     try:
@@ -448,8 +479,8 @@ def main() -> None:
               f"1 in 100 triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
         try:
-            baseline = run_baseline(settings, rate, args.seconds, args.warmup)
-            report("raw Kafka, 2 hops (baseline)", baseline, tagged)
+            report("raw Kafka, 2 hops (baseline)", run_baseline(settings, rate, args.seconds, args.warmup), tagged)
+            report("Kafka, 2 hops + transaction", run_baseline(settings, rate, args.seconds, args.warmup, True), tagged)
             alerts, rss = run_alerts(settings, home, rate, args.seconds, args.warmup)
             report("alert path (alerts role)", alerts, tagged)
             print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
