@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.clickhouse.migrations import load_migrations
-from connectors.kafka.topics import TopicSpec, ensure_topics, topic_name
+from connectors.kafka.topics import TopicSpec, delete_topics_with_prefix, ensure_topics, topic_name
 from connectors.settings import load_settings
 from streams.simulate import generate
 
@@ -141,6 +141,8 @@ def main() -> None:
         sql(f"DROP TABLE {db}.kafka_{table}_mv")
         sql(f"DROP TABLE {db}.kafka_{table}")
     conn.close()
+    gone = delete_topics_with_prefix(settings, settings.topic_prefix)
+    print(f"this run's {len(gone)} topics ({settings.topic_prefix}*) deleted; its files stay in {home}")
 
     n = args.events
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)

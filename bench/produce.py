@@ -19,7 +19,7 @@ from connectors.kafka import client_config
 from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall
 from connectors.kafka.producer import PRODUCER_DEFAULTS, EventProducer
-from connectors.kafka.topics import TopicSpec, ensure_topics
+from connectors.kafka.topics import TopicSpec, delete_topics_with_prefix, ensure_topics
 from connectors.settings import load_settings
 
 
@@ -79,6 +79,8 @@ def main() -> None:
     print(f"raw confluent-kafka loop (pre-encoded bytes): {n / raw_s:>10,.0f} events/s  ({raw_s:.2f} s)")
     print(f"EventProducer (validate + encode + send):     {n / sdk_s:>10,.0f} events/s  ({sdk_s:.2f} s)")
     print(f"SDK / raw: {raw_s / sdk_s:.2f}")
+    gone = delete_topics_with_prefix(settings, f"{run}.")
+    print(f"this run's {len(gone)} topics ({run}.*) deleted")
 
 
 if __name__ == "__main__":

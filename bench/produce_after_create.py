@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime, timezone
 
 from connectors.kafka.producer import EventProducer
-from connectors.kafka.topics import catalogue, ensure_topics, topic_name
+from connectors.kafka.topics import catalogue, delete_topics_with_prefix, ensure_topics, topic_name
 from connectors.settings import load_settings
 from streams.simulate import generate
 from tests.integration.topics import end_offsets
@@ -48,6 +48,7 @@ def main() -> None:
                 mismatches += 1
                 print(f"round {round_}: {topic}: delivered {producer.delivered[topic]}, broker holds {held}",
                       flush=True)
+        delete_topics_with_prefix(settings, settings.topic_prefix)  # each round's own topics
     print(f"rounds {args.rounds}, topics whose broker holds other than what was acknowledged: {mismatches}")
 
 
