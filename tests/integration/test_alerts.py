@@ -21,7 +21,7 @@ from connectors.kafka.codec import default_codec
 from connectors.kafka.events import LlmCall, TaskEvent, Telemetry
 from connectors.kafka.producer import EventProducer
 from connectors.kafka.topics import topic_name
-from streams.intelligence.processor import group_id
+from streams.intelligence.processor import _by_partition, group_id
 from streams.query_server import query
 from tests.conftest import wait_for
 from infra.local.net import free_port
@@ -223,8 +223,7 @@ def test_budget_thresholds_fire_once_per_day_per_agent_and_tenant(intel, start):
     assert total(scrape(intel.metrics_port), "ezstream_alerts_checkpoint_bytes") > 0
     # The positions group holds the committed positions as its offsets (operators' lag),
     # committed after the transactions, within about a second of the last.
-    positions = {(topic, int(partition)): n for topic, partition, n in
-                 ((*key.rsplit(":", 1), n) for key, n in status(worker)["positions"].items())}
+    positions = _by_partition(status(worker)["positions"])
     assert sum(positions.values()) == send.count
     wait_for(lambda: committed_offsets(intel, group_id(intel) + ".positions", list(positions)) == positions, 30,
              "the positions group's offsets at the committed positions")
