@@ -19,9 +19,10 @@ so a new active processor fences the old one and aborts its open transaction).
   transaction, by the source consumer, so no step waits for the group's coordinator.
 - A live step that raised an alert commits at once; other steps gather for up to
   ``EZ_ALERTS_COMMIT_MS`` (five times that while catching up).
-- Every ``EZ_ALERTS_CHECKPOINT_SECONDS`` the whole state is copied, encoded by a thread beside the
-  loop, and written with the next step (``manifest`` and ``chunk-<i>``), with tombstones for the
-  deltas it covers.
+- Every ``EZ_ALERTS_CHECKPOINT_SECONDS`` a snapshot of the whole state is written with a step
+  (``manifest`` and ``chunk-<i>``), with tombstones for the deltas it covers. A process of its own
+  builds it (:mod:`~streams.intelligence.snapshots`): it keeps a copy of the state, the state at
+  activation plus every delta since, so the loop never copies or encodes the whole state.
 - On activation the processor reads the latest snapshot and the deltas committed after it
   (:func:`restore_state`), seeks each source partition to the position they recorded and replays
   from there: each event is counted once, each output produced once. Nothing is suppressed: the
@@ -78,6 +79,7 @@ from streams.intelligence.batch import Batch, event_times, rows
 from streams.intelligence.config import IntelligenceConfig, load_config
 from streams.intelligence.merge import CatchUpMerge, Watermarks
 from streams.intelligence.shards import Shard
+from streams.intelligence.snapshots import SnapshotBuilder, apply_steps, decode, encode
 from streams.intelligence.windows import ClosedWindow, WindowStore
 
 log = logging.getLogger(__name__)
@@ -139,12 +141,6 @@ class _Cut(NamedTuple):
     alerts: list[Alert]
 
 
-def _encode_snapshot(state: dict[str, Any]) -> tuple[int, int, list[bytes]]:
-    """A snapshot as the state topic holds it: (snapshot, seq, compressed JSON in chunks)."""
-    payload = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
-    return state["snapshot"], state["seq"], _chunks(payload)
-
-
 def _chunks(payload: bytes) -> list[bytes]:
     """``payload`` in messages the state topic takes (``CHUNK_BYTES`` each at most)."""
     return [payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
@@ -173,7 +169,7 @@ def restore_state(latest: dict[str, bytes | None], config: IntelligenceConfig, t
         manifest = json.loads(latest["manifest"])
         try:
             payload = b"".join(latest[f"chunk-{i}"] for i in range(manifest["chunks"]))
-            state = json.loads(zlib.decompress(payload))
+            state = decode(payload)
         except (KeyError, TypeError, zlib.error, ValueError) as exc:
             raise EzStreamError(f"the alert state on {topic} is damaged ({exc}); "
                                 f"delete the topic to start the rules afresh") from exc
@@ -190,17 +186,14 @@ def restore_state(latest: dict[str, bytes | None], config: IntelligenceConfig, t
     if later and later != list(range(state["seq"] + 1, later[-1] + 1)):
         raise EzStreamError(f"the alert state on {topic} misses deltas after "
                             f"{state['seq']} (has {later[:5]}...); delete the topic to start afresh")
+    steps = []
     for seq in later:
         try:
-            delta = json.loads(zlib.decompress(b"".join(parts[seq][i] for i in range(counts[seq]))))
+            steps.append(decode(b"".join(parts[seq][i] for i in range(counts[seq]))))
         except (KeyError, zlib.error, ValueError) as exc:
             raise EzStreamError(f"the alert state on {topic} has a damaged delta {seq} ({exc}); "
                                 f"delete the topic to start the rules afresh") from exc
-        Rules.apply_delta(state["rules"], delta.pop("rules"))
-        pending = state["pending_windows"]  # first in, first produced
-        pending.extend(delta.pop("windows_closed"))
-        del pending[:delta.pop("windows_produced")]
-        state.update(delta)
+    apply_steps(state, steps)
     state["deltas"] = counts  # on the topic still: removed with the next snapshot
     return state
 
@@ -386,12 +379,18 @@ class Rules:
     @staticmethod
     def apply_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
         """Bring ``state`` (a :meth:`to_dict`) to the state after ``delta`` (a :meth:`delta`)."""
-        BudgetRule.apply_delta(state["budget"], delta["budget"])
-        ErrorRateRule.apply_delta(state["error_rate"], delta["error_rate"])
-        RateLimitStormRule.apply_delta(state["rate_limit"], delta["rate_limit"])
-        SilentAgentRule.apply_delta(state["silent"], delta["silent"])
-        StuckTaskRule.apply_delta(state["stuck"], delta["stuck"])
-        WindowStore.apply_delta(state["windows"], delta["windows"])
+        Rules.apply_deltas(state, [delta])
+
+    @staticmethod
+    def apply_deltas(state: dict[str, Any], deltas: list[dict[str, Any]]) -> None:
+        """:meth:`apply_delta` of each of ``deltas`` in order (the windows' in one pass)."""
+        for delta in deltas:
+            BudgetRule.apply_delta(state["budget"], delta["budget"])
+            ErrorRateRule.apply_delta(state["error_rate"], delta["error_rate"])
+            RateLimitStormRule.apply_delta(state["rate_limit"], delta["rate_limit"])
+            SilentAgentRule.apply_delta(state["silent"], delta["silent"])
+            StuckTaskRule.apply_delta(state["stuck"], delta["stuck"])
+        WindowStore.apply_deltas(state["windows"], [delta["windows"] for delta in deltas])
 
 
 class Webhook:
@@ -611,13 +610,14 @@ class ShardProcessor:
         self._snapshot = 0
         self._snapshot_bytes = 0
         self._last_snapshot = time.monotonic()
-        self._encoder: ThreadPoolExecutor | None = None
+        #: The process that builds the snapshots (see :mod:`~streams.intelligence.snapshots`).
+        self._snapshots: SnapshotBuilder | None = None
         #: The commit in flight (one at a time), and the outputs of later steps held until it is done.
         self._committer: ThreadPoolExecutor | None = None
         self._committing: Future[_Cut] | None = None
         self._held: list[tuple[str, str, bytes]] = []
-        #: The snapshot being encoded: (snapshot, seq, chunks) when done.
-        self._encoded: Future[tuple[int, int, list[bytes]]] | None = None
+        #: The snapshot being built: (snapshot, seq, compressed JSON) when done.
+        self._encoded: Future[tuple[int, int, bytes]] | None = None
         self._status_due = False
         self._status_written = 0.0
         self._offsets_sent = 0.0
@@ -673,8 +673,14 @@ class ShardProcessor:
         calls = {tp: end for tp, end in self._catch_up_to.items() if tp[0] == self._calls_topic}
         self._merge = CatchUpMerge(calls, self._positions, stall_s=self.config.windows.idle_ms / 1000)
         self._source.assign(assignment)
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="alerts-snapshot")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="alerts-commit")
+        # The state as a snapshot would hold it now: the base the snapshot process adds each
+        # step's delta to (the rules' deltas count their changes from here).
+        self._snapshots = SnapshotBuilder({
+            **self._progress(self._committed), "snapshot": self._snapshot, "seq": self._seq,
+            "rules": self.rules.to_dict(),
+            "pending_windows": [[_fields(closed), by] for closed, by in self._closed_windows],
+        }, self._label)
         self._last_snapshot = time.monotonic()
         self.active = True
         self._caught_up = False
@@ -723,9 +729,10 @@ class ShardProcessor:
         except Exception:  # noqa: BLE001  fenced or broker gone: the next holder replays
             log.exception("alerts: the last step was not committed; the next active processor replays it")
         finally:
-            for executor in (self._encoder, self._committer):
-                if executor is not None:
-                    executor.shutdown(wait=True, cancel_futures=True)
+            if self._committer is not None:
+                self._committer.shutdown(wait=True, cancel_futures=True)
+            if self._snapshots is not None:
+                self._snapshots.close()
             if self._source is not None:
                 self._source.close()
             self.active = False
@@ -1016,20 +1023,22 @@ class ShardProcessor:
         positions = self._committable_positions()
         delta = {**self._progress(positions), "seq": self._seq, "rules": self.rules.delta(),
                  "windows_closed": self._windows_closed, "windows_produced": self._windows_produced}
-        chunks = _chunks(zlib.compress(json.dumps(delta, separators=(",", ":")).encode(), 1))
+        payload = encode(delta)
+        chunks = _chunks(payload)
         for key, chunk in zip(_delta_keys(self._seq, len(chunks)), chunks):
             self._send(self._state_topic, key.encode(), chunk, self.shard.index)
-        snapshot = None
+        self._snapshots.delta(payload)
+        snapshot_seq = None
         if self._encoded is not None and self._encoded.done():
-            snapshot = self._encoded.result()
+            snapshot, snapshot_seq, encoded = self._encoded.result()
             self._encoded = None
-            self._write_snapshot(*snapshot)
-        cut = _Cut(self._seq, len(chunks), snapshot[1] if snapshot else None, positions, self._step_alerts)
+            self._write_snapshot(snapshot, snapshot_seq, _chunks(encoded))
+        cut = _Cut(self._seq, len(chunks), snapshot_seq, positions, self._step_alerts)
         self._in_txn = False
         self._step_alerts, self._windows_closed, self._windows_produced, self._dirty = [], [], 0, False
         self._committing = self._committer.submit(self._finish, cut)
         if time.monotonic() - self._last_snapshot >= self.settings.alerts_checkpoint_seconds and self._encoded is None:
-            self._take_snapshot(positions)  # the state as of this cut: nothing changed it since
+            self._take_snapshot()  # the state after this step's delta
         if final:
             self._settle(wait=True)
             self._commit_offsets(final=True)
@@ -1130,19 +1139,12 @@ class ShardProcessor:
             "stats": dict(self.stats),
         }
 
-    def _take_snapshot(self, positions: dict[str, int]) -> None:
-        """The whole state as of the commit just made (copies of the rules' state: the loop's only
-        work); a thread encodes it, and the next commit that finds it done writes it."""
+    def _take_snapshot(self) -> None:
+        """Ask for a snapshot of the state after the step just committed (its delta is the last the
+        snapshot process was given); the next commit that finds it done writes it."""
         self._snapshot += 1
-        state = {
-            **self._progress(positions),
-            "snapshot": self._snapshot,
-            "seq": self._seq,
-            "rules": self.rules.to_dict(),
-            "pending_windows": [[_fields(closed), by] for closed, by in self._closed_windows],
-        }
         self._last_snapshot = time.monotonic()
-        self._encoded = self._encoder.submit(_encode_snapshot, state)
+        self._encoded = self._snapshots.take(self._snapshot, self._seq)
 
     def _write_snapshot(self, snapshot: int, seq: int, chunks: list[bytes]) -> None:
         """Produce an encoded snapshot into the open transaction, with tombstones for the deltas it

@@ -519,19 +519,29 @@ class WindowStore:
     @staticmethod
     def apply_delta(data: dict[str, Any], delta: dict[str, Any]) -> None:
         """Bring ``data`` (a :meth:`to_dict`) to the state after ``delta``."""
+        WindowStore.apply_deltas(data, [delta])
+
+    @staticmethod
+    def apply_deltas(data: dict[str, Any], deltas: list[dict[str, Any]]) -> None:
+        """:meth:`apply_delta` of each of ``deltas`` in order, with the windows indexed and sorted
+        once for all of them (a busy store holds thousands)."""
+        if not deltas:
+            return
         windows = {(w["start_ms"], tuple(w["key"])): w for w in data["windows"]}
-        for window in delta["windows"]:
-            slot = (window["start_ms"], tuple(window["key"]))
-            if window["totals"] is None:
-                windows.pop(slot, None)
-                continue
-            before = windows.get(slot)
-            if before is not None:  # the sketch's changed bins over its bins before
-                latency = window["totals"]["latency"]
-                window = {**window, "totals": {**window["totals"], "latency": {
-                    **latency, "bins": merge_bins(before["totals"]["latency"]["bins"], latency["bins"])}}}
-            windows[slot] = window
-        data.update({**delta, "windows": [windows[slot] for slot in sorted(windows)]})
+        for delta in deltas:
+            for window in delta["windows"]:
+                slot = (window["start_ms"], tuple(window["key"]))
+                if window["totals"] is None:
+                    windows.pop(slot, None)
+                    continue
+                before = windows.get(slot)
+                if before is not None:  # the sketch's changed bins over its bins before
+                    latency = window["totals"]["latency"]
+                    window = {**window, "totals": {**window["totals"], "latency": {
+                        **latency, "bins": merge_bins(before["totals"]["latency"]["bins"], latency["bins"])}}}
+                windows[slot] = window
+            data.update(delta)
+        data["windows"] = [windows[slot] for slot in sorted(windows)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WindowStore:

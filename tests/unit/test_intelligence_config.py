@@ -204,7 +204,8 @@ def test_the_state_topic_restores_the_latest_snapshot_plus_the_deltas_after_it(m
     split into messages (tiny ones here), applied in order; deltas the snapshot covers, and the
     windows closed and produced since, are accounted for exactly."""
     from streams.intelligence import processor
-    from streams.intelligence.processor import BEGIN_KEY, _chunks, _delta_keys, _encode_snapshot, restore_state
+    from streams.intelligence.processor import BEGIN_KEY, _chunks, _delta_keys, restore_state
+    from streams.intelligence.snapshots import encode
 
     monkeypatch.setattr(processor, "CHUNK_BYTES", 300)
     config = IntelligenceConfig()
@@ -230,9 +231,10 @@ def test_the_state_topic_restores_the_latest_snapshot_plus_the_deltas_after_it(m
 
     for seq in range(1, 4):
         step(seq, seq)
-    snapshot, seq, chunks = _encode_snapshot({
-        "snapshot": 1, "seq": 3, "positions": {"calls:0": 90}, "watermarks": {}, "stats": {"events": 90},
-        "rules": rules.to_dict(), "pending_windows": [list(p) for p in pending]})
+    snapshot, seq = 1, 3
+    chunks = _chunks(encode({
+        "snapshot": snapshot, "seq": seq, "positions": {"calls:0": 90}, "watermarks": {}, "stats": {"events": 90},
+        "rules": rules.to_dict(), "pending_windows": [list(p) for p in pending]}))
     latest.update({f"chunk-{i}": c for i, c in enumerate(chunks)})
     latest["manifest"] = json.dumps({"snapshot": snapshot, "seq": seq, "chunks": len(chunks)}).encode()
     latest.update({key: None for key in latest if key.startswith("delta-000000000001-")})  # tombstones
