@@ -146,20 +146,12 @@ def test_a_snapshot_plus_the_deltas_after_it_is_exactly_the_state(seed):
     at a random snapshot plus every delta after it, through JSON, is the state itself."""
     import random
 
-    from streams.intelligence.alerts import (BudgetConfig, Budgets, RateLimitStormConfig, SilentAgentConfig,
-                                             StuckTaskConfig)
-    from streams.intelligence.config import WindowConfig
     from streams.simulate import generate
+    from tests.unit.busy_rules import busy_config
 
     print("seed", seed)
     rng = random.Random(seed)
-    config = IntelligenceConfig(
-        budget=BudgetConfig(Budgets(tenant_daily_usd=20.0, agent_daily_usd=0.5)),
-        silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
-        stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
-                                   forget_after_ms=900_000),
-        rate_limit_storm=RateLimitStormConfig(fire_count=5, resolve_count=1),
-        windows=WindowConfig(size_ms=60_000, grace_ms=5_000, idle_ms=10_000))
+    config = busy_config()
     start = T0 + timedelta(hours=23, minutes=50)  # a day ends within the run
     events = list(generate(seed, start_time=start, count=12_000, rate=10))
     for i, event in enumerate(events):

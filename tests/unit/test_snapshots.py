@@ -13,25 +13,14 @@ import pytest
 
 from connectors.errors import TransientError
 from connectors.kafka.events import LlmCall
-from streams.intelligence.alerts import (BudgetConfig, Budgets, RateLimitStormConfig, SilentAgentConfig,
-                                         StuckTaskConfig)
-from streams.intelligence.config import IntelligenceConfig, WindowConfig
+from streams.intelligence.config import IntelligenceConfig
 from streams.intelligence.processor import Rules, _fields
 from streams.intelligence.snapshots import SnapshotBuilder, decode, encode
 from streams.simulate import generate
+from tests.unit.busy_rules import busy_config
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
 TIMEOUT_S = 60
-
-
-def _config() -> IntelligenceConfig:
-    return IntelligenceConfig(
-        budget=BudgetConfig(Budgets(tenant_daily_usd=20.0, agent_daily_usd=0.5)),
-        silent_agent=SilentAgentConfig(silent_after_ms=20_000, forget_after_ms=600_000),
-        stuck_task=StuckTaskConfig(sla_s={"normal": 30, "high_priority": 10, "batch": 60, "background": 60},
-                                   forget_after_ms=900_000),
-        rate_limit_storm=RateLimitStormConfig(fire_count=5, resolve_count=1),
-        windows=WindowConfig(size_ms=60_000, grace_ms=5_000, idle_ms=10_000))
 
 
 def _roundtrip(value):
@@ -45,7 +34,7 @@ def test_the_snapshot_process_holds_the_state_the_deltas_describe(seed):
     processor would have encoded itself at that step, through JSON."""
     print("seed", seed)
     rng = random.Random(seed)
-    config = _config()
+    config = busy_config()
     rules = Rules(config)
     events = list(generate(seed, start_time=T0 + timedelta(hours=23, minutes=50), count=6_000, rate=10))
     for i, event in enumerate(events):
