@@ -355,7 +355,7 @@ def test_values_no_rule_can_use_never_reach_the_rules(intel, start):
 
 
 def test_an_idle_stream_still_closes_its_windows(intel, start):
-    worker = start(intel)
+    start(intel)
     send = Sent(intel)
     # A minute-old window: nothing more arrives, so only the wall clock can close it.
     at = now() - timedelta(seconds=70)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from connectors.clickhouse import get_client, schema_check
+from connectors.clickhouse import get_client
 from connectors.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations
 from connectors.clickhouse.schema_check import MissingColumns
 from connectors.clickhouse.sink import ClickHouseSink

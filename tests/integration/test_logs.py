@@ -4,7 +4,6 @@ and the lines about events carry their context (trace_id of an alert, position o
 from __future__ import annotations
 
 import json
-import uuid
 
 from confluent_kafka import Producer
 
