@@ -17,8 +17,8 @@ body's length (8 bytes, big-endian), the body.
 - ``I`` (to the child): the initial state, compressed JSON. ``D``: a delta, compressed JSON, as
   the state topic holds it. ``S``: ``{"snapshot": n, "seq": s}``, a snapshot numbered ``n`` of
   the state after step ``s``.
-- ``S`` (back): the length of the request's JSON (4 bytes), that JSON, then the snapshot
-  (compressed JSON). ``E``: what went wrong (the child then exits).
+- ``S`` (back): the snapshot asked for, compressed JSON (answers come in the order asked).
+  ``E``: what went wrong (the child then exits).
 
 The child ignores SIGINT and SIGTERM and ends when its input closes: it never outlives the
 processor that started it, and a signal to the worker's process group does not take it away
@@ -120,7 +120,8 @@ class SnapshotBuilder:
             fcntl.fcntl(self._stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
             pass
-        self._pending: deque[Future[tuple[int, int, bytes]]] = deque()
+        #: Snapshots asked for and not answered yet: (future, snapshot, seq), in the order asked.
+        self._pending: deque[tuple[Future[tuple[int, int, bytes]], int, int]] = deque()
         self._lock = threading.Lock()
         self._error: str | None = None
         self._reader = threading.Thread(target=self._read_loop, name="alerts-snapshot-in", daemon=True)
@@ -140,7 +141,7 @@ class SnapshotBuilder:
         given): ``(snapshot, seq, compressed JSON)`` once the child encoded it."""
         future: Future[tuple[int, int, bytes]] = Future()
         with self._lock:
-            self._pending.append(future)
+            self._pending.append((future, snapshot, seq))
         self._send(b"S", json.dumps({"snapshot": snapshot, "seq": seq}).encode())
         return future
 
@@ -174,14 +175,13 @@ class SnapshotBuilder:
         while (frame := _read(stdout)) is not None:
             kind, body = frame
             with self._lock:
-                future = self._pending.popleft() if kind == b"S" and self._pending else None
-            if future is None:
+                asked = self._pending.popleft() if kind == b"S" and self._pending else None
+            if asked is None:
                 what = body.decode(errors="replace") if kind == b"E" else f"a frame {kind!r} nobody asked for"
                 self._fail(f"the snapshot process failed: {what}")
                 break
-            header_len = int.from_bytes(body[:4], "big")
-            header = json.loads(body[4:4 + header_len])
-            future.set_result((header["snapshot"], header["seq"], body[4 + header_len:]))
+            future, snapshot, seq = asked
+            future.set_result((snapshot, seq, body))
         code = self._proc.wait()
         self._fail(f"the snapshot process exited (code {code})")
 
@@ -190,7 +190,7 @@ class SnapshotBuilder:
             if self._error is None:
                 self._error = error
             pending, self._pending = list(self._pending), deque()
-        for future in pending:
+        for future, _, _ in pending:
             if not future.done():
                 future.set_exception(TransientError(f"{self._label}: {error}"))
 
@@ -247,8 +247,7 @@ def main() -> int:
                     raise EzStreamError(f"snapshot {asked['snapshot']} asked after step {asked['seq']}, "
                                         f"but the state is after step {state['seq']}")
                 state["snapshot"] = asked["snapshot"]
-                header = json.dumps(asked).encode()
-                _write(out, b"S", len(header).to_bytes(4, "big") + header + encode(state))
+                _write(out, b"S", encode(state))
             else:
                 raise EzStreamError(f"frame {kind!r} {'before the initial state' if state is None else ''}")
     except Exception as exc:  # noqa: BLE001  reported to the processor, which restarts the role

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -217,7 +216,7 @@ def test_the_state_topic_restores_the_latest_snapshot_plus_the_deltas_after_it(m
         del pending[:produced]
         delta = {"seq": seq, "positions": {"calls:0": 30 * seq}, "watermarks": {}, "stats": {"events": 30 * seq},
                  "rules": rules.delta(), "windows_closed": closed, "windows_produced": produced}
-        chunks = _chunks(zlib.compress(json.dumps(delta).encode()))
+        chunks = _chunks(encode(delta))
         for key, chunk in zip(_delta_keys(seq, len(chunks)), chunks):
             latest[key] = chunk
 
