@@ -541,7 +541,11 @@ class BudgetRule:
         tenant's or agent's day at a time: (call index, 0 for a tenant's alert or 1 for an
         agent's, alert) in the order call by call would give them. The spend of a day is added
         call after call, the same float; only a day whose spend reaches a threshold not fired yet
-        is taken call by call."""
+        is taken call by call.
+
+        The columns are read once per batch, not per day: a fetch of a fleet's calls holds
+        hundreds of days of few calls each, and a NumPy call per day would cost more than the
+        additions."""
         at = calls.at
         days = at - at % DAY_MS
         late = days + DAY_MS + self.config.grace_ms <= np.maximum(calls.watermarks, self.clock_ms)
@@ -562,21 +566,36 @@ class BudgetRule:
             distinct_days, day_codes = np.unique(days[taken], return_inverse=True)
             order, lo, hi = groups(combine((codes[taken], len(subjects)), (day_codes, len(distinct_days))))
             taken = taken[order]
-            for a, b in zip(lo.tolist(), hi.tolist()):
-                first = int(taken[a])
+            # Each day's calls in call order (``taken[lo[g]:hi[g]]``), and the same by minute.
+            group = np.repeat(np.arange(len(lo)), hi - lo)
+            taken_at = at[taken]
+            minutes = taken_at - taken_at % MINUTE_MS
+            by_minute = np.lexsort((minutes, group))  # stable: call order within a minute
+            spent, minute_list = costs[taken].tolist(), minutes[by_minute].tolist()
+            minute_spent = costs[taken[by_minute]].tolist()
+            firsts = taken[lo].tolist()
+            earliest = np.minimum.reduceat(taken_at, lo).tolist()
+            crossing: list[tuple[int, int, str, float, int, str, list[float]]] = []
+            for a, b, first, first_at in zip(lo.tolist(), hi.tolist(), firsts, earliest):
                 subject, budget, day = subjects[codes[first]], budgets[codes[first]], int(days[first])
                 day_key = f"{scope}|{subject}|{day}"
                 if day_key not in self._spend:
                     self._days.setdefault(day, set()).add(day_key)
-                spends = list(itertools.accumulate(costs[taken[a:b]].tolist(), initial=self._spend.get(day_key, 0.0)))[1:]
+                spends = list(itertools.accumulate(spent[a:b], initial=self._spend.get(day_key, 0.0)))[1:]
                 self._spend[day_key] = spends[-1]
                 self._changed_spend.add(day_key)
-                self._add_minutes(day_key, calls, taken[a:b], at, costs)
+                self._add_minutes(day_key, calls, first, first_at, minute_list[a:b], minute_spent[a:b])
                 most = max(spends)
-                if all(most * 100 < budget * percent or f"{day_key}|{percent}" in self._firing
-                       for percent, _ in BUDGET_THRESHOLDS):
-                    continue
-                for i, spend, call in zip(taken[a:b].tolist(), spends, calls.rows(taken[a:b])):
+                if not all(most * 100 < budget * percent or f"{day_key}|{percent}" in self._firing
+                           for percent, _ in BUDGET_THRESHOLDS):
+                    crossing.append((a, b, subject, budget, day, day_key, spends))
+            if not crossing:
+                continue
+            # The days taken call by call: their rows in one conversion.
+            indices = np.concatenate([taken[a:b] for a, b, *_ in crossing])
+            rows = iter(zip(indices.tolist(), calls.rows(indices)))
+            for a, b, subject, budget, day, day_key, spends in crossing:
+                for spend, (i, call) in zip(spends, itertools.islice(rows, b - a)):
                     found += [(i, rank, alert) for alert in
                               self._thresholds(scope, subject, day, day_key, spend, budget, call, int(at[i]))]
         return found
@@ -601,19 +620,19 @@ class BudgetRule:
             self._stale.add(day_key)
         return self._thresholds(scope, subject, day, day_key, spend, budget, call, at)
 
-    def _add_minutes(self, day_key: str, calls: Batch, taken: np.ndarray, at: np.ndarray, costs: np.ndarray) -> None:
-        """The calls ``taken`` (one day of one subject, in call order) into their minutes' spend,
-        each minute's added in call order: the same floats as call by call."""
-        minutes = at[taken] - at[taken] % MINUTE_MS
+    def _add_minutes(self, day_key: str, calls: Batch, first: int, first_at: int, minutes: list[int],
+                     spent: list[float]) -> None:
+        """A day's calls into their minutes' spend: ``minutes`` and ``spent`` by minute, each
+        minute's in call order (the same floats as call by call); ``first``: the day's first call
+        in the batch, ``first_at`` its earliest time."""
         entry = self._minutes.get(day_key)
         if entry is None:
-            first = next(iter(calls.rows(taken[:1])))
-            entry = self._minutes[day_key] = [first.tenant_id, first.agent_type, {}, 0.0, int(at[taken[0]])]
-        entry[4] = min(entry[4], int(at[taken].min()))
-        if minutes.min() < self.forecast_minute * MINUTE_MS:
+            tenants, tenant_ids = calls.codes("tenant_id")
+            types, agent_types = calls.codes("agent_type")
+            entry = self._minutes[day_key] = [tenant_ids[tenants[first]], agent_types[types[first]], {}, 0.0, first_at]
+        entry[4] = min(entry[4], first_at)
+        if first_at - first_at % MINUTE_MS < self.forecast_minute * MINUTE_MS:
             self._stale.add(day_key)
-        order = np.argsort(minutes, kind="stable")
-        minutes, spent = minutes[order].tolist(), costs[taken][order].tolist()
         spend = entry[2]
         for minute, run in itertools.groupby(zip(minutes, spent), key=operator.itemgetter(0)):
             spend[minute] = functools.reduce(operator.add, (cost for _, cost in run), spend.get(minute, 0.0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -371,6 +372,7 @@ def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, ho
     intel = intel.model_copy(update={"alerts_config_file": tmp_path / "slow-idle.toml"})
     failpoints = "alerts.before_commit=1" if how.startswith("kill") else ""
     worker = start(intel, name="first")
+    logs = [worker.log]
     send = Sent(intel)
     w0 = _minute(0)
     # Half a window and 85 % of dev-01's budget before the restart...
@@ -381,6 +383,7 @@ def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, ho
         # with the state that raised it.
         worker.stop()
         worker = start(intel, name="dying", failpoints=failpoints)
+        logs.append(worker.log)
         send(call("dev-01", cost=0.1, at=w0 + timedelta(seconds=5)))  # 95 %: the 90 % alert
         wait_for(worker.exited, 60, "the worker to die at its commit")
         assert worker.proc.returncode == -9
@@ -390,6 +393,7 @@ def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, ho
         worker.stop()
         send(call("dev-01", cost=0.1, at=w0 + timedelta(seconds=5)))
     worker = start(intel, name="after")
+    logs.append(worker.log)
     # ...and the rest after it.
     send(*[call("dev-01", cost=0.05, at=w0 + timedelta(seconds=6 + i)) for i in range(2)])  # 105 %
     send(call("dev-01", cost=0.0, at=w0 + timedelta(seconds=70)))  # closes window 0
@@ -399,6 +403,10 @@ def test_restart_mid_window_loses_no_state_and_repeats_no_alert(intel, start, ho
     assert len({a["event_id"] for a in budget}) == 3
     (window,) = [w for w in read_topic(intel, "agent.llm_windows") if w["window_start"] == w0]
     assert window["calls"] == 8 and round(window["cost_usd"], 6) == 1.05
+    # Each alert is logged once, by the worker that committed it: none by the one that died first.
+    logged = [re.findall(r"alert budget firing .* crossed (\d+)%", log.read_text(errors="replace")) for log in logs]
+    assert sorted(sum(logged, []), key=int) == ["80", "90", "100"], logged
+    assert logged[0] == ["80"] and (not failpoints or logged[1] == [])
 
 
 def test_a_second_worker_stands_by_and_takes_over(intel, start):
