@@ -48,7 +48,7 @@ class InferenceClient:
     def __init__(self, settings: Settings, *, model: str = DEFAULT_MODEL, agent_id: str = "sdk",
                  agent_type: str = "development", tenant_id: str = "default",
                  reply_topic: str | None = None, codec: Codec | None = None) -> None:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
 
         self.settings = settings
         self.model = model
