@@ -214,6 +214,12 @@ class WindowKey(NamedTuple):
     model: str
 
 
+#: A window's totals in a delta (:meth:`WindowAggregate.delta_row`), in order; the last two are
+#: its latency sketch's zero count and changed bins.
+DELTA_FIELDS = ("calls", "errors", "rate_limited", "input_tokens", "output_tokens", "cost_usd", "agent_type",
+                "trace_id", "zero_count", "bins")
+
+
 @dataclass
 class WindowAggregate:
     """Running totals of the LLM calls of one key in one window."""
@@ -266,6 +272,14 @@ class WindowAggregate:
             "agent_type": self.agent_type,
             "trace_id": self.trace_id,
         }
+
+    def delta_row(self) -> list[Any]:
+        """The totals as a delta carries them (:data:`DELTA_FIELDS`): a list, not a dict, and of
+        the sketch the bins added to since the last delta only (see :meth:`LatencySketch.to_dict`).
+        A busy step changes hundreds of windows: the names would be most of its delta's JSON."""
+        latency = self.latency.to_dict(touched=True)
+        return [self.calls, self.errors, self.rate_limited, self.input_tokens, self.output_tokens, self.cost_usd,
+                self.agent_type, self.trace_id, latency["zero_count"], latency["bins"]]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WindowAggregate:
@@ -505,14 +519,14 @@ class WindowStore:
         return state
 
     def delta(self) -> dict[str, Any]:
-        """What changed since the last delta, in :meth:`to_dict`'s shape: the scalars, and the
-        windows changed (``totals`` None: closed; of a latency sketch, the bins changed only).
-        :meth:`apply_delta` adds it to a state."""
+        """What changed since the last delta: the scalars of :meth:`to_dict`, and each window
+        changed as ``[start_ms, tenant_id, agent_id, provider, model, totals]``, ``totals`` None
+        for a window closed, else :meth:`WindowAggregate.delta_row` (the bins of the sketch that
+        changed only). :meth:`apply_delta` brings a :meth:`to_dict` to the state after it."""
         windows = []
         for start, key in sorted(self._changed):
             aggregate = self._open.get(start, {}).get(key)
-            windows.append({"start_ms": start, "key": list(key),
-                            "totals": None if aggregate is None else aggregate.to_dict(touched=True)})
+            windows.append([start, *key, None if aggregate is None else aggregate.delta_row()])
         self._changed.clear()
         return {**self.to_dict(windows=False), "windows": windows}
 
@@ -530,16 +544,23 @@ class WindowStore:
         windows = {(w["start_ms"], tuple(w["key"])): w for w in data["windows"]}
         for delta in deltas:
             for window in delta["windows"]:
-                slot = (window["start_ms"], tuple(window["key"]))
-                if window["totals"] is None:
+                if isinstance(window, dict):  # written before deltas carried windows as lists
+                    slot, totals = (window["start_ms"], tuple(window["key"])), window["totals"]
+                    if totals is not None:
+                        latency = totals["latency"]
+                        totals = [*(totals[name] for name in DELTA_FIELDS[:-2]), latency["zero_count"], latency["bins"]]
+                else:
+                    slot, totals = (window[0], tuple(window[1:5])), window[5]
+                if totals is None:
                     windows.pop(slot, None)
                     continue
                 before = windows.get(slot)
-                if before is not None:  # the sketch's changed bins over its bins before
-                    latency = window["totals"]["latency"]
-                    window = {**window, "totals": {**window["totals"], "latency": {
-                        **latency, "bins": merge_bins(before["totals"]["latency"]["bins"], latency["bins"])}}}
-                windows[slot] = window
+                bins = totals[-1] if before is None else merge_bins(before["totals"]["latency"]["bins"], totals[-1])
+                windows[slot] = {"start_ms": slot[0], "key": list(slot[1]), "totals": {
+                    **dict(zip(DELTA_FIELDS[:-2], totals)),
+                    "latency": {"relative_accuracy": RELATIVE_ACCURACY if before is None else
+                                before["totals"]["latency"]["relative_accuracy"],
+                                "zero_count": totals[-2], "bins": bins}}}
             data.update(delta)
         data["windows"] = [windows[slot] for slot in sorted(windows)]
 

@@ -9,7 +9,7 @@ import pytest
 
 from connectors.kafka.events import LlmCall
 from streams.intelligence._time import utc
-from streams.intelligence.windows import Arrival, LatencySketch, WindowAggregate, WindowStore
+from streams.intelligence.windows import DELTA_FIELDS, Arrival, LatencySketch, WindowAggregate, WindowKey, WindowStore
 
 T0 = 1_795_000_020_000  # a minute boundary (2026-11-18 11:07:00Z)
 MIN = 60_000
@@ -229,11 +229,38 @@ def test_a_delta_carries_the_sketch_bins_that_changed_and_rebuilds_the_state_ove
     store.add(call(T0 + 6_200, latency_ms=0.0), now_ms=T0)  # the zero count
     delta = json.loads(json.dumps(store.delta()))
     (window,) = delta["windows"]
-    sketch = window["totals"]["latency"]
-    assert [count for _, count in sketch["bins"]] == [2.0, 1.0] and sketch["zero_count"] == 1.0
-    assert window["totals"]["calls"] == 53
+    totals = dict(zip(DELTA_FIELDS, window[5]))
+    assert [count for _, count in totals["bins"]] == [2.0, 1.0] and totals["zero_count"] == 1.0
+    assert window[:5] == [T0, *WindowKey("acme", "dev-01", "anthropic", "claude-3-haiku")] and totals["calls"] == 53
     WindowStore.apply_delta(snapshot, delta)
     assert snapshot == json.loads(json.dumps(store.to_dict()))
     assert store.delta()["windows"] == []  # nothing changed since
     (closed,) = WindowStore.from_dict(snapshot).close_due(T0 + 2 * MIN)
     assert closed.calls == 53 and LatencySketch.from_dict(closed.latency_sketch).quantile(1.0) == pytest.approx(5_000, rel=0.02)
+
+
+def test_a_delta_written_before_windows_were_lists_still_restores_the_same_state():
+    """A state topic written by the version before this one (a window of a delta as a dict: its
+    ``start_ms``, ``key`` and ``totals`` as :meth:`WindowAggregate.to_dict` of the changed bins)
+    restores to the same state as the delta of now, a window closed, changed and new included."""
+    stores = [WindowStore(size_ms=MIN, grace_ms=10_000) for _ in range(2)]
+    for store in stores:
+        for i in range(50):
+            store.add(call(T0 + i * 100, latency_ms=float(10 + i)), now_ms=T0)
+            store.add(call(T0 + MIN + i * 100, agent_id="dev-02", latency_ms=float(i)), now_ms=T0)
+        store.delta()
+    snapshot = json.dumps(stores[0].to_dict())
+    for store in stores:
+        store.add(call(T0 + MIN + 6_000, agent_id="dev-02", latency_ms=12.0), now_ms=T0)  # changed
+        store.add(call(T0 + MIN + 6_100, agent_id="dev-03", latency_ms=0.0), now_ms=T0)  # new
+        assert len(store.close_due(T0 + 2 * MIN + 10_000 - 1)) == 1  # window 0 closes
+    old = stores[1]
+    windows = [{"start_ms": start, "key": list(key), "totals": None if (agg := old._open.get(start, {}).get(key)) is None
+                else agg.to_dict(touched=True)} for start, key in sorted(old._changed)]
+    old._changed.clear()
+    deltas = {"now": stores[0].delta(), "before": {**old.to_dict(windows=False), "windows": windows}}
+    assert [w[5] is None for w in deltas["now"]["windows"]] == [True, False, False]
+    for name, delta in deltas.items():
+        state = json.loads(snapshot)
+        WindowStore.apply_delta(state, json.loads(json.dumps(delta)))
+        assert state == json.loads(json.dumps(stores[0].to_dict())), name
