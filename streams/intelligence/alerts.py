@@ -573,11 +573,12 @@ class BudgetRule:
             by_minute = np.lexsort((minutes, group))  # stable: call order within a minute
             spent, minute_list = costs[taken].tolist(), minutes[by_minute].tolist()
             minute_spent = costs[taken[by_minute]].tolist()
-            firsts = taken[lo].tolist()
-            earliest = np.minimum.reduceat(taken_at, lo).tolist()
+            firsts = taken[lo]  # each day's first call, its subject's code and its day
+            per_day = zip(lo.tolist(), hi.tolist(), firsts.tolist(), codes[firsts].tolist(), days[firsts].tolist(),
+                          np.minimum.reduceat(taken_at, lo).tolist())
             crossing: list[tuple[int, int, str, float, int, str, list[float]]] = []
-            for a, b, first, first_at in zip(lo.tolist(), hi.tolist(), firsts, earliest):
-                subject, budget, day = subjects[codes[first]], budgets[codes[first]], int(days[first])
+            for a, b, first, code, day, first_at in per_day:
+                subject, budget = subjects[code], budgets[code]
                 day_key = f"{scope}|{subject}|{day}"
                 if day_key not in self._spend:
                     self._days.setdefault(day, set()).add(day_key)

@@ -561,7 +561,7 @@ class WindowStore:
                     "latency": {"relative_accuracy": RELATIVE_ACCURACY if before is None else
                                 before["totals"]["latency"]["relative_accuracy"],
                                 "zero_count": totals[-2], "bins": bins}}}
-            data.update(delta)
+            data.update((name, value) for name, value in delta.items() if name != "windows")  # the scalars
         data["windows"] = [windows[slot] for slot in sorted(windows)]
 
     @classmethod
