@@ -127,12 +127,14 @@ class Timer:
 
     def __init__(self) -> None:
         self.sent: dict[str, tuple[float, float]] = {}
+        self.sends = 0  # tagged messages sent to be timed
         self.latencies: list[float] = []
         self.hops: list[tuple[float, float, float]] = []  # (latency, to produced, produced to readable)
         self.lock = threading.Lock()
 
     def send(self, tag: str) -> None:
         self.sent[tag] = time.perf_counter(), time.time()
+        self.sends += 1
 
     def arrived(self, tag: str, produced_ms: int | None = None) -> None:
         now, wall = time.perf_counter(), time.time()
@@ -198,14 +200,14 @@ def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged,
     return sent
 
 
-def report(name: str, timer: Timer, sent_tagged: int) -> None:
+def report(name: str, timer: Timer) -> None:
     lat = sorted(timer.latencies)
     if not lat:
-        print(f"{name:<34} no samples (of {sent_tagged})")
+        print(f"{name:<34} no samples (of {timer.sends})")
         return
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {p99:7.2f} ms   max {lat[-1]:7.2f} ms"
-          f"   ({len(lat)} of {sent_tagged} timed)")
+          f"   ({len(lat)} of {timer.sends} timed)")
     if timer.hops:
         # The slowest 2 % by hop, the slowest 10 of them at most (message timestamps have
         # millisecond resolution): which hop the tail is in.
@@ -490,15 +492,14 @@ def main() -> None:
         ensure_topics(settings, catalogue(settings))
         (base.home / "bench").mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench"))
-        tagged = int(args.seconds * rate / 100)
         print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each after {args.warmup:.0f} s of warm-up, "
               f"1 in 100 triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
         try:
-            report("raw Kafka, 2 hops (baseline)", run_baseline(settings, rate, args.seconds, args.warmup), tagged)
-            report("Kafka, 2 hops + transaction", run_baseline(settings, rate, args.seconds, args.warmup, True), tagged)
+            report("raw Kafka, 2 hops (baseline)", run_baseline(settings, rate, args.seconds, args.warmup))
+            report("Kafka, 2 hops + transaction", run_baseline(settings, rate, args.seconds, args.warmup, True))
             alerts, rss = run_alerts(settings, home, rate, args.seconds, args.warmup)
-            report("alert path (alerts role)", alerts, tagged)
+            report("alert path (alerts role)", alerts)
             print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
         finally:
             delete_topics_with_prefix(settings, prefix)
