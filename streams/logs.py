@@ -81,18 +81,15 @@ class TextFormatter(logging.Formatter):
     stream is not a terminal), this one 4 -- at 20,000 events/s the alerts role logs 400 lines a
     second."""
 
-    _faust_args = None
-
     def __init__(self) -> None:
+        from mode.utils.logging import ExtensionFormatter  # Faust's; only its argument formatting is used
+
         super().__init__(TEXT_FORMAT)
+        self._faust_args = ExtensionFormatter(stream=io.StringIO())
 
     def format(self, record: logging.LogRecord) -> str:
         if record.args:
-            if TextFormatter._faust_args is None:
-                from mode.utils.logging import ExtensionFormatter
-
-                TextFormatter._faust_args = ExtensionFormatter(stream=io.StringIO())
-            TextFormatter._faust_args._format_args(record)
+            self._faust_args._format_args(record)
         return super().format(record)
 
 
