@@ -281,8 +281,8 @@ class Settings(BaseSettings):
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics endpoint listens on.")
     log_format: Literal["text", "json"] = Field(
         default="text",
-        description="Worker log lines: `text` (`[time] [pid] [level] message`; Faust's colours on a terminal "
-        "only), or `json` (one object per line with time, level, logger, "
+        description="Worker log lines: `text` (`[time] [pid] [level] message key=value…`, the context as "
+        "key=value pairs; Faust's colours on a terminal only), or `json` (one object per line with time, level, logger, "
         "message and context such as trace_id, topic, partition, offset). Secrets are scrubbed in both.",
     )
     # The dashboard (`ezstream dashboard`, streams/dashboard/): Streamlit on 127.0.0.1.

@@ -7,6 +7,9 @@ events (and the traces) they are about, e.g.::
 
     log.info("alert raised", extra={"trace_id": alert.trace_id, "alert_id": alert.alert_id})
 
+A text line (off a terminal) is ``[time] [pid] [level] message``, then the same context as
+``key=value`` pairs: ``... alert raised trace_id=4bf9... alert_id=8c1e...``.
+
 Whatever the format, every secret value of the settings (SASL and key passwords, the S3 secret
 key, the password of the ClickHouse DSN, the webhook URL) is replaced by ``***`` in every line,
 exception text included: a library that prints a URL or a config dict cannot leak them.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
@@ -25,6 +29,8 @@ from connectors.settings import Settings
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+#: A context value a text line writes as it is; any other is JSON-quoted.
+_BARE = re.compile(r'[^\s"=]+')
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -91,6 +97,22 @@ class TextFormatter(logging.Formatter):
         if record.args:
             self._faust_args._format_args(record)
         return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (logging's name)
+        """The line, then the call's ``extra`` context as ``key=value`` pairs (what a JSON line
+        has as keys: an alert's trace_id and alert_id, a dead letter's topic, partition and
+        offset), before any traceback."""
+        line = super().formatMessage(record)
+        context = [f"{key}={_text_value(value)}" for key, value in vars(record).items()
+                   if key not in _STANDARD and not key.startswith("_")]
+        return f"{line} {' '.join(context)}" if context else line
+
+
+def _text_value(value: object) -> str:
+    """A context value as a text line writes it: bare, or JSON-quoted when it would not read back
+    as one token (empty, or with a space, a quote or an equals sign)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if text and _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
 
 
 def _to_terminal(handler: logging.Handler) -> bool:

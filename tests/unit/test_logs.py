@@ -87,9 +87,26 @@ def test_text_lines_off_a_terminal_are_plain_and_keep_fausts_tables():
     logger.info("alert %s for %s", "budget", "tenant-1", extra={"trace_id": "t-1"})
     logger.info("%s: %s", "moved", {TP("agent.llm_calls", 0): TP("agent.llm_calls", 1)})
     first, *table = stream.getvalue().splitlines()
-    assert re.fullmatch(r"\[[\d\- :,]+\] \[\d+\] \[INFO\] alert budget for tenant-1", first), first
+    assert re.fullmatch(r"\[[\d\- :,]+\] \[\d+\] \[INFO\] alert budget for tenant-1 trace_id=t-1", first), first
     assert "\x1b[" not in stream.getvalue()
     assert any("Topic Partition Map" in line for line in table), table
+
+
+def test_text_lines_end_with_the_context_before_any_traceback():
+    logger, stream = _capture(load_settings(**SETTINGS))
+    logger.info("plain")
+    logger.warning("dead letter", extra={"topic": "agent.llm_calls", "partition": 3, "offset": 17,
+                                         "reason": "cost_usd is NaN", "empty": "", "_private": "x"})
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logger.error("failed", exc_info=True, extra={"trace_id": "t-9", "dsn": "http://a:ch-pass-789@h"})
+    plain, dead, failed, *trace = stream.getvalue().splitlines()
+    assert plain.endswith("[INFO] plain")
+    assert dead.endswith('[WARNING] dead letter topic=agent.llm_calls partition=3 offset=17 '
+                         'reason="cost_usd is NaN" empty=""'), dead
+    assert failed.endswith('[ERROR] failed trace_id=t-9 dsn=http://a:***@h'), failed
+    assert trace[0] == "Traceback (most recent call last):" and trace[-1] == "ValueError: bad"
 
 
 def test_text_to_a_terminal_keeps_the_handlers_formatter():
