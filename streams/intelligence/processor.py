@@ -101,6 +101,11 @@ OFFSETS_SECONDS = 1.0
 #: The state topic's key of the tombstone that opens each transaction (see ``ShardProcessor._begin``);
 #: ignored by :func:`restore_state`, removed by compaction.
 BEGIN_KEY = b"begin"
+#: Seconds after a commit ended before a quiet step opens the next transaction. The coordinator
+#: still writes the last one's markers for a few milliseconds after answering its commit, and
+#: refuses an AddPartitionsToTxn meanwhile (CONCURRENT_TRANSACTIONS); librdkafka asks again only
+#: 20 ms later, and an alert that joined the transaction in between waits with it.
+BEGIN_AFTER_COMMIT_S = 0.01
 #: Most messages a step takes: a step behind takes many, so its commit is paid by many events.
 FETCH_MAX = 5000
 #: Closed windows produced per turn of the loop (the rest wait for the next turns).
@@ -139,6 +144,8 @@ class _Cut(NamedTuple):
     snapshot_seq: int | None
     positions: dict[str, int]
     alerts: list[Alert]
+    #: When the commit ended (monotonic seconds).
+    ended: float = 0.0
 
 
 def _chunks(payload: bytes) -> list[bytes]:
@@ -624,6 +631,7 @@ class ShardProcessor:
         self._status_written = 0.0
         self._offsets_sent = 0.0
         self._offsets_committed: dict[str, int] = {}
+        self._commit_ended = 0.0
 
     # -- activation: load the state, seek, replay -------------------------------------------------
 
@@ -1003,6 +1011,8 @@ class ShardProcessor:
         if not (self._dirty or self._in_txn):
             return False
         if not self._in_txn:
+            if time.monotonic() - self._commit_ended < BEGIN_AFTER_COMMIT_S:
+                return False  # the coordinator may not be done with the last one
             self._begin()
         # Each commit writes what changed since the last (every window a busy fleet touched, with
         # its latency sketch): while catching up, fewer of them leave the rules more of the core.
@@ -1061,7 +1071,7 @@ class ShardProcessor:
             # The state in memory is past what was committed: start again from the latest commit.
             raise TransientError(f"alerts: the transaction of step {cut.seq} failed, replaying from "
                                  f"the one before: {error.str()}") from None
-        return cut
+        return cut._replace(ended=time.monotonic())
 
     def _settle(self, wait: bool = False) -> None:
         """Once the commit in flight is done: account for it, and begin the next transaction with
@@ -1078,6 +1088,7 @@ class ShardProcessor:
         if cut.snapshot_seq is not None:
             self._deltas = {seq: n for seq, n in self._deltas.items() if seq > cut.snapshot_seq}
         self._commits += 1
+        self._commit_ended = cut.ended
         self._committed = cut.positions
         if self._webhook is not None:
             for alert in cut.alerts:
