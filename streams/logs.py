@@ -50,7 +50,8 @@ def secret_values(settings: Settings) -> list[str]:
 
 
 class ScrubSecrets(logging.Filter):
-    """Replaces each secret value in the record's final text (message, arguments, exception)."""
+    """Replaces each secret value in the record's final text (message, arguments, exception) and
+    in its ``extra`` context (a value other than a number as its text, as both formats write it)."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
@@ -74,8 +75,10 @@ class ScrubSecrets(logging.Filter):
             record.exc_text = self.scrub(text)
             record.exc_info = None
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, self.scrub(value))
+            if key in _STANDARD or value is None or isinstance(value, (bool, int, float)):
+                continue
+            # Any other context value is written as its text in both formats: scrubbed as text.
+            setattr(record, key, self.scrub(value if isinstance(value, str) else str(value)))
         return True
 
 

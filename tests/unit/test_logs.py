@@ -7,6 +7,8 @@ import json
 import logging
 import re
 
+import pytest
+
 from connectors.settings import load_settings
 from streams.logs import JsonFormatter, ScrubSecrets, configure_handlers, secret_values
 
@@ -51,6 +53,14 @@ def test_secrets_are_scrubbed_from_messages_arguments_extras_and_tracebacks():
     for secret in ("kafka-pass-123", "s3-secret-456", "ch-pass-789", "hook-token-abc"):
         assert secret not in text
     assert "connecting with ***" in text and "S3 said no to ***" in text and "posting to *** failed" in text
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_context_value_that_is_not_text_is_scrubbed_as_its_text(log_format):
+    logger, stream = _capture(load_settings(**SETTINGS, log_format=log_format))
+    logger.info("connecting", extra={"config": {"sasl.password": "kafka-pass-123"}, "partition": 3})
+    assert "kafka-pass-123" not in stream.getvalue() and "'sasl.password': '***'" in stream.getvalue()
+    assert ("partition=3" if log_format == "text" else '"partition": 3') in stream.getvalue()
 
 
 def test_json_lines_carry_context_and_stay_scrubbed():
