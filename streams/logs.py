@@ -51,7 +51,8 @@ def secret_values(settings: Settings) -> list[str]:
 
 class ScrubSecrets(logging.Filter):
     """Replaces each secret value in the record's final text (message, arguments, exception) and
-    in its ``extra`` context (a value other than a number as its text, as both formats write it)."""
+    in its ``extra`` context (a dict or other object whose text, as both formats write it, holds a
+    secret is replaced by that text, scrubbed)."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
@@ -77,8 +78,12 @@ class ScrubSecrets(logging.Filter):
         for key, value in list(vars(record).items()):
             if key in _STANDARD or value is None or isinstance(value, (bool, int, float)):
                 continue
-            # Any other context value is written as its text in both formats: scrubbed as text.
-            setattr(record, key, self.scrub(value if isinstance(value, str) else str(value)))
+            # Any other context value is written as its text in both formats: one whose text holds
+            # a secret is replaced by that text, scrubbed (the others stay as they are).
+            text = value if isinstance(value, str) else str(value)
+            scrubbed = self.scrub(text)
+            if scrubbed is not text:
+                setattr(record, key, scrubbed)
         return True
 
 

@@ -63,6 +63,13 @@ def test_a_context_value_that_is_not_text_is_scrubbed_as_its_text(log_format):
     assert ("partition=3" if log_format == "text" else '"partition": 3') in stream.getvalue()
 
 
+def test_a_context_object_without_a_secret_is_left_as_it_is():
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "plain", None, None)
+    record.data, record.config = {"topic": "agent.llm_calls"}, {"password": "kafka-pass-123"}
+    assert ScrubSecrets(["kafka-pass-123"]).filter(record)
+    assert record.data == {"topic": "agent.llm_calls"} and record.config == "{'password': '***'}"
+
+
 def test_json_lines_carry_context_and_stay_scrubbed():
     settings = load_settings(**SETTINGS, log_format="json")
     logger, stream = _capture(settings)
