@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 
 from connectors.settings import Settings
 
-#: Attributes every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+#: Attributes every LogRecord has (and ``extra``, which Faust's formatters set on a record they
+#: format: the text of its ``data``); anything else on a record came from the call's ``extra``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "extra"}
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 #: A context value a text line writes as it is; any other is JSON-quoted.
 _BARE = re.compile(r'[^\s"=]+')

@@ -118,7 +118,11 @@ def test_text_lines_end_with_the_context_before_any_traceback():
         raise ValueError("bad")
     except ValueError:
         logger.error("failed", exc_info=True, extra={"trace_id": "t-9", "dsn": "http://a:ch-pass-789@h"})
-    plain, dead, failed, *trace = stream.getvalue().splitlines()
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "formatted before", None, None)
+    record.extra = ""  # what Faust's formatter on another handler leaves on a record
+    logger.handle(record)
+    plain, dead, failed, *trace, before = stream.getvalue().splitlines()
+    assert before.endswith("[INFO] formatted before"), before
     assert plain.endswith("[INFO] plain")
     assert dead.endswith('[WARNING] dead letter topic=agent.llm_calls partition=3 offset=17 '
                          'reason="cost_usd is NaN" empty=""'), dead
