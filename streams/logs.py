@@ -34,6 +34,11 @@ TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 _BARE = re.compile(r'[^\s"=]+')
 
 
+def _context(record: logging.LogRecord) -> list[tuple[str, object]]:
+    """The call's ``extra`` context on ``record``: what both formats write after the message."""
+    return [(key, value) for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")]
+
+
 def secret_values(settings: Settings) -> list[str]:
     """Every secret in ``settings`` (and the password inside the ClickHouse DSN), longest first."""
     values: list[str] = []
@@ -77,7 +82,7 @@ class ScrubSecrets(logging.Filter):
             record.exc_text = self.scrub(text)
             record.exc_info = None
         for key, value in list(vars(record).items()):
-            if key in _STANDARD or value is None or isinstance(value, (bool, int, float)):
+            if key in _STANDARD or value is None or isinstance(value, (int, float)):
                 continue
             # Any other context value is written as its text in both formats: one whose text holds
             # a secret is replaced by that text, scrubbed (the others stay as they are).
@@ -112,8 +117,7 @@ class TextFormatter(logging.Formatter):
         has as keys: an alert's trace_id and alert_id, a dead letter's topic, partition and
         offset), before any traceback."""
         line = super().formatMessage(record)
-        context = [f"{key}={_text_value(value)}" for key, value in vars(record).items()
-                   if key not in _STANDARD and not key.startswith("_")]
+        context = [f"{key}={_text_value(value)}" for key, value in _context(record)]
         return f"{line} {' '.join(context)}" if context else line
 
 
@@ -121,7 +125,7 @@ def _text_value(value: object) -> str:
     """A context value as a text line writes it: bare, or JSON-quoted when it would not read back
     as one token (empty, or with a space, a quote or an equals sign)."""
     text = value if isinstance(value, str) else str(value)
-    return text if text and _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+    return text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
 
 
 def _to_terminal(handler: logging.Handler) -> bool:
@@ -144,9 +148,8 @@ class JsonFormatter(logging.Formatter):
             "process": record.process,
             "thread": record.threadName,
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                line[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+        for key, value in _context(record):
+            line[key] = value if isinstance(value, (str, int, float)) or value is None else str(value)
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
         elif record.exc_text:
