@@ -31,6 +31,14 @@ code path). Prints, asserts nothing:
    reader's fetch): medians, and each of the slowest 2 % (10 at most) as total=first+second ms;
 3. the worker's RSS at the end.
 
+Every p99 comes with its 95 % confidence interval (:func:`quantile_ci`: distribution-free, from
+the ranks of the samples). With 1 in 100 events timed, a run of 30 s at 1,000 events/s times
+300, too few to bound a p99 from above (that takes 368; the interval then says "above the
+max"); ``--seconds 120`` times 1,200. And every timed part runs beside a probe of the machine
+itself (:data:`STALL_PROBE`: a process that sleeps 1 ms at a time and records how late it woke,
+about 1 % of a core): the stalls any process saw meanwhile (its core busy with others, or the
+machine not running), the context of the run's tail.
+
 Each run's topics (its prefix's) are deleted when it ends.
 
     .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--warmup 5] [--events 300000]
@@ -39,7 +47,9 @@ Each run's topics (its prefix's) are deleted when it ends.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -113,6 +123,19 @@ while True:
 """
 
 
+STALL_PROBE = """
+import json, sys, time
+delay, seconds, period = map(float, sys.argv[1:4])
+time.sleep(delay)
+late = []
+end = time.perf_counter() + seconds
+while (start := time.perf_counter()) < end:
+    time.sleep(period)
+    late.append((time.perf_counter() - start - period) * 1000)
+print(json.dumps(sorted(late)))
+"""
+
+
 def call(agent: str, cost: float) -> LlmCall:
     return LlmCall(event_time=datetime.now(timezone.utc), agent_id=agent, agent_type="development",
                    tenant_id="bench", trace_id=uuid.uuid4().hex, call_id=uuid.uuid4().hex, provider="anthropic",
@@ -130,6 +153,8 @@ class Timer:
         self.sends = 0  # tagged messages sent to be timed
         self.latencies: list[float] = []
         self.hops: list[tuple[float, float, float]] = []  # (latency, to produced, produced to readable)
+        #: How late each wake-up of the machine probe was meanwhile (ms, sorted; see STALL_PROBE).
+        self.stalls: list[float] = []
         self.lock = threading.Lock()
 
     def send(self, tag: str) -> None:
@@ -177,27 +202,56 @@ def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, rea
 
 def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged, warmup: float = 0.0) -> int:
     """Send ``rate`` events/s for ``warmup`` + ``seconds``; every 100th is tagged, and timed once
-    the warm-up is over. Returns the count."""
+    the warm-up is over, beside the machine probe (:data:`STALL_PROBE`). Returns the count."""
     codec = default_codec()
     producer = Producer(client_config(settings, **LOW_LATENCY))
     background = [codec.encode("llm_call", call(f"agent-{i:03d}", 0.0).to_record()) for i in range(200)]
-    started = time.perf_counter()
-    sent = 0
-    while (elapsed := time.perf_counter() - started) < warmup + seconds:
-        due = int(elapsed * rate)
-        while sent < due:
-            if sent % 100 == 50:
-                tag, key, value, headers = tagged(codec, sent)
-                if elapsed >= warmup:
-                    timer.send(tag)
-                producer.produce(topic_of, key=key, value=value, headers=headers)
-            else:
-                producer.produce(topic_of, key=f"agent-{sent % 200:03d}", value=background[sent % 200])
-            sent += 1
-        producer.poll(0)
-        time.sleep(0.0005)
-    producer.flush(30)
+    probe = subprocess.Popen([sys.executable, "-c", STALL_PROBE, str(warmup), str(seconds), "0.001"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        started = time.perf_counter()
+        sent = 0
+        while (elapsed := time.perf_counter() - started) < warmup + seconds:
+            due = int(elapsed * rate)
+            while sent < due:
+                if sent % 100 == 50:
+                    tag, key, value, headers = tagged(codec, sent)
+                    if elapsed >= warmup:
+                        timer.send(tag)
+                    producer.produce(topic_of, key=key, value=value, headers=headers)
+                else:
+                    producer.produce(topic_of, key=f"agent-{sent % 200:03d}", value=background[sent % 200])
+                sent += 1
+            producer.poll(0)
+            time.sleep(0.0005)
+        producer.flush(30)
+        timer.stalls = json.loads(probe.communicate(timeout=60)[0])
+    finally:
+        if probe.poll() is None:  # the run failed: the probe goes with it
+            probe.kill()
+            probe.wait()
     return sent
+
+
+def quantile_ci(ordered: list[float], q: float, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """The ``q`` quantile's ``confidence`` interval from ``ordered`` samples (sorted), whatever
+    their distribution: the samples of ranks r and s such that the count of samples below the
+    quantile, Binomial(n, q), is in [r, s) with at least that probability. None for a bound the
+    samples cannot set (too few of them: for a p99 and 95 %, fewer than 368)."""
+    n = len(ordered)
+    if n == 0:
+        return None, None
+    log_q, log_p = math.log(q), math.log1p(-q)
+    pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_q + (n - k) * log_p)
+           for k in range(n + 1)]
+    below = list(itertools.accumulate(pmf))  # below[k]: P(count <= k)
+    above = list(itertools.accumulate(reversed(pmf)))[::-1]  # above[k]: P(count >= k)
+    tail = (1 - confidence) / 2
+    # x_(r) <= quantile when at least r samples are below it: r the largest with P(count < r) <= tail.
+    r = max((rank for rank in range(1, n + 1) if below[rank - 1] <= tail), default=None)
+    # x_(s) > quantile when fewer than s are: s the smallest with P(count >= s) <= tail.
+    s = min((rank for rank in range(1, n + 1) if above[rank] <= tail), default=None)
+    return (ordered[r - 1] if r else None), (ordered[s - 1] if s else None)
 
 
 def report(name: str, timer: Timer) -> None:
@@ -206,8 +260,11 @@ def report(name: str, timer: Timer) -> None:
         print(f"{name:<34} no samples (of {timer.sends})")
         return
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {p99:7.2f} ms   max {lat[-1]:7.2f} ms"
-          f"   ({len(lat)} of {timer.sends} timed)")
+    low, high = quantile_ci(lat, 0.99)
+    interval = f"{low:.1f}–{high:.1f}" if low is not None and high is not None else (
+        f"{low:.1f}–above the max" if low is not None else "unbounded")
+    print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {p99:7.2f} ms (95 % CI {interval})"
+          f"   max {lat[-1]:7.2f} ms   ({len(lat)} of {timer.sends} timed)")
     if timer.hops:
         # The slowest 2 % by hop, the slowest 10 of them at most (message timestamps have
         # millisecond resolution): which hop the tail is in.
@@ -216,6 +273,11 @@ def report(name: str, timer: Timer) -> None:
         to_read = statistics.median(h[2] for h in timer.hops)
         print(f"{'  hops, all (median)':<34} to output produced {to_out:6.1f} ms   produced to readable {to_read:6.1f} ms")
         print(f"{'  hops, slowest 2 % (10 at most)':<34} " + "  ".join(f"{h[0]:.1f}={h[1]:.0f}+{h[2]:.0f}" for h in slow))
+    if timer.stalls:
+        late, n = timer.stalls, len(timer.stalls)
+        print(f"{'  machine meanwhile':<34} a 1 ms sleep woke late by p50 {late[n // 2]:.2f}, "
+              f"p99 {late[int(n * 0.99)]:.2f}, p99.9 {late[int(n * 0.999)]:.1f}, max {late[-1]:.1f} ms; "
+              f"{sum(x > 5 for x in late)} of {n:,} over 5 ms, {sum(x > 10 for x in late)} over 10 ms")
 
 
 def wait_drained(timer: Timer, timeout_s: float = 10.0) -> None:
