@@ -32,16 +32,17 @@ code path). Prints, asserts nothing:
 3. the worker's RSS at the end.
 
 Every p99 comes with its 95 % confidence interval (:func:`quantile_ci`: distribution-free, from
-the ranks of the samples). With 1 in 100 events timed, a run of 30 s at 1,000 events/s times
-300, too few to bound a p99 from above (that takes 368; the interval then says "above the
-max"); ``--seconds 120`` times 1,200. And every timed part runs beside a probe of the machine
+the ranks of the samples). With 1 in 100 events timed, 30 s at 1,000 events/s time 300, too few
+to bound a p99 from above (that takes 368; the interval then says "above the max"): each rate's
+run lasts long enough to time ``--min-timed`` alerts (1,000: 100 s at 1,000 events/s, 30 s, the
+``--seconds`` default, at 20,000). And every timed part runs beside a probe of the machine
 itself (:data:`STALL_PROBE`: a process that sleeps 1 ms at a time and records how late it woke,
 about 1 % of a core): the stalls any process saw meanwhile (its core busy with others, or the
 machine not running), the context of the run's tail.
 
 Each run's topics (its prefix's) are deleted when it ends.
 
-    .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--warmup 5] [--events 300000]
+    .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--min-timed 1000] [--warmup 5] [--events 300000]
 """
 
 from __future__ import annotations
@@ -531,7 +532,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, action="append",
                         help="events per second of an alert-path run; repeat for several (default 1,000 and 20,000)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run's timed part")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each run's timed part, at least")
+    parser.add_argument("--min-timed", type=int, default=1000,
+                        help="each rate's timed part lasts long enough for this many alerts (1 in 100 events): "
+                        "a p99's 95 %% confidence interval needs 368 to be bounded")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds of the same traffic before each run's timed part (a process started for "
                         "the run, its new topics' first writes): sent, not timed")
@@ -548,19 +552,20 @@ def main() -> None:
         for n in args.workers or [1, 2]:
             run_burst(base, messages, sources, n)
     for rate in args.rate or [1000.0, 20000.0]:
+        seconds = max(args.seconds, args.min_timed * 100 / rate)
         # Fresh topics per rate: each run's worker starts with nothing to catch up on.
         prefix = f"bench.alerts.{int(time.time())}.{int(rate)}."
         settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
         ensure_topics(settings, catalogue(settings))
         (base.home / "bench").mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench"))
-        print(f"alert path at {rate:,.0f} events/s for {args.seconds:.0f} s each after {args.warmup:.0f} s of warm-up, "
+        print(f"alert path at {rate:,.0f} events/s for {seconds:.0f} s each after {args.warmup:.0f} s of warm-up, "
               f"1 in 100 triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
         try:
-            report("raw Kafka, 2 hops (baseline)", run_baseline(settings, rate, args.seconds, args.warmup))
-            report("Kafka, 2 hops + transaction", run_baseline(settings, rate, args.seconds, args.warmup, True))
-            alerts, rss = run_alerts(settings, home, rate, args.seconds, args.warmup)
+            report("raw Kafka, 2 hops (baseline)", run_baseline(settings, rate, seconds, args.warmup))
+            report("Kafka, 2 hops + transaction", run_baseline(settings, rate, seconds, args.warmup, True))
+            alerts, rss = run_alerts(settings, home, rate, seconds, args.warmup)
             report("alert path (alerts role)", alerts)
             print(f"{'alerts worker RSS':<34} {rss:,.0f} MiB")
         finally:
