@@ -77,6 +77,8 @@ from streams.intelligence.processor import SOURCES
 from streams.simulate import generate
 
 REPO = Path(__file__).resolve().parents[1]
+#: One event in this many is tagged and timed (an alert's trigger on the alerts role's path).
+TAG_EVERY = 100
 #: Client settings of both paths: no lingering, so latency is the pipeline's, not batching's.
 LOW_LATENCY = {"linger.ms": 0, "enable.idempotence": True, "acks": "all"}
 
@@ -215,7 +217,7 @@ def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged,
         while (elapsed := time.perf_counter() - started) < warmup + seconds:
             due = int(elapsed * rate)
             while sent < due:
-                if sent % 100 == 50:
+                if sent % TAG_EVERY == TAG_EVERY // 2:
                     tag, key, value, headers = tagged(codec, sent)
                     if elapsed >= warmup:
                         timer.send(tag)
@@ -232,6 +234,11 @@ def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged,
             probe.kill()
             probe.wait()
     return sent
+
+
+def _at(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of ``ordered`` samples (sorted): the sample at rank ``n * q``."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def quantile_ci(ordered: list[float], q: float, confidence: float = 0.95) -> tuple[float | None, float | None]:
@@ -260,11 +267,9 @@ def report(name: str, timer: Timer) -> None:
     if not lat:
         print(f"{name:<34} no samples (of {timer.sends})")
         return
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     low, high = quantile_ci(lat, 0.99)
-    interval = f"{low:.1f}–{high:.1f}" if low is not None and high is not None else (
-        f"{low:.1f}–above the max" if low is not None else "unbounded")
-    print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {p99:7.2f} ms (95 % CI {interval})"
+    interval = "unbounded" if low is None else f"{low:.1f}–" + ("above the max" if high is None else f"{high:.1f}")
+    print(f"{name:<34} p50 {statistics.median(lat):7.2f} ms   p99 {_at(lat, 0.99):7.2f} ms (95 % CI {interval})"
           f"   max {lat[-1]:7.2f} ms   ({len(lat)} of {timer.sends} timed)")
     if timer.hops:
         # The slowest 2 % by hop, the slowest 10 of them at most (message timestamps have
@@ -275,10 +280,10 @@ def report(name: str, timer: Timer) -> None:
         print(f"{'  hops, all (median)':<34} to output produced {to_out:6.1f} ms   produced to readable {to_read:6.1f} ms")
         print(f"{'  hops, slowest 2 % (10 at most)':<34} " + "  ".join(f"{h[0]:.1f}={h[1]:.0f}+{h[2]:.0f}" for h in slow))
     if timer.stalls:
-        late, n = timer.stalls, len(timer.stalls)
-        print(f"{'  machine meanwhile':<34} a 1 ms sleep woke late by p50 {late[n // 2]:.2f}, "
-              f"p99 {late[int(n * 0.99)]:.2f}, p99.9 {late[int(n * 0.999)]:.1f}, max {late[-1]:.1f} ms; "
-              f"{sum(x > 5 for x in late)} of {n:,} over 5 ms, {sum(x > 10 for x in late)} over 10 ms")
+        late = timer.stalls
+        print(f"{'  machine meanwhile':<34} a 1 ms sleep woke late by p50 {_at(late, 0.5):.2f}, "
+              f"p99 {_at(late, 0.99):.2f}, p99.9 {_at(late, 0.999):.1f}, max {late[-1]:.1f} ms; "
+              f"{sum(x > 5 for x in late)} of {len(late):,} over 5 ms, {sum(x > 10 for x in late)} over 10 ms")
 
 
 def wait_drained(timer: Timer, timeout_s: float = 10.0) -> None:
@@ -534,7 +539,7 @@ def main() -> None:
                         help="events per second of an alert-path run; repeat for several (default 1,000 and 20,000)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each run's timed part, at least")
     parser.add_argument("--min-timed", type=int, default=1000,
-                        help="each rate's timed part lasts long enough for this many alerts (1 in 100 events): "
+                        help=f"each rate's timed part lasts long enough for this many alerts (1 in {TAG_EVERY} events): "
                         "a p99's 95 %% confidence interval needs 368 to be bounded")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds of the same traffic before each run's timed part (a process started for "
@@ -552,7 +557,7 @@ def main() -> None:
         for n in args.workers or [1, 2]:
             run_burst(base, messages, sources, n)
     for rate in args.rate or [1000.0, 20000.0]:
-        seconds = max(args.seconds, args.min_timed * 100 / rate)
+        seconds = max(args.seconds, args.min_timed * TAG_EVERY / rate)
         # Fresh topics per rate: each run's worker starts with nothing to catch up on.
         prefix = f"bench.alerts.{int(time.time())}.{int(rate)}."
         settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
@@ -560,7 +565,7 @@ def main() -> None:
         (base.home / "bench").mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix="alerts-", dir=base.home / "bench"))
         print(f"alert path at {rate:,.0f} events/s for {seconds:.0f} s each after {args.warmup:.0f} s of warm-up, "
-              f"1 in 100 triggering "
+              f"1 in {TAG_EVERY} triggering "
               f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
         try:
             report("raw Kafka, 2 hops (baseline)", run_baseline(settings, rate, seconds, args.warmup))
