@@ -40,7 +40,9 @@ itself (:data:`STALL_PROBE`: a process that sleeps 1 ms at a time and records ho
 about 1 % of a core): the stalls any process saw meanwhile (its core busy with others, or the
 machine not running), the context of the run's tail.
 
-Each run's topics (its prefix's) are deleted when it ends.
+Each run's topics (its prefix's) are deleted when it ends. A broker started minutes before
+answers transactions slower than one that has run a while (its JVM compiles the transaction
+paths after some thousands of calls): ``bench/txn_floor.py`` shows how far along it is.
 
     .venv/bin/python bench/alerts.py [--rate 1000 --rate 20000] [--seconds 30] [--min-timed 1000] [--warmup 5] [--events 300000]
 """
