@@ -41,7 +41,7 @@ from connectors.kafka.config import producer_config
 from connectors.kafka.topics import TopicSpec, delete_topics_with_prefix, ensure_topics, topic_name
 from connectors.settings import load_settings
 
-#: The state record of each transaction: about what a live alert's step writes as its delta.
+#: The state record of each transaction, as bench/alerts.py's transactional forwarder writes it.
 STATE_BYTES = 2048
 
 
@@ -58,6 +58,7 @@ class StageTimer(Timer):
 
 
 def stage(name: str, samples: list[float]) -> None:
+    """A stage's durations (ms, sorted) printed as bench/alerts.py prints a path's."""
     timer = Timer()
     timer.latencies, timer.sends = samples, len(samples)
     report(name, timer)
