@@ -50,6 +50,7 @@ paths after some thousands of calls): ``bench/txn_floor.py`` shows how far along
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -63,6 +64,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -205,15 +207,28 @@ def watch(settings, topic: str, tag_of, timer: Timer, stop: threading.Event, rea
         consumer.close()
 
 
+@contextlib.contextmanager
+def machine_probe(timer: Timer, delay: float, seconds: float) -> Iterator[None]:
+    """The machine probe (:data:`STALL_PROBE`) over ``seconds`` after ``delay``, beside the block:
+    its wake-ups in ``timer.stalls`` once the block is done; killed if the block fails."""
+    probe = subprocess.Popen([sys.executable, "-c", STALL_PROBE, str(delay), str(seconds), "0.001"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        yield
+        timer.stalls = json.loads(probe.communicate(timeout=60)[0])
+    finally:
+        if probe.poll() is None:  # the run failed: the probe goes with it
+            probe.kill()
+            probe.wait()
+
+
 def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged, warmup: float = 0.0) -> int:
-    """Send ``rate`` events/s for ``warmup`` + ``seconds``; every 100th is tagged, and timed once
-    the warm-up is over, beside the machine probe (:data:`STALL_PROBE`). Returns the count."""
+    """Send ``rate`` events/s for ``warmup`` + ``seconds``; one in :data:`TAG_EVERY` is tagged, and
+    timed once the warm-up is over, beside the machine probe. Returns the count."""
     codec = default_codec()
     producer = Producer(client_config(settings, **LOW_LATENCY))
     background = [codec.encode("llm_call", call(f"agent-{i:03d}", 0.0).to_record()) for i in range(200)]
-    probe = subprocess.Popen([sys.executable, "-c", STALL_PROBE, str(warmup), str(seconds), "0.001"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
+    with machine_probe(timer, warmup, seconds):
         started = time.perf_counter()
         sent = 0
         while (elapsed := time.perf_counter() - started) < warmup + seconds:
@@ -230,11 +245,6 @@ def drive(settings, topic_of, rate: float, seconds: float, timer: Timer, tagged,
             producer.poll(0)
             time.sleep(0.0005)
         producer.flush(30)
-        timer.stalls = json.loads(probe.communicate(timeout=60)[0])
-    finally:
-        if probe.poll() is None:  # the run failed: the probe goes with it
-            probe.kill()
-            probe.wait()
     return sent
 
 

@@ -27,16 +27,13 @@ ends.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
 
 from confluent_kafka import Producer
 
-from alerts import STALL_PROBE, Timer, report, wait_drained, watch  # bench/alerts.py, next to this script
+from alerts import Timer, machine_probe, report, wait_drained, watch  # bench/alerts.py, next to this script
 from connectors.kafka.config import producer_config
 from connectors.kafka.topics import TopicSpec, delete_topics_with_prefix, ensure_topics, topic_name
 from connectors.settings import load_settings
@@ -78,7 +75,6 @@ def main() -> None:
     settings = load_settings(topic_prefix=prefix, topic_partitions=base.topic_partitions)
     out, state = topic_name(settings, "out"), topic_name(settings, "state")
     ensure_topics(settings, [TopicSpec(t, settings.topic_partitions, 1, {}) for t in (out, state)])
-    seconds = args.count / args.rate
     print(f"Kafka transactions alone: {args.count:,} at {args.rate:g}/s after {args.warmup} untimed "
           f"(broker {settings.kafka_bootstrap}, topics {prefix}*)")
     # The alerts role's producer settings (streams/intelligence/processor.py, ShardProcessor._activate).
@@ -88,45 +84,37 @@ def main() -> None:
     timer, stop, ready = StageTimer(), threading.Event(), threading.Event()
     watcher = threading.Thread(target=watch, args=(settings, out, lambda m: m.value().decode(), timer, stop, ready))
     watcher.start()
-    probe = None
     acked, committed, ended = {}, {}, {}
+    period = 1 / args.rate
     try:
         ready.wait(30)
         state_value = bytes(STATE_BYTES)
-        period = 1 / args.rate
-        started = time.perf_counter()
-        for n in range(args.warmup + args.count):
-            if n == args.warmup:
-                probe = subprocess.Popen([sys.executable, "-c", STALL_PROBE, "0", str(seconds), "0.001"],
-                                         stdout=subprocess.PIPE, text=True)
-            while time.perf_counter() < started + n * period:
-                time.sleep(0.0005)
-            producer.begin_transaction()
-            producer.produce(state, key=b"begin", value=None, partition=0)
-            producer.poll(0)
-            time.sleep(args.gap / 1000)
-            tag = f"floor-{n}"
-            timed = n >= args.warmup
-            if timed:
-                timer.send(tag)
-            sent = time.perf_counter()
-            producer.produce(out, key=tag.encode(), value=tag.encode(), partition=n % settings.topic_partitions)
-            producer.produce(state, key=b"state", value=state_value, partition=0)
-            producer.flush(30)
-            flushed = time.perf_counter()
-            producer.commit_transaction(30)
-            if timed:
-                ended[tag] = time.perf_counter()
-                acked[tag], committed[tag] = (flushed - sent) * 1000, (ended[tag] - flushed) * 1000
-        wait_drained(timer)
-        if probe is not None:
-            timer.stalls = json.loads(probe.communicate(timeout=60)[0])
+        with machine_probe(timer, args.warmup * period, args.count * period):
+            started = time.perf_counter()
+            for n in range(args.warmup + args.count):
+                while time.perf_counter() < started + n * period:
+                    time.sleep(0.0005)
+                producer.begin_transaction()
+                producer.produce(state, key=b"begin", value=None, partition=0)
+                producer.poll(0)
+                time.sleep(args.gap / 1000)
+                tag = f"floor-{n}"
+                timed = n >= args.warmup
+                if timed:
+                    timer.send(tag)
+                sent = time.perf_counter()
+                producer.produce(out, key=tag.encode(), value=tag.encode(), partition=n % settings.topic_partitions)
+                producer.produce(state, key=b"state", value=state_value, partition=0)
+                producer.flush(30)
+                flushed = time.perf_counter()
+                producer.commit_transaction(30)
+                if timed:
+                    ended[tag] = time.perf_counter()
+                    acked[tag], committed[tag] = (flushed - sent) * 1000, (ended[tag] - flushed) * 1000
+            wait_drained(timer)
     finally:
         stop.set()
         watcher.join()
-        if probe is not None and probe.poll() is None:  # the run failed: the probe goes with it
-            probe.kill()
-            probe.wait()
         delete_topics_with_prefix(settings, prefix)
     readable = [tag for tag in ended if tag in timer.readable]
     stage("records acknowledged", sorted(acked.values()))
